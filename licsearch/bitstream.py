@@ -1,0 +1,158 @@
+"""The ``.lics`` container: a self-describing, checksummed wrapper around a codec's named streams.
+
+Layout, version 1 (integers little-endian)::
+
+    offset  size  field
+    0       4     magic b"LICS"
+    4       1     format version (1)
+    5       1     flags (0; reserved)
+    6       1     P: length of the codec profile id
+    7       P     codec profile id, ASCII ("bmshj2018-hyperprior:q3:<12 hex of the weights sha256>")
+    .       4     original image width
+    .       4     original image height
+    .       16    latent hash: blake2b-128 of the int32 symbols of z then y
+    .       1     S: number of streams
+    .       S x   per stream: 1-byte name length, ASCII name, 4-byte payload length
+    .       ...   the stream payloads, in header order
+    end-4   4     CRC-32 of every preceding byte
+
+A reader checks, in order: magic, version, exact total length, CRC, header sanity; then the codec checks
+the profile id against its own and, after entropy decoding, the latent hash. Every failure raises
+:class:`BitstreamError`; nothing is ever decoded from a container that fails a check.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from .errors import BitstreamError
+
+MAGIC = b"LICS"
+VERSION = 1
+SUFFIX = ".lics"
+HASH_BYTES = 16
+MAX_SIDE = 1 << 16
+MAX_STREAMS = 16
+_CRC = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class Bitstream:
+    """A parsed ``.lics`` container.
+
+    Attributes:
+        profile_id: the codec profile that made it.
+        width, height: the original image size.
+        latent_hash: fingerprint of the decoded symbols.
+        streams: payloads by name, in the order they are stored.
+    """
+
+    profile_id: str
+    width: int
+    height: int
+    latent_hash: bytes
+    streams: dict[str, bytes] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check(0 < len(self.profile_id) < 256 and self.profile_id.isascii(), "profile id must be 1-255 ASCII chars")
+        _check(0 < self.width <= MAX_SIDE and 0 < self.height <= MAX_SIDE, f"bad image size {self.width}x{self.height}")
+        _check(len(self.latent_hash) == HASH_BYTES, "latent hash must be 16 bytes")
+        _check(0 < len(self.streams) <= MAX_STREAMS, f"1-{MAX_STREAMS} streams expected")
+        for name in self.streams:
+            _check(0 < len(name) < 256 and name.isascii(), f"bad stream name {name!r}")
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of coded data, without the container's header and checksum."""
+        return sum(len(v) for v in self.streams.values())
+
+    def to_bytes(self) -> bytes:
+        """Serialises the container."""
+        out = bytearray(MAGIC)
+        pid = self.profile_id.encode("ascii")
+        out += struct.pack("<BBB", VERSION, 0, len(pid)) + pid
+        out += struct.pack("<II", self.width, self.height) + self.latent_hash
+        out += struct.pack("<B", len(self.streams))
+        for name, data in self.streams.items():
+            n = name.encode("ascii")
+            out += struct.pack("<B", len(n)) + n + struct.pack("<I", len(data))
+        for data in self.streams.values():
+            out += data
+        out += _CRC.pack(zlib.crc32(out))
+        return bytes(out)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Bitstream:
+        """Parses and verifies a container; raises :class:`BitstreamError` on any defect."""
+        if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+            raise BitstreamError("not a .lics bitstream (bad magic)", hint="the file is not made by licsearch encode")
+        if len(data) < 5:
+            raise BitstreamError("truncated .lics bitstream (no version byte)")
+        if data[4] != VERSION:
+            raise BitstreamError(
+                f"unsupported .lics format version {data[4]}", hint=f"this licsearch reads version {VERSION}"
+            )
+        if len(data) < 7 + _CRC.size:
+            raise BitstreamError("truncated .lics bitstream")
+        body, crc = data[: -_CRC.size], _CRC.unpack(data[-_CRC.size :])[0]
+        r = _Reader(body)
+        flags, plen = r.unpack("<BB", at=5)
+        pid = r.take(plen)
+        width, height = r.unpack("<II")
+        lhash = r.take(HASH_BYTES)
+        (count,) = r.unpack("<B")
+        names_lengths = []
+        for _ in range(count):
+            (nlen,) = r.unpack("<B")
+            name = r.take(nlen)
+            (length,) = r.unpack("<I")
+            names_lengths.append((name, length))
+        payload_total = sum(n for _, n in names_lengths)
+        if r.pos + payload_total != len(body) or zlib.crc32(body) != crc:
+            # Length is compared first so that truncation is named as such; either way nothing is trusted.
+            what = "truncated or padded" if r.pos + payload_total != len(body) else "corrupt (checksum mismatch)"
+            raise BitstreamError(f".lics bitstream is {what}", hint="the bytes were damaged after encoding")
+        if flags != 0:
+            raise BitstreamError(f"unknown .lics flags {flags:#x}")
+        streams: dict[str, bytes] = {}
+        for raw, length in names_lengths:
+            name = _ascii(raw, "stream name")
+            if name in streams:
+                raise BitstreamError(f"duplicate stream {name!r} in .lics bitstream")
+            streams[name] = r.take(length)
+        try:
+            return cls(_ascii(pid, "profile id"), width, height, lhash, streams)
+        except ValueError as e:
+            raise BitstreamError(f"invalid .lics header: {e}") from e
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise BitstreamError("truncated .lics bitstream (header cut short)")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str, *, at: int | None = None) -> tuple[int, ...]:
+        if at is not None:
+            self.pos = at
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+
+def _ascii(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise BitstreamError(f"invalid .lics {what} (not ASCII)") from None
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

@@ -1,0 +1,241 @@
+"""The CLI's commands: each takes the parsed arguments, does its work through the library, and reports."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig, QdrantConfig, StoreConfig
+from ..errors import InputError
+from ..model.models import ModelSet
+from ..storage.store import Store, default_store_dir
+from .main import MODEL_FLAGS, emit, note, parse_kv
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatches to the command named in ``args``; returns the exit status."""
+    return COMMANDS[args.command](args)
+
+
+def _store_dir(args: argparse.Namespace) -> Path:
+    return Path(args.store) if args.store else default_store_dir()
+
+
+def _weights(value: str | None, default: str) -> str:
+    if value is None:
+        return default
+    if value in ("pretrained", "random"):
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+def models_from_flags(args: argparse.Namespace) -> ModelsConfig | None:
+    """The models named by flags, or None when no model flag was given."""
+    if all(getattr(args, f, None) is None for f in MODEL_FLAGS):
+        return None
+    from ..model.codec import parse_codec
+    from ..model.text import DEFAULT_TAG, parse_clip
+
+    arch, quality = parse_codec(args.codec or "bmshj2018-hyperprior:3")
+    clip_name, tag = parse_clip(args.clip or "ViT-B-32")
+    seed = args.seed if args.seed is not None else 0
+    clip_weights = _weights(args.clip_weights, "pretrained")
+    if tag is None and clip_name == "ViT-B-32" and clip_weights == "pretrained":
+        tag = DEFAULT_TAG
+    return ModelsConfig(
+        codec=CodecConfig(arch=arch, quality=quality, weights=_weights(args.codec_weights, "pretrained"), seed=seed),
+        clip=ClipConfig(model=clip_name, tag=tag, weights=clip_weights, seed=seed),
+        adapter=AdapterConfig(weights=_weights(args.adapter_weights, "random"), seed=seed),
+    )
+
+
+def warn_random(models: ModelSet | list[str]) -> list[str]:
+    """Labels random weights loudly on stderr; returns their names for JSON output."""
+    names = models.random_components() if isinstance(models, ModelSet) else models
+    if names:
+        note(
+            f"WARNING: RANDOM WEIGHTS in {', '.join(names)}: compression quality and search results are NOT "
+            "meaningful (use trained or pretrained weights for real use)"
+        )
+    return names
+
+
+def _open(args: argparse.Namespace) -> Store:
+    return Store.open(_store_dir(args))
+
+
+# -- commands ---------------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    models = models_from_flags(args) or ModelsConfig()
+    if args.max_pixels < 1:
+        raise InputError("--max-pixels must be positive")
+    qdrant = QdrantConfig(url=args.qdrant, collection=args.collection)
+    root = _store_dir(args)
+    with Store.create(root, models, qdrant=qdrant, api_key=args.api_key, max_pixels=args.max_pixels) as store:
+        rnd = warn_random(store.models)
+        cfg = store.config
+        doc = {"store": str(root), "space_id": cfg.space_id, "models": cfg.to_dict()["models"], "random_weights": rnd}
+        emit(args, doc, f"initialised store {root} (space {cfg.space_id}, Qdrant {cfg.qdrant.url or 'local'})")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ..ops.ingest import ingest
+
+    meta = parse_kv(args.meta, "--meta")
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be positive")
+    with _open(args) as store:
+        rnd = warn_random(store.models)
+        report = ingest(
+            store,
+            args.paths,
+            batch_size=args.batch_size,
+            metadata=meta,
+            progress=False if args.no_progress else None,
+            on_error=lambda p, m: note(f"failed: {p}: {m}"),
+        )
+        doc = {**report.to_dict(), "random_weights": rnd}
+        emit(
+            args,
+            doc,
+            f"ingested {report.ingested}, skipped {report.skipped} (already stored), failed {report.failed}",
+        )
+    return 1 if report.failed else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from ..ops.search import search
+    from ..storage.index import parse_filter
+
+    filters = [parse_filter(f) for f in args.filter]
+    with _open(args) as store:
+        rnd = warn_random(store.models)
+        result = search(store, text=args.text, image=args.image, like=args.like, top_k=args.top_k, filters=filters)
+        for n in result.notices:
+            note(f"notice: {n}")
+        lines = [
+            f"{i + 1:>3}. {h.score:.4f}  {h.id}  {h.payload.get('width')}x{h.payload.get('height')}  "
+            f"{h.payload.get('bpp', 0):.3f} bpp  {h.payload.get('source_path', '')}"
+            for i, h in enumerate(result.hits)
+        ]
+        emit(args, {**result.to_dict(), "random_weights": rnd}, "\n".join(lines) or "no hits")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from ..imageio import save_image
+    from ..ops.search import decode_stored
+
+    with _open(args) as store:
+        rnd = warn_random(store.models)
+        pixels = decode_stored(store, args.id)
+        save_image(pixels, args.output)
+        h, w = pixels.shape[:2]
+        doc = {"id": args.id, "output": args.output, "width": w, "height": h, "random_weights": rnd}
+        emit(args, doc, f"wrote {args.output} ({w}x{h})")
+    return 0
+
+
+def _codec_models(args: argparse.Namespace) -> ModelSet:
+    """Models from flags when given, else the store's (read from its config without opening Qdrant)."""
+    flags = models_from_flags(args)
+    if flags is not None:
+        return ModelSet(flags)
+    return ModelSet(StoreConfig.load(_store_dir(args)).models)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from ..bitstream import Bitstream
+    from ..imageio import load_image
+    from ..fsutil import atomic_write
+
+    models = _codec_models(args)
+    image = load_image(args.image)
+    rnd = warn_random([c for c in models.random_components() if c == "codec"])
+    comp = models.codec.compress(image.pixels)
+    data = Bitstream(models.codec.profile_id, comp.width, comp.height, comp.latent_hash, comp.streams).to_bytes()
+    atomic_write(Path(args.output), data)
+    bpp = 8.0 * len(data) / (comp.width * comp.height)
+    doc = {
+        "output": args.output,
+        "bytes": len(data),
+        "bpp": bpp,
+        "width": comp.width,
+        "height": comp.height,
+        "codec_profile": models.codec.profile_id,
+        "random_weights": rnd,
+    }
+    emit(args, doc, f"wrote {args.output}: {len(data)} bytes, {bpp:.4f} bpp")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from ..imageio import save_image
+
+    models = _codec_models(args)
+    path = Path(args.bitstream)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from e
+    rnd = warn_random([c for c in models.random_components() if c == "codec"])
+    pixels = models.decode(data)
+    save_image(pixels, args.output)
+    h, w = pixels.shape[:2]
+    emit(args, {"output": args.output, "width": w, "height": h, "random_weights": rnd}, f"wrote {args.output} ({w}x{h})")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from ..ops.maintenance import stats
+
+    with _open(args) as store:
+        doc = stats(store)
+        warn_random(doc["random_weights"])
+        emit(
+            args,
+            doc,
+            f"{doc['images']} images, {doc['bytes']} bytes, mean {doc['mean_bpp']:.4f} bpp, space {doc['space_id']}",
+        )
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from ..ops.maintenance import fsck
+
+    with _open(args) as store:
+        rep = fsck(store, repair=args.repair, verify=not args.no_verify)
+        d = rep.to_dict()
+        human = (
+            f"{d['points']} points, {d['bitstreams']} bitstreams: {len(rep.missing)} missing, {len(rep.corrupt)} "
+            f"corrupt, {len(rep.orphans)} orphan" + (" (repaired)" if rep.repaired else "")
+        )
+        emit(args, d, human)
+    return 0 if rep.ok else 1
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from ..world import write_dataset
+
+    out = Path(args.out)
+    captions = write_dataset(out, args.n, seed=args.seed, size=(320, 240))
+    emit(args, {"out": str(out), "images": args.n, "captions": str(captions)}, f"wrote {args.n} images to {out}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "init": cmd_init,
+    "ingest": cmd_ingest,
+    "search": cmd_search,
+    "get": cmd_get,
+    "encode": cmd_encode,
+    "decode": cmd_decode,
+    "stats": cmd_stats,
+    "fsck": cmd_fsck,
+    "samples": cmd_samples,
+}
+

@@ -1,0 +1,177 @@
+"""The ``licsearch`` command line: argument parsing, output conventions and error reporting.
+
+Conventions: with ``--json`` stdout carries exactly one JSON document (also on error: ``{"error": ...}``)
+and human messages go to stderr. A :class:`~licsearch.errors.LicsearchError` becomes a one-line message
+and its exit code (2 for bad input, 1 otherwise); a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import InputError, LicsearchError
+
+MODEL_FLAGS = ("codec", "codec_weights", "clip", "clip_weights", "adapter_weights", "seed")
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="DIR", help="store directory (default: $LICSEARCH_STORE or ./licsearch-data)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
+def _add_models(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--codec", metavar="ARCH:QUALITY", help="CompressAI codec (default bmshj2018-hyperprior:3)")
+    g.add_argument("--codec-weights", metavar="pretrained|random|PATH", help="codec weights (default pretrained)")
+    g.add_argument("--clip", metavar="MODEL[:TAG]", help="open_clip model (default ViT-B-32:laion2b_s34b_b79k)")
+    g.add_argument("--clip-weights", metavar="pretrained|random|PATH", help="CLIP weights (default pretrained)")
+    g.add_argument("--adapter-weights", metavar="random|PATH", help="adapter weights (default random)")
+    g.add_argument("--seed", type=int, help="seed of random weights (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="licsearch", description="Images kept as learned-compression bitstreams, searchable by text and image."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a store for a codec, CLIP model and adapter")
+    _add_store(p)
+    _add_models(p)
+    p.add_argument("--qdrant", metavar="URL", help="Qdrant server URL (default: embedded local mode in the store)")
+    p.add_argument("--api-key", metavar="KEY", help="Qdrant API key (kept in the store's credentials.json, 0600)")
+    p.add_argument("--collection", default="licsearch", help="Qdrant collection name")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
+
+    p = sub.add_parser("ingest", help="compress, embed and store images (files and folders)")
+    _add_store(p)
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="user metadata (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("search", help="find stored images by text, image or a stored id")
+    _add_store(p)
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text")
+    q.add_argument("--image", metavar="FILE")
+    q.add_argument("--like", metavar="ID")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="payload filter (repeatable)")
+
+    p = sub.add_parser("get", help="decode a stored image to a file (PNG/JPEG/WebP by suffix)")
+    _add_store(p)
+    p.add_argument("id")
+    p.add_argument("-o", "--output", required=True, metavar="FILE")
+
+    p = sub.add_parser("encode", help="compress an image file to a .lics bitstream")
+    _add_store(p)
+    _add_models(p)
+    p.add_argument("image")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.lics")
+
+    p = sub.add_parser("decode", help="decode a .lics bitstream to an image file")
+    _add_store(p)
+    _add_models(p)
+    p.add_argument("bitstream")
+    p.add_argument("-o", "--output", required=True, metavar="IMAGE")
+
+    p = sub.add_parser("stats", help="images, bytes, mean bpp and spaces of a store")
+    _add_store(p)
+
+    p = sub.add_parser("fsck", help="check that points and bitstreams agree; --repair fixes them")
+    _add_store(p)
+    p.add_argument("--repair", action="store_true")
+    p.add_argument("--no-verify", action="store_true", help="skip re-hashing every bitstream")
+
+    p = sub.add_parser("samples", help="write procedurally generated captioned sample images (offline demo data)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("-n", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def emit(args: argparse.Namespace, doc: dict[str, Any], human: str) -> None:
+    """Prints the result: JSON on stdout with ``--json``, else the human text on stdout."""
+    if args.json:
+        json.dump(doc, sys.stdout, indent=None if len(json.dumps(doc)) < 200 else 2, default=str)
+        sys.stdout.write("\n")
+    elif human:
+        print(human)
+
+
+def note(message: str) -> None:
+    """A human message on stderr."""
+    print(message, file=sys.stderr)
+
+
+def _quiet_libraries() -> None:
+    # open_clip logs a warning for every randomly initialised model and torch warns about jit deprecation
+    # inside CompressAI; neither is actionable for a user, and we label random weights ourselves.
+    logging.getLogger().setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``licsearch`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    from . import commands
+
+    try:
+        return commands.run(args)
+    except LicsearchError as e:
+        if getattr(args, "json", False):
+            json.dump({"error": {"type": type(e).__name__, "message": str(e)}}, sys.stdout)
+            sys.stdout.write("\n")
+        note(f"licsearch {args.command}: error: {e}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        note("interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); nothing more can be written, and that is not an error of ours.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+def parse_kv(items: Sequence[str], what: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs to a dict (values kept as strings unless they parse as int/float)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"bad {what} {item!r}", hint="write KEY=VALUE")
+        out[key] = _scalar(value)
+    return out
+
+
+def _scalar(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v

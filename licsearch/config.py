@@ -1,0 +1,134 @@
+"""Frozen, typed configuration kept by the store (``store.json``).
+
+A store records which models made its bitstreams and embeddings (with weight fingerprints) and the
+embedding space id; every command reads it, and loading models whose fingerprints differ is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import StoreError
+
+STORE_FORMAT = 1
+CONFIG_FILE = "store.json"
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """The learned codec: CompressAI architecture, zoo quality, weights source and fingerprint."""
+
+    arch: str = "bmshj2018-hyperprior"
+    quality: int = 3
+    weights: str = "pretrained"
+    seed: int = 0
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """The CLIP model whose text tower embeds queries (and whose image tower teaches the adapter)."""
+
+    model: str = "ViT-B-32"
+    tag: str | None = "laion2b_s34b_b79k"
+    weights: str = "pretrained"
+    seed: int = 0
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The multi-scale adapter from codec latents to the CLIP space."""
+
+    weights: str = "random"
+    seed: int = 0
+    width: int = 256
+    hidden: int = 1024
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Everything that determines bitstreams and embeddings."""
+
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+    def with_hashes(self, codec: str, clip: str, adapter: str) -> ModelsConfig:
+        return ModelsConfig(
+            codec=dataclasses.replace(self.codec, sha256=codec),
+            clip=dataclasses.replace(self.clip, sha256=clip),
+            adapter=dataclasses.replace(self.adapter, sha256=adapter),
+        )
+
+
+@dataclass(frozen=True)
+class QdrantConfig:
+    """Where embeddings live: local mode at ``path`` (relative to the store) unless ``url`` is set."""
+
+    url: str | None = None
+    path: str = "qdrant"
+    collection: str = "licsearch"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The store's identity: models, embedding space, vector database and input limits."""
+
+    models: ModelsConfig
+    space_id: str
+    qdrant: QdrantConfig = field(default_factory=QdrantConfig)
+    max_pixels: int = 40_000_000
+    format: int = STORE_FORMAT
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoreConfig:
+        try:
+            if d.get("format") != STORE_FORMAT:
+                raise StoreError(f"store format {d.get('format')} is not supported", hint=f"expected {STORE_FORMAT}")
+            m = d["models"]
+            return cls(
+                models=ModelsConfig(
+                    codec=CodecConfig(**m["codec"]), clip=ClipConfig(**m["clip"]), adapter=AdapterConfig(**m["adapter"])
+                ),
+                space_id=str(d["space_id"]),
+                qdrant=QdrantConfig(**d.get("qdrant", {})),
+                max_pixels=int(d.get("max_pixels", 40_000_000)),
+                format=int(d["format"]),
+                created_at=float(d.get("created_at", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"store config is damaged: {e!r}") from e
+
+    def save(self, root: Path) -> None:
+        """Writes ``store.json`` atomically."""
+        path = root / CONFIG_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, root: Path) -> StoreConfig:
+        path = root / CONFIG_FILE
+        if not path.is_file():
+            raise StoreError(f"no licsearch store at {root}", hint="create one with `licsearch init --store DIR`")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise StoreError(f"cannot read {path}: {e}") from e
+        return cls.from_dict(data)

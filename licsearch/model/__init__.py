@@ -1,0 +1,1 @@
+"""Model plane: the learned codec, the multi-scale adapter and the CLIP text encoder (stateless)."""

@@ -1,0 +1,346 @@
+"""The learned image codec: CompressAI hyperprior models behind named streams and a canonical entropy path.
+
+The heavy transforms (``g_a``, ``h_a``, ``g_s``) come from CompressAI and may later run on other backends;
+entropy coding is CompressAI's rANS coder. We go around ``model.compress()`` / ``model.decompress()``
+because they compute the entropy parameters in backend-dependent floating point and address streams by
+list position; here the parameters come from :mod:`licsearch.model.entropy` and streams are named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import BitstreamError, InputError, ModelError
+from ..registry import Registry
+from .entropy import CanonicalEntropyPath
+from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dict_sha256
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+STREAM_Z = "z"  # hyper-latent, coded with the factorized entropy bottleneck
+STREAM_Y = "y"  # latent, coded with the Gaussian conditional
+LATENT_HASH_BYTES = 16
+RANDOM_LATENT_GAIN = 64.0
+
+
+@dataclass(frozen=True)
+class CodecArch:
+    """A CompressAI architecture this project can drive.
+
+    Attributes:
+        name: CompressAI zoo name.
+        has_means: the Gaussian conditional has means (mean-scale models).
+        abs_before_h_a: ``h_a`` reads ``|y|`` (Ballé's scale hyperprior) rather than ``y``.
+        downsampling: spatial factor from image to hyper-latent.
+    """
+
+    name: str
+    has_means: bool
+    abs_before_h_a: bool
+    downsampling: int = 64
+
+    @property
+    def qualities(self) -> tuple[int, ...]:
+        from compressai.zoo.image import cfgs
+
+        return tuple(sorted(cfgs[self.name]))
+
+    def build_random(self, quality: int, seed: int) -> nn.Module:
+        """A model of the zoo's shape for ``quality`` with seeded random weights.
+
+        Freshly initialised, ``g_a`` emits latents of standard deviation ~0.04, which all quantize to zero, so
+        every image would get the same bitstream and embedding. The last analysis layer is scaled up by
+        :data:`RANDOM_LATENT_GAIN` (and the first synthesis layer down by as much) so that untrained codecs
+        still tell images apart; they remain untrained and are always labelled as random.
+        """
+        import torch
+        from compressai.zoo.image import cfgs, model_architectures
+
+        self.check_quality(quality)
+        with seeded(seed):
+            model = model_architectures[self.name](*cfgs[self.name][quality])
+        with torch.no_grad():
+            model.g_a[-1].weight.mul_(RANDOM_LATENT_GAIN)
+            model.g_a[-1].bias.mul_(RANDOM_LATENT_GAIN)
+            model.g_s[0].weight.div_(RANDOM_LATENT_GAIN)
+        return model  # type: ignore[no-any-return]
+
+    def from_state_dict(self, state: dict[str, Any]) -> nn.Module:
+        """A model whose shape is read off ``state`` (CompressAI's own convention)."""
+        from compressai.zoo.image import model_architectures
+        from compressai.zoo.pretrained import load_pretrained
+
+        try:
+            return model_architectures[self.name].from_state_dict(load_pretrained(state))  # type: ignore[no-any-return]
+        except (KeyError, RuntimeError) as e:
+            raise ModelError(f"weights do not fit {self.name}: {str(e).splitlines()[0]}") from e
+
+    def check_quality(self, quality: int) -> None:
+        if quality not in self.qualities:
+            raise InputError(f"{self.name} has no quality {quality}", hint=f"choose one of {list(self.qualities)}")
+
+
+CODEC_ARCHS: Registry[CodecArch] = Registry("codec architecture")
+CODEC_ARCHS.register("bmshj2018-hyperprior", CodecArch("bmshj2018-hyperprior", has_means=False, abs_before_h_a=True))
+CODEC_ARCHS.register("mbt2018-mean", CodecArch("mbt2018-mean", has_means=True, abs_before_h_a=False))
+
+
+def parse_codec(text: str) -> tuple[str, int]:
+    """Parses ``ARCH:QUALITY`` (quality defaults to 3) and validates both."""
+    arch, _, q = text.partition(":")
+    try:
+        quality = int(q) if q else 3
+    except ValueError:
+        raise InputError(f"bad codec {text!r}", hint="write ARCH:QUALITY, e.g. bmshj2018-hyperprior:3") from None
+    CODEC_ARCHS.get(arch).check_quality(quality)
+    return arch, quality
+
+
+def load_codec_model(arch_name: str, quality: int, weights: str, *, seed: int = 0) -> nn.Module:
+    """Builds the CompressAI model with entropy tables ready, from ``pretrained``, ``random`` or a path."""
+    arch = CODEC_ARCHS.get(arch_name)
+    arch.check_quality(quality)
+    if weights == RANDOM:
+        model = arch.build_random(quality, seed)
+    elif weights == PRETRAINED:
+        model = arch.from_state_dict(_download_pretrained(arch_name, quality))
+    else:
+        model = arch.from_state_dict(load_state_dict_file(weights, what="codec"))
+    model.eval()
+    model.update(force=weights == RANDOM)  # fills CDF tables that a checkpoint lacks; keeps shipped ones
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _download_pretrained(arch: str, quality: int) -> dict[str, Any]:
+    import torch.hub
+    from compressai.zoo.image import model_urls
+
+    url = model_urls[arch]["mse"][quality]
+    cache = f"{torch.hub.get_dir()}/checkpoints/{url.rsplit('/', 1)[-1]}"
+    try:
+        return dict(torch.hub.load_state_dict_from_url(url, progress=False, map_location="cpu", weights_only=True))
+    except Exception as e:
+        raise ModelError(
+            f"cannot get pretrained {arch} quality {quality} weights ({type(e).__name__}: {e})",
+            hint=f"without network, put the file {url.rsplit('/', 1)[-1]} at {cache}, or use "
+            "--codec-weights PATH (a checkpoint, e.g. from `licsearch train codec`) or --codec-weights random",
+        ) from e
+
+
+class Transforms(Protocol):
+    """The heavy transforms, which may run on any backend (eager torch now; ONNX Runtime in bundles)."""
+
+    def g_a(self, x: torch.Tensor) -> torch.Tensor: ...
+    def h_a(self, y: torch.Tensor) -> torch.Tensor: ...
+    def g_s(self, y_hat: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchTransforms:
+    """Eager PyTorch transforms of a CompressAI model."""
+
+    def __init__(self, model: nn.Module, arch: CodecArch) -> None:
+        self.model = model
+        self.arch = arch
+
+    def g_a(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.g_a(x)  # type: ignore[no-any-return]
+
+    def h_a(self, y: torch.Tensor) -> torch.Tensor:
+        return self.model.h_a(y.abs() if self.arch.abs_before_h_a else y)  # type: ignore[no-any-return]
+
+    def g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self.model.g_s(y_hat)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """One image's codec output.
+
+    Attributes:
+        streams: the entropy-coded streams by name (``z`` then ``y``).
+        latent_hash: fingerprint of the integer symbols of z and y, checked by the decoder.
+        y_hat: the dequantized latent (1, M, h, w), which the adapter reads.
+        width, height: the original image size.
+    """
+
+    streams: dict[str, bytes]
+    latent_hash: bytes
+    y_hat: torch.Tensor = field(repr=False)
+    width: int
+    height: int
+
+
+def latent_hash(z_symbols: torch.Tensor, y_symbols: torch.Tensor) -> bytes:
+    """blake2b over the int32 little-endian symbols of z then y."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=LATENT_HASH_BYTES)
+    for t in (z_symbols, y_symbols):
+        h.update(t.to(torch.int32).contiguous().numpy().astype("<i4", copy=False).tobytes())
+    return h.digest()
+
+
+class Codec:
+    """Compresses images to named streams and back, and exposes y_hat for the adapter.
+
+    Args:
+        model: an updated CompressAI hyperprior model.
+        arch: its architecture entry.
+        quality: the zoo quality level it was built for.
+        weights_sha256: fingerprint of its weights (part of the profile id).
+        random_weights: True when the weights are random (results must be labelled).
+        transforms: backend of the heavy transforms; eager torch when omitted.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        arch: CodecArch,
+        quality: int,
+        weights_sha256: str,
+        *,
+        random_weights: bool = False,
+        transforms: Transforms | None = None,
+    ) -> None:
+        self.model = model
+        self.arch = arch
+        self.quality = quality
+        self.weights_sha256 = weights_sha256
+        self.random_weights = random_weights
+        self.transforms: Transforms = transforms or TorchTransforms(model, arch)
+        eb = model.entropy_bottleneck
+        self._eb = eb
+        self._gc = model.gaussian_conditional
+        self._z_medians = eb._get_medians().detach().reshape(-1)
+        self.entropy_path = CanonicalEntropyPath(
+            model.h_s, self._z_medians, self._gc.scale_table, has_means=arch.has_means
+        )
+        self.latent_channels = int(model.M)
+
+    @classmethod
+    def load(cls, arch: str, quality: int, weights: str, *, seed: int = 0) -> Codec:
+        """Builds a codec from ``pretrained``, ``random`` (seeded) or a checkpoint path."""
+        model = load_codec_model(arch, quality, weights, seed=seed)
+        return cls(model, CODEC_ARCHS.get(arch), quality, state_dict_sha256(model.state_dict()), random_weights=weights == RANDOM)
+
+    @property
+    def profile_id(self) -> str:
+        """Architecture, quality and weights fingerprint: what a bitstream must match to be decoded."""
+        return f"{self.arch.name}:q{self.quality}:{self.weights_sha256[:12]}"
+
+    def latent_size(self, width: int, height: int) -> tuple[int, int]:
+        """(h, w) of y for an image of this size (after padding to the downsampling factor)."""
+        f = self.arch.downsampling
+        return (-(-height // f) * 4, -(-width // f) * 4)
+
+    # -- encoding -----------------------------------------------------------------------------------------
+
+    def compress(self, pixels: np.ndarray) -> Compressed:
+        """Compresses one (H, W, 3) uint8 RGB image."""
+        return self.compress_batch([pixels])[0]
+
+    def compress_batch(self, images: list[np.ndarray]) -> list[Compressed]:
+        """Compresses images of the same size in one pass of the transforms."""
+        import torch
+
+        if not images:
+            return []
+        h, w = images[0].shape[:2]
+        if any(im.shape[:2] != (h, w) for im in images):
+            raise InputError("compress_batch needs images of one size", hint="group images by size first")
+        x = self._pad(torch.stack([_to_tensor(im) for im in images]))
+        with torch.inference_mode():
+            y = self.transforms.g_a(x).float()
+            z = self.transforms.h_a(y).float()
+        out = []
+        for i in range(len(images)):
+            out.append(self._code_one(y[i : i + 1], z[i : i + 1], w, h))
+        return out
+
+    def _code_one(self, y: torch.Tensor, z: torch.Tensor, width: int, height: int) -> Compressed:
+        import torch
+        from compressai.entropy_models.entropy_models import EntropyModel
+
+        z_sym = torch.round(z - self._z_medians.view(1, -1, 1, 1))
+        z_idx = self._z_indexes(z_sym.shape)
+        # Called on the base class so that symbols are passed through as they are (no medians re-applied).
+        z_string = EntropyModel.compress(self._eb, z_sym, z_idx)[0]
+        params = self.entropy_path(z_sym)
+        y_sym = torch.round(y - params.means)
+        y_string = EntropyModel.compress(self._gc, y_sym, params.indexes)[0]
+        return Compressed(
+            streams={STREAM_Z: z_string, STREAM_Y: y_string},
+            latent_hash=latent_hash(z_sym, y_sym),
+            y_hat=y_sym + params.means,
+            width=width,
+            height=height,
+        )
+
+    # -- decoding -----------------------------------------------------------------------------------------
+
+    def entropy_decode(self, streams: dict[str, bytes], width: int, height: int, expected_hash: bytes) -> torch.Tensor:
+        """Entropy-decodes the streams to y_hat (1, M, h, w), refusing if the latent hash differs."""
+        import torch
+        from compressai.entropy_models.entropy_models import EntropyModel
+
+        missing = {STREAM_Z, STREAM_Y} - set(streams)
+        if missing:
+            raise BitstreamError(f"bitstream lacks stream(s) {sorted(missing)}")
+        yh, yw = self.latent_size(width, height)
+        z_shape = (1, self._z_medians.numel(), yh // 4, yw // 4)
+        try:
+            z_sym = EntropyModel.decompress(self._eb, [streams[STREAM_Z]], self._z_indexes(z_shape))
+            params = self.entropy_path(z_sym)
+            y_sym = EntropyModel.decompress(self._gc, [streams[STREAM_Y]], params.indexes)
+        except (ValueError, RuntimeError) as e:
+            raise BitstreamError(f"entropy decoding failed: {e}") from e
+        if latent_hash(z_sym, y_sym) != expected_hash:
+            raise BitstreamError(
+                "decoded latent does not match the encoder's (latent hash mismatch)",
+                hint="the bitstream is corrupt or was made by an encoder out of step with this decoder; "
+                "nothing was decoded",
+            )
+        return (y_sym + params.means).to(torch.float32)
+
+    def synthesize(self, y_hat: torch.Tensor, width: int, height: int) -> np.ndarray:
+        """Synthesis transform to an (H, W, 3) uint8 image cropped to the original size."""
+        import torch
+
+        with torch.inference_mode():
+            x_hat = self.transforms.g_s(y_hat).float()
+        x_hat = x_hat[0, :, :height, :width].clamp(0, 1)
+        return (x_hat.mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy())
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def _z_indexes(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        import torch
+
+        c = shape[1]
+        return torch.arange(c, dtype=torch.int32).view(1, c, 1, 1).expand(*shape).contiguous()
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        f = self.arch.downsampling
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % f, (-w) % f
+        if ph == 0 and pw == 0:
+            return x
+        # Replicate the edges: cheaper to code than a zero border, and cropped away after decoding.
+        return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    import torch
+
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or str(pixels.dtype) != "uint8":
+        raise InputError(f"expected an (H, W, 3) uint8 image, got {pixels.shape} {pixels.dtype}")
+    return torch.from_numpy(pixels).permute(2, 0, 1).float().div(255.0)

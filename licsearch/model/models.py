@@ -1,0 +1,156 @@
+"""The model set: codec, adapter and text encoder loaded lazily from a :class:`ModelsConfig`.
+
+This is the in-process model plane. It turns images into ``.lics`` bytes plus an embedding, bitstreams
+back into pixels or embeddings (the latter by entropy decoding alone), and texts into query vectors.
+Components load on first use, so ingest never pays for the text tower and text search never pays for
+the codec's synthesis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from ..bitstream import Bitstream
+from ..config import ModelsConfig
+from ..errors import BitstreamError, ConfigMismatchError
+from .adapter import Adapter, AdapterShape
+from .codec import Codec
+from .text import TextEncoder, TextEmbedding
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """An image's bitstream and embedding.
+
+    Attributes:
+        data: the ``.lics`` container bytes.
+        embedding: unit vector in the store's space.
+        width, height: original size.
+    """
+
+    data: bytes = field(repr=False)
+    embedding: list[float] = field(repr=False)
+    width: int
+    height: int
+
+    @property
+    def bpp(self) -> float:
+        """Bits per pixel of the whole container."""
+        return 8.0 * len(self.data) / (self.width * self.height)
+
+
+def space_id_for(cfg: ModelsConfig) -> str:
+    """The default embedding space id: a fingerprint of the adapter, the codec it reads and the CLIP model."""
+    h = hashlib.sha256(f"{cfg.codec.sha256}|{cfg.adapter.sha256}|{cfg.clip.model}|{cfg.clip.sha256}".encode())
+    return f"{cfg.clip.model.lower()}-{h.hexdigest()[:12]}"
+
+
+class ModelSet:
+    """Lazily loaded models of one store.
+
+    Args:
+        cfg: the models to load; when its ``sha256`` fields are set, loaded weights must match them.
+    """
+
+    def __init__(self, cfg: ModelsConfig) -> None:
+        self.cfg = cfg
+
+    @cached_property
+    def codec(self) -> Codec:
+        c = self.cfg.codec
+        codec = Codec.load(c.arch, c.quality, c.weights, seed=c.seed)
+        _check_hash("codec", c.weights, c.sha256, codec.weights_sha256)
+        return codec
+
+    @cached_property
+    def embed_dim(self) -> int:
+        import open_clip
+
+        from .text import _register_configs
+
+        _register_configs()
+        cfg = open_clip.get_model_config(self.cfg.clip.model)
+        if cfg is None:
+            return self.text.embed_dim
+        return int(cfg["embed_dim"])
+
+    @cached_property
+    def adapter(self) -> Adapter:
+        a = self.cfg.adapter
+        shape = AdapterShape(self.codec.latent_channels, self.embed_dim, width=a.width, hidden=a.hidden)
+        adapter = Adapter.load(shape, a.weights, seed=a.seed)
+        _check_hash("adapter", a.weights, a.sha256, adapter.weights_sha256)
+        return adapter
+
+    @cached_property
+    def text(self) -> TextEncoder:
+        c = self.cfg.clip
+        enc = TextEncoder.load(c.model, c.tag, c.weights, seed=c.seed)
+        _check_hash("CLIP", c.weights, c.sha256, enc.weights_sha256)
+        return enc
+
+    def random_components(self) -> list[str]:
+        """Names of the components configured with random weights (their results mean nothing)."""
+        pairs = (("codec", self.cfg.codec.weights), ("clip", self.cfg.clip.weights), ("adapter", self.cfg.adapter.weights))
+        return [name for name, w in pairs if w == "random"]
+
+    def fingerprinted(self) -> ModelsConfig:
+        """The config with every weight fingerprint filled in (loads all three components)."""
+        return self.cfg.with_hashes(self.codec.weights_sha256, self.text.weights_sha256, self.adapter.weights_sha256)
+
+    # -- operations ---------------------------------------------------------------------------------------
+
+    def encode_batch(self, images: list[np.ndarray]) -> list[Encoded]:
+        """Compresses and embeds images of one size in a single pass of the transforms and the adapter."""
+        import torch
+
+        comp = self.codec.compress_batch(images)
+        emb = self.adapter.embed(torch.cat([c.y_hat for c in comp])).tolist()
+        out = []
+        for c, e in zip(comp, emb, strict=True):
+            bs = Bitstream(self.codec.profile_id, c.width, c.height, c.latent_hash, c.streams)
+            out.append(Encoded(bs.to_bytes(), e, c.width, c.height))
+        return out
+
+    def encode(self, pixels: np.ndarray) -> Encoded:
+        return self.encode_batch([pixels])[0]
+
+    def parse(self, data: bytes) -> Bitstream:
+        """Parses a container and checks that this codec made it."""
+        bs = Bitstream.from_bytes(data)
+        if bs.profile_id != self.codec.profile_id:
+            raise BitstreamError(
+                f"bitstream was made by codec profile {bs.profile_id}, this codec is {self.codec.profile_id}",
+                hint="decode it with the store or model flags that encoded it",
+            )
+        return bs
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """``.lics`` bytes -> (H, W, 3) uint8 pixels."""
+        bs = self.parse(data)
+        y_hat = self.codec.entropy_decode(bs.streams, bs.width, bs.height, bs.latent_hash)
+        return self.codec.synthesize(y_hat, bs.width, bs.height)
+
+    def embed_bitstream(self, data: bytes) -> list[float]:
+        """Embedding rebuilt from ``.lics`` bytes by entropy decoding and the adapter (no synthesis)."""
+        bs = self.parse(data)
+        y_hat = self.codec.entropy_decode(bs.streams, bs.width, bs.height, bs.latent_hash)
+        return list(self.adapter.embed(y_hat)[0].tolist())
+
+    def embed_texts(self, texts: list[str]) -> TextEmbedding:
+        return self.text.embed(texts)
+
+
+def _check_hash(what: str, source: str, expected: str, actual: str) -> None:
+    if expected and expected != actual:
+        raise ConfigMismatchError(
+            f"{what} weights ({source}) are not the ones this store was made with "
+            f"(fingerprint {actual[:12]}, store expects {expected[:12]})",
+            hint="restore the original weights file, or create a new store for these models",
+        )

@@ -1,0 +1,141 @@
+"""The CLIP text encoder (open_clip) that puts queries into the adapter's embedding space.
+
+Model names resolve through open_clip, plus the configs shipped in ``licsearch/model_configs`` (a tiny
+model for tests and the synthetic-world CLIP). Weights are ``pretrained`` with an open_clip tag (downloaded
+from the model hub; a clear error offline), ``random`` (seeded; labelled) or a checkpoint path.
+
+Long text policy: a query over :data:`MAX_TEXT_CHARS` characters is refused; a query whose tokens exceed
+the model's context length is truncated to it and reported as truncated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError, ModelError, TextError
+from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dict_sha256
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MAX_TEXT_CHARS = 4096
+DEFAULT_CLIP = "ViT-B-32"
+DEFAULT_TAG = "laion2b_s34b_b79k"
+_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+
+
+def parse_clip(text: str) -> tuple[str, str | None]:
+    """Parses ``MODEL[:TAG]``."""
+    name, _, tag = text.partition(":")
+    if not name:
+        raise InputError(f"bad CLIP model {text!r}", hint="write MODEL[:TAG], e.g. ViT-B-32:laion2b_s34b_b79k")
+    return name, tag or None
+
+
+def _register_configs() -> None:
+    import open_clip
+
+    if not getattr(_register_configs, "done", False):
+        open_clip.add_model_config(_CONFIG_DIR)
+        _register_configs.done = True  # type: ignore[attr-defined]
+
+
+def load_clip_model(name: str, tag: str | None, weights: str, *, seed: int = 0) -> nn.Module:
+    """Builds an open_clip CLIP model from ``pretrained`` (with ``tag``), ``random`` or a checkpoint path."""
+    import open_clip
+
+    _register_configs()
+    if name not in open_clip.list_models():
+        raise InputError(f"unknown CLIP model {name!r}", hint="see open_clip.list_models() or licsearch/model_configs")
+    if weights == PRETRAINED:
+        tag = tag or (DEFAULT_TAG if name == DEFAULT_CLIP else None)
+        if not tag:
+            raise InputError(f"pretrained {name} needs a tag", hint=f"write --clip {name}:TAG")
+        try:
+            model = open_clip.create_model(name, pretrained=tag)
+        except Exception as e:
+            raise ModelError(
+                f"cannot get pretrained CLIP {name}:{tag} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                hint="without network, pre-populate the Hugging Face cache (HF_HOME, default ~/.cache/huggingface) "
+                "or pass --clip-weights PATH (a checkpoint) or --clip-weights random",
+            ) from e
+    else:
+        with seeded(seed):
+            model = open_clip.create_model(name, pretrained=None)
+        if weights != RANDOM:
+            state = load_state_dict_file(weights, what="CLIP")
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                raise ModelError(f"CLIP weights in {weights} do not fit {name}: {str(e).splitlines()[0]}") from e
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """Unit vectors for a batch of texts, and which texts were truncated to the context length."""
+
+    vectors: torch.Tensor
+    truncated: tuple[bool, ...]
+
+
+class TextEncoder:
+    """open_clip text tower plus its tokenizer.
+
+    Args:
+        model: the CLIP model (its image tower serves as the adapter's training teacher).
+        name, tag: the open_clip model name and pretrained tag.
+        weights_sha256: fingerprint of the weights.
+        random_weights: True when untrained (results must be labelled).
+    """
+
+    def __init__(self, model: nn.Module, name: str, tag: str | None, weights_sha256: str, *, random_weights: bool) -> None:
+        import open_clip
+
+        self.model = model
+        self.name = name
+        self.tag = tag
+        self.weights_sha256 = weights_sha256
+        self.random_weights = random_weights
+        self.tokenizer: Any = open_clip.get_tokenizer(name)
+        self.context_length = int(getattr(self.tokenizer, "context_length", 77))
+
+    @classmethod
+    def load(cls, name: str, tag: str | None, weights: str, *, seed: int = 0) -> TextEncoder:
+        model = load_clip_model(name, tag, weights, seed=seed)
+        return cls(model, name, tag, state_dict_sha256(model.state_dict()), random_weights=weights == RANDOM)
+
+    @property
+    def embed_dim(self) -> int:
+        proj = getattr(self.model, "text_projection", None)
+        if proj is not None and hasattr(proj, "shape"):
+            return int(proj.shape[1])
+        import open_clip
+
+        _register_configs()
+        return int(open_clip.get_model_config(self.name)["embed_dim"])
+
+    def check(self, text: str) -> bool:
+        """Validates a query; returns True when it will be truncated to the context length."""
+        if not text or not text.strip():
+            raise TextError("empty text query", hint="give some words to search for")
+        if len(text) > MAX_TEXT_CHARS:
+            raise TextError(f"text query of {len(text)} characters is too long", hint=f"limit is {MAX_TEXT_CHARS}")
+        encode = getattr(self.tokenizer, "encode", None)
+        return bool(encode is not None and len(encode(text)) + 2 > self.context_length)
+
+    def embed(self, texts: list[str]) -> TextEmbedding:
+        """Tokenises (truncating to the context length) and encodes; unit vectors (B, D)."""
+        import torch
+
+        truncated = tuple(self.check(t) for t in texts)
+        tokens = self.tokenizer(texts)
+        with torch.inference_mode():
+            vec = self.model.encode_text(tokens, normalize=True)
+        return TextEmbedding(vectors=vec.float(), truncated=truncated)

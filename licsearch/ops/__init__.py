@@ -1,0 +1,1 @@
+"""Control plane operations over a store: ingest, search, retrieval, maintenance."""

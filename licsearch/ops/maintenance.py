@@ -1,0 +1,120 @@
+"""Store maintenance: statistics and fsck (find and repair missing, orphan and corrupt bitstreams)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import StoreError
+from ..storage.blobs import parse_ref
+from ..storage.store import Store
+
+# A blob younger than this may belong to an ingest in flight on another process (only possible with a
+# Qdrant server; local mode holds an exclusive lock), so repair leaves it alone.
+SERVER_ORPHAN_GRACE_S = 3600.0
+
+
+def stats(store: Store) -> dict[str, Any]:
+    """Images, stored bytes, mean bpp and embedding spaces."""
+    n = 0
+    total_bytes = 0
+    bpp_sum = 0.0
+    for _, payload in store.index.iter_points():
+        n += 1
+        total_bytes += int(payload.get("bytes", 0))
+        bpp_sum += float(payload.get("bpp", 0.0))
+    return {
+        "store": str(store.root),
+        "images": n,
+        "bytes": total_bytes,
+        "mean_bpp": bpp_sum / n if n else 0.0,
+        "mean_bytes": total_bytes / n if n else 0.0,
+        "blob_bytes_on_disk": store.blobs.total_bytes(),
+        "space_id": store.space_id,
+        "spaces": store.index.spaces(),
+        "codec_profile": _profile(store),
+        "qdrant": store.config.qdrant.url or "local",
+        "random_weights": store.models.random_components(),
+    }
+
+
+def _profile(store: Store) -> str:
+    c = store.config.models.codec
+    return f"{c.arch}:q{c.quality}:{c.sha256[:12]}"
+
+
+@dataclass
+class FsckReport:
+    """What fsck found and, with repair, what it fixed."""
+
+    points: int = 0
+    bitstreams: int = 0
+    missing: list[str] = field(default_factory=list)  # point ids whose bitstream is absent
+    corrupt: list[str] = field(default_factory=list)  # point ids whose bitstream fails its hash
+    orphans: list[str] = field(default_factory=list)  # blob refs no point references
+    temp_files_removed: int = 0
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.corrupt or self.orphans) or self.repaired
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "points": self.points,
+            "bitstreams": self.bitstreams,
+            "missing": self.missing,
+            "corrupt": self.corrupt,
+            "orphans": self.orphans,
+            "temp_files_removed": self.temp_files_removed,
+            "repaired": self.repaired,
+            "ok": self.ok,
+        }
+
+
+def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckReport:
+    """Cross-checks points and bitstreams.
+
+    A point whose bitstream is missing or corrupt cannot be decoded: repair deletes the point (re-ingest the
+    source to restore it). A bitstream no point references is an orphan of an interrupted ingest: repair
+    deletes it. With ``verify``, every referenced bitstream is re-hashed.
+    """
+    rep = FsckReport()
+    referenced: set[str] = set()
+    bad_points: list[str] = []
+    corrupt_refs: set[str] = set()
+    for pid, payload in store.index.iter_points():
+        rep.points += 1
+        ref = str(payload.get("blob", ""))
+        try:
+            parse_ref(ref)
+        except Exception:
+            rep.missing.append(pid)
+            bad_points.append(pid)
+            continue
+        referenced.add(ref)
+        if not store.blobs.exists(ref):
+            rep.missing.append(pid)
+            bad_points.append(pid)
+        elif verify:
+            try:
+                store.blobs.get(ref)
+            except StoreError:
+                rep.corrupt.append(pid)
+                bad_points.append(pid)
+                corrupt_refs.add(ref)
+    grace = 0.0 if store.local else SERVER_ORPHAN_GRACE_S
+    now = time.time()
+    for ref in store.blobs.iter_refs():
+        rep.bitstreams += 1
+        if ref not in referenced and now - store.blobs.path(ref).stat().st_mtime >= grace:
+            rep.orphans.append(ref)
+    if repair:
+        if bad_points:
+            store.index.delete(bad_points)
+        for ref in [*rep.orphans, *corrupt_refs]:
+            store.blobs.delete(ref)
+        rep.temp_files_removed = store.blobs.clean_tmp(older_than_s=grace)
+        rep.repaired = True
+    return rep

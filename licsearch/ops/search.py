@@ -1,0 +1,102 @@
+"""Search by text, by image or like a stored point; fetch and decode stored images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError
+from ..imageio import load_image
+from ..storage.index import FieldFilter, Hit
+from ..storage.store import Store
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Hits best first, plus what a caller should be told about the query."""
+
+    hits: list[Hit]
+    space_id: str
+    notices: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hits": [{"id": h.id, "score": h.score, "payload": h.payload} for h in self.hits],
+            "space_id": self.space_id,
+            "notices": self.notices,
+        }
+
+
+def query_vector(
+    store: Store, *, text: str | None = None, image: str | Path | None = None, like: str | None = None
+) -> tuple[list[float], list[str]]:
+    """The query's vector in the store's space, and notices (e.g. text truncated)."""
+    given = [x is not None for x in (text, image, like)]
+    if sum(given) != 1:
+        raise InputError("give exactly one of --text, --image, --like")
+    if text is not None:
+        emb = store.models.embed_texts([text])
+        notices = []
+        if emb.truncated[0]:
+            notices.append(f"text truncated to the encoder's {store.models.text.context_length} tokens")
+        return list(emb.vectors[0].tolist()), notices
+    if image is not None:
+        loaded = load_image(image, max_pixels=store.config.max_pixels)
+        return store.models.encode(loaded.pixels).embedding, []
+    assert like is not None
+    rec = store.index.retrieve([like], with_vectors=[store.space_id])
+    if not rec:
+        raise InputError(f"no stored image with id {like}", hint="ids are listed by `licsearch search --json`")
+    vec = rec[0][2].get(store.space_id)
+    if vec is None:
+        raise InputError(f"image {like} has no vector in space {store.space_id}")
+    return vec, []
+
+
+def search(
+    store: Store,
+    *,
+    text: str | None = None,
+    image: str | Path | None = None,
+    like: str | None = None,
+    top_k: int = 10,
+    filters: Sequence[FieldFilter] = (),
+) -> SearchResult:
+    """Nearest stored images to a text, an image file or a stored image (which is left out of its own hits)."""
+    if not 1 <= top_k <= 1000:
+        raise InputError(f"top-k {top_k} is out of range", hint="use 1..1000")
+    vector, notices = query_vector(store, text=text, image=image, like=like)
+    k = top_k + 1 if like else top_k
+    hits = store.index.search(store.space_id, vector, top_k=k, filters=filters)
+    if like:
+        hits = [h for h in hits if h.id != _norm(like)][:top_k]
+    return SearchResult(hits=hits, space_id=store.space_id, notices=notices)
+
+
+def fetch_bitstream(store: Store, image_id: str) -> tuple[bytes, dict[str, Any]]:
+    """The stored ``.lics`` bytes of a point and its payload."""
+    rec = store.index.retrieve([image_id])
+    if not rec:
+        raise InputError(f"no stored image with id {image_id}")
+    payload = rec[0][1]
+    return store.blobs.get(str(payload["blob"])), payload
+
+
+def decode_stored(store: Store, image_id: str) -> np.ndarray:
+    """Decodes a stored image to pixels on demand."""
+    data, _ = fetch_bitstream(store, image_id)
+    return store.models.decode(data)
+
+
+def _norm(i: str) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(i))
+    except ValueError:
+        return i

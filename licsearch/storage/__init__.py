@@ -1,0 +1,1 @@
+"""Data plane: content-addressed bitstreams on disk and embeddings with payload in Qdrant."""

@@ -1,0 +1,139 @@
+"""A store: its config, bitstream blobs, Qdrant collection and the models that made them.
+
+Layout of a store directory::
+
+    store.json          the StoreConfig (models with weight fingerprints, space id, Qdrant location)
+    credentials.json    Qdrant API key when one was given (mode 0600)
+    blobs/objects/ab/cdef....lics   bitstreams, content-addressed by sha256
+    blobs/tmp/          temp files of writes in flight
+    qdrant/             Qdrant local-mode data (absent when a server URL is configured)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+from ..config import CONFIG_FILE, ModelsConfig, QdrantConfig, StoreConfig
+from ..errors import ConfigMismatchError, StoreError
+from ..model.models import ModelSet, space_id_for
+from .blobs import BlobStore
+from .index import VectorIndex
+
+DEFAULT_STORE = "./licsearch-data"
+CREDENTIALS_FILE = "credentials.json"
+API_KEY_ENV = "LICSEARCH_QDRANT_API_KEY"
+
+
+def default_store_dir() -> Path:
+    """``$LICSEARCH_STORE`` when set, else ``./licsearch-data``."""
+    return Path(os.environ.get("LICSEARCH_STORE") or DEFAULT_STORE)
+
+
+def point_id(pixels_sha256: str) -> str:
+    """The point id of an image: a UUID made from the hash of its decoded pixels (content identity)."""
+    return str(uuid.UUID(hex=pixels_sha256[:32]))
+
+
+class Store:
+    """An opened store. Use :meth:`create` or :meth:`open`; close it (or use ``with``) to release Qdrant."""
+
+    def __init__(self, root: Path, config: StoreConfig, *, api_key: str | None = None) -> None:
+        self.root = root
+        self.config = config
+        self.models = ModelSet(config.models)
+        self.blobs = BlobStore(root / "blobs")
+        q = config.qdrant
+        self.index = VectorIndex(
+            path=None if q.url else root / q.path, url=q.url, api_key=api_key, collection=q.collection
+        )
+
+    @property
+    def space_id(self) -> str:
+        return self.config.space_id
+
+    @property
+    def local(self) -> bool:
+        """True when Qdrant runs embedded (one process holds the store)."""
+        return self.config.qdrant.url is None
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        models: ModelsConfig,
+        *,
+        qdrant: QdrantConfig | None = None,
+        api_key: str | None = None,
+        max_pixels: int = 40_000_000,
+    ) -> Store:
+        """Initialises a store: loads the models to fingerprint them, writes the config, creates the collection."""
+        if (root / CONFIG_FILE).exists():
+            raise StoreError(f"a store already exists at {root}", hint="use it, or choose another --store DIR")
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root} is not a directory")
+        ms = ModelSet(models)
+        fp = ms.fingerprinted()
+        cfg = StoreConfig(models=fp, space_id=space_id_for(fp), qdrant=qdrant or QdrantConfig(), max_pixels=max_pixels)
+        root.mkdir(parents=True, exist_ok=True)
+        if api_key:
+            cred = root / CREDENTIALS_FILE
+            fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"qdrant_api_key": api_key}, f)
+        store = cls(root, cfg, api_key=api_key)
+        store.models = ms  # reuse the loaded models
+        try:
+            store.index.ensure_collection({cfg.space_id: ms.adapter.shape.embed_dim})
+        except BaseException:
+            store.close()
+            raise
+        cfg.save(root)  # written last: a store exists only once its collection does
+        return store
+
+    @classmethod
+    def open(cls, root: Path, *, api_key: str | None = None) -> Store:
+        """Opens an existing store (models load lazily, on first use)."""
+        cfg = StoreConfig.load(root)
+        key = api_key or os.environ.get(API_KEY_ENV) or _read_api_key(root)
+        return cls(root, cfg, api_key=key)
+
+    def check_models(self, requested: ModelsConfig | None) -> None:
+        """Refuses model flags that differ from the store's models."""
+        if requested is None:
+            return
+        mine = self.config.models.with_hashes("", "", "")
+        if requested.with_hashes("", "", "") != mine:
+            raise ConfigMismatchError(
+                f"this store was made with other models ({_describe(mine)}; asked for {_describe(requested)})",
+                hint="drop the model flags to use the store's models, or make a new store with `licsearch init`",
+            )
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _describe(m: ModelsConfig) -> str:
+    return (
+        f"codec {m.codec.arch}:{m.codec.quality} ({m.codec.weights}), clip {m.clip.model} ({m.clip.weights}), "
+        f"adapter ({m.adapter.weights})"
+    )
+
+
+def _read_api_key(root: Path) -> str | None:
+    p = root / CREDENTIALS_FILE
+    if not p.is_file():
+        return None
+    try:
+        key = json.loads(p.read_text()).get("qdrant_api_key")
+    except (OSError, json.JSONDecodeError) as e:
+        raise StoreError(f"cannot read {p}: {e}") from e
+    return str(key) if key else None
