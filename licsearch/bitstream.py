@@ -106,9 +106,9 @@ class Bitstream:
         names_lengths = []
         for _ in range(count):
             (nlen,) = r.unpack("<B")
-            name = r.take(nlen)
+            raw = r.take(nlen)
             (length,) = r.unpack("<I")
-            names_lengths.append((name, length))
+            names_lengths.append((raw, length))
         payload_total = sum(n for _, n in names_lengths)
         if r.pos + payload_total != len(body) or zlib.crc32(body) != crc:
             # Length is compared first so that truncation is named as such; either way nothing is trusted.
@@ -117,8 +117,8 @@ class Bitstream:
         if flags != 0:
             raise BitstreamError(f"unknown .lics flags {flags:#x}")
         streams: dict[str, bytes] = {}
-        for raw, length in names_lengths:
-            name = _ascii(raw, "stream name")
+        for raw_name, length in names_lengths:
+            name = _ascii(raw_name, "stream name")
             if name in streams:
                 raise BitstreamError(f"duplicate stream {name!r} in .lics bitstream")
             streams[name] = r.take(length)

@@ -12,11 +12,13 @@ from .errors import InputError
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` via a temp file in the same directory, fsync and rename."""
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = path.parent if str(path.parent) else Path()
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as e:
-        raise InputError(f"cannot write {path}: {e.strerror or e}", hint="check the directory exists and is writable") from e
+        raise InputError(
+            f"cannot write {path}: {e.strerror or e}", hint="check the directory exists and is writable"
+        ) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -150,8 +150,8 @@ def _codec_models(args: argparse.Namespace) -> ModelSet:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from ..bitstream import Bitstream
-    from ..imageio import load_image
     from ..fsutil import atomic_write
+    from ..imageio import load_image
 
     models = _codec_models(args)
     image = load_image(args.image)
@@ -186,7 +186,9 @@ def cmd_decode(args: argparse.Namespace) -> int:
     pixels = models.decode(data)
     save_image(pixels, args.output)
     h, w = pixels.shape[:2]
-    emit(args, {"output": args.output, "width": w, "height": h, "random_weights": rnd}, f"wrote {args.output} ({w}x{h})")
+    emit(
+        args, {"output": args.output, "width": w, "height": h, "random_weights": rnd}, f"wrote {args.output} ({w}x{h})"
+    )
     return 0
 
 
@@ -238,4 +240,3 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "fsck": cmd_fsck,
     "samples": cmd_samples,
 }
-

@@ -109,7 +109,7 @@ class Adapter:
         import torch
 
         with torch.inference_mode():
-            return self.module(y_hat.float())  # type: ignore[no-any-return]
+            return self.module(y_hat.float())
 
     def metadata(self) -> dict[str, Any]:
         return {"kind": "adapter", **{k: str(v) for k, v in self.shape.to_dict().items()}}

@@ -20,7 +20,6 @@ from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dic
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    from torch import nn
 
 STREAM_Z = "z"  # hyper-latent, coded with the factorized entropy bottleneck
 STREAM_Y = "y"  # latent, coded with the Gaussian conditional
@@ -50,7 +49,7 @@ class CodecArch:
 
         return tuple(sorted(cfgs[self.name]))
 
-    def build_random(self, quality: int, seed: int) -> nn.Module:
+    def build_random(self, quality: int, seed: int) -> Any:
         """A model of the zoo's shape for ``quality`` with seeded random weights.
 
         Freshly initialised, ``g_a`` emits latents of standard deviation ~0.04, which all quantize to zero, so
@@ -68,15 +67,15 @@ class CodecArch:
             model.g_a[-1].weight.mul_(RANDOM_LATENT_GAIN)
             model.g_a[-1].bias.mul_(RANDOM_LATENT_GAIN)
             model.g_s[0].weight.div_(RANDOM_LATENT_GAIN)
-        return model  # type: ignore[no-any-return]
+        return model
 
-    def from_state_dict(self, state: dict[str, Any]) -> nn.Module:
+    def from_state_dict(self, state: dict[str, Any]) -> Any:
         """A model whose shape is read off ``state`` (CompressAI's own convention)."""
         from compressai.zoo.image import model_architectures
         from compressai.zoo.pretrained import load_pretrained
 
         try:
-            return model_architectures[self.name].from_state_dict(load_pretrained(state))  # type: ignore[no-any-return]
+            return model_architectures[self.name].from_state_dict(load_pretrained(state))
         except (KeyError, RuntimeError) as e:
             raise ModelError(f"weights do not fit {self.name}: {str(e).splitlines()[0]}") from e
 
@@ -101,7 +100,7 @@ def parse_codec(text: str) -> tuple[str, int]:
     return arch, quality
 
 
-def load_codec_model(arch_name: str, quality: int, weights: str, *, seed: int = 0) -> nn.Module:
+def load_codec_model(arch_name: str, quality: int, weights: str, *, seed: int = 0) -> Any:
     """Builds the CompressAI model with entropy tables ready, from ``pretrained``, ``random`` or a path."""
     arch = CODEC_ARCHS.get(arch_name)
     arch.check_quality(quality)
@@ -145,18 +144,18 @@ class Transforms(Protocol):
 class TorchTransforms:
     """Eager PyTorch transforms of a CompressAI model."""
 
-    def __init__(self, model: nn.Module, arch: CodecArch) -> None:
+    def __init__(self, model: Any, arch: CodecArch) -> None:
         self.model = model
         self.arch = arch
 
     def g_a(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.g_a(x)  # type: ignore[no-any-return]
+        return self.model.g_a(x)
 
     def h_a(self, y: torch.Tensor) -> torch.Tensor:
-        return self.model.h_a(y.abs() if self.arch.abs_before_h_a else y)  # type: ignore[no-any-return]
+        return self.model.h_a(y.abs() if self.arch.abs_before_h_a else y)
 
     def g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
-        return self.model.g_s(y_hat)  # type: ignore[no-any-return]
+        return self.model.g_s(y_hat)
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,7 @@ class Codec:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,
         arch: CodecArch,
         quality: int,
         weights_sha256: str,
@@ -228,7 +227,13 @@ class Codec:
     def load(cls, arch: str, quality: int, weights: str, *, seed: int = 0) -> Codec:
         """Builds a codec from ``pretrained``, ``random`` (seeded) or a checkpoint path."""
         model = load_codec_model(arch, quality, weights, seed=seed)
-        return cls(model, CODEC_ARCHS.get(arch), quality, state_dict_sha256(model.state_dict()), random_weights=weights == RANDOM)
+        return cls(
+            model,
+            CODEC_ARCHS.get(arch),
+            quality,
+            state_dict_sha256(model.state_dict()),
+            random_weights=weights == RANDOM,
+        )
 
     @property
     def profile_id(self) -> str:
@@ -316,7 +321,7 @@ class Codec:
         with torch.inference_mode():
             x_hat = self.transforms.g_s(y_hat).float()
         x_hat = x_hat[0, :, :height, :width].clamp(0, 1)
-        return (x_hat.mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy())
+        return x_hat.mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
     # -- helpers ------------------------------------------------------------------------------------------
 

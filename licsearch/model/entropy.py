@@ -84,9 +84,13 @@ class IntegerHyperSynthesis:
                 act, i = "relu", i + 1
             elif i + 1 < len(mods) and isinstance(mods[i + 1], nn.LeakyReLU):
                 act, i = "leaky_relu", i + 1
-                leaky_num = round(float(mods[i].negative_slope) * 2**LEAKY_BITS)  # type: ignore[union-attr]
+                leaky_num = round(float(getattr(mods[i], "negative_slope", 0.01)) * 2**LEAKY_BITS)
             w = torch.round(m.weight.detach().to(torch.float64) * 2**WEIGHT_BITS)
-            b = m.bias.detach() if m.bias is not None else torch.zeros(w.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0])
+            b = (
+                m.bias.detach()
+                if m.bias is not None
+                else torch.zeros(w.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0])
+            )
             b = torch.round(b.to(torch.float64) * 2 ** (WEIGHT_BITS + ACT_BITS))
             # Conv2d weights are (out, in, k, k); ConvTranspose2d weights are (in, out, k, k).
             per_out = w.abs().sum(dim=(1, 2, 3)) if isinstance(m, nn.Conv2d) else w.abs().sum(dim=(0, 2, 3))
@@ -96,7 +100,7 @@ class IntegerHyperSynthesis:
                     weight=w,
                     bias=b,
                     stride=int(m.stride[0]),
-                    padding=int(m.padding[0]),  # type: ignore[index]
+                    padding=int(m.padding[0]),
                     output_padding=int(m.output_padding[0]) if isinstance(m, nn.ConvTranspose2d) else 0,
                     activation=act,
                     leaky_num=leaky_num,
@@ -161,7 +165,9 @@ class CanonicalEntropyPath:
         has_means: True for mean-scale models, whose h_s emits scales then means.
     """
 
-    def __init__(self, h_s: nn.Sequential, z_medians: torch.Tensor, scale_table: torch.Tensor, *, has_means: bool) -> None:
+    def __init__(
+        self, h_s: nn.Sequential, z_medians: torch.Tensor, scale_table: torch.Tensor, *, has_means: bool
+    ) -> None:
         import torch
 
         self.h_s = IntegerHyperSynthesis(h_s)

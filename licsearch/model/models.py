@@ -18,7 +18,7 @@ from ..config import ModelsConfig
 from ..errors import BitstreamError, ConfigMismatchError
 from .adapter import Adapter, AdapterShape
 from .codec import Codec
-from .text import TextEncoder, TextEmbedding
+from .text import TextEmbedding, TextEncoder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,7 +97,11 @@ class ModelSet:
 
     def random_components(self) -> list[str]:
         """Names of the components configured with random weights (their results mean nothing)."""
-        pairs = (("codec", self.cfg.codec.weights), ("clip", self.cfg.clip.weights), ("adapter", self.cfg.adapter.weights))
+        pairs = (
+            ("codec", self.cfg.codec.weights),
+            ("clip", self.cfg.clip.weights),
+            ("adapter", self.cfg.adapter.weights),
+        )
         return [name for name, w in pairs if w == "random"]
 
     def fingerprinted(self) -> ModelsConfig:

@@ -35,15 +35,19 @@ def parse_clip(text: str) -> tuple[str, str | None]:
     return name, tag or None
 
 
+_registered: list[bool] = []
+
+
 def _register_configs() -> None:
+    """Makes open_clip see the configs shipped with licsearch (once per process)."""
     import open_clip
 
-    if not getattr(_register_configs, "done", False):
+    if not _registered:
         open_clip.add_model_config(_CONFIG_DIR)
-        _register_configs.done = True  # type: ignore[attr-defined]
+        _registered.append(True)
 
 
-def load_clip_model(name: str, tag: str | None, weights: str, *, seed: int = 0) -> nn.Module:
+def load_clip_model(name: str, tag: str | None, weights: str, *, seed: int = 0) -> Any:
     """Builds an open_clip CLIP model from ``pretrained`` (with ``tag``), ``random`` or a checkpoint path."""
     import open_clip
 
@@ -74,7 +78,7 @@ def load_clip_model(name: str, tag: str | None, weights: str, *, seed: int = 0) 
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model  # type: ignore[no-any-return]
+    return model
 
 
 @dataclass(frozen=True)
@@ -95,10 +99,12 @@ class TextEncoder:
         random_weights: True when untrained (results must be labelled).
     """
 
-    def __init__(self, model: nn.Module, name: str, tag: str | None, weights_sha256: str, *, random_weights: bool) -> None:
+    def __init__(
+        self, model: nn.Module, name: str, tag: str | None, weights_sha256: str, *, random_weights: bool
+    ) -> None:
         import open_clip
 
-        self.model = model
+        self.model: Any = model
         self.name = name
         self.tag = tag
         self.weights_sha256 = weights_sha256

@@ -63,7 +63,9 @@ def load_state_dict_file(path: str | Path, *, what: str) -> dict[str, torch.Tens
     return {str(k): v for k, v in obj.items()}
 
 
-def save_state_dict(state: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> None:
+def save_state_dict(
+    state: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+) -> None:
     """Writes tensors as ``.safetensors`` (contiguous CPU copies), atomically."""
     import os
 

@@ -1,0 +1,100 @@
+"""Shared fixtures: small random-weight models (labelled as such by the product) and generated images.
+
+No network and no downloads: the codec is CompressAI's bmshj2018-hyperprior at quality 1 with seeded random
+weights, the CLIP model is the tiny open_clip config shipped in licsearch/model_configs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from licsearch.config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+TINY_FLAGS = [
+    "--codec", "bmshj2018-hyperprior:1",
+    "--codec-weights", "random",
+    "--clip", "licsearch-tiny",
+    "--clip-weights", "random",
+    "--adapter-weights", "random",
+]  # fmt: skip
+
+
+def tiny_models(arch: str = "bmshj2018-hyperprior", quality: int = 1) -> ModelsConfig:
+    """The models the CLI builds from TINY_FLAGS."""
+    return ModelsConfig(
+        codec=CodecConfig(arch=arch, quality=quality, weights="random"),
+        clip=ClipConfig(model="licsearch-tiny", tag=None, weights="random"),
+        adapter=AdapterConfig(weights="random"),
+    )
+
+
+def make_image(seed: int, h: int = 96, w: int = 128) -> np.ndarray:
+    """A smooth, structured RGB test image (gradients plus blobs), different for every seed."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        a, b, p = rng.uniform(-1, 1, 3)
+        img[..., c] = 0.5 + 0.25 * np.sin(a * xx / 9 + b * yy / 7 + p * 6)
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(6, 24)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        img[mask] = rng.uniform(0, 1, 3)
+    return (img.clip(0, 1) * 255).astype(np.uint8)
+
+
+def write_png(path: Path, pixels: np.ndarray) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def images_dir(tmp_path: Path) -> Path:
+    """Six distinct PNGs (two sizes) in a folder with a subfolder."""
+    d = tmp_path / "images"
+    for i in range(4):
+        write_png(d / f"img{i}.png", make_image(i))
+    for i in range(4, 6):
+        write_png(d / "sub" / f"img{i}.png", make_image(i, 64, 80))
+    return d
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Runs the real `licsearch` CLI in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "licsearch", *args], capture_output=True, text=True, env=full_env, timeout=300
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"licsearch {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised, empty store with tiny models (made once; copy it with `tiny_store`)."""
+    root = tmp_path_factory.mktemp("template") / "store"
+    run_cli("init", "--store", str(root), *TINY_FLAGS, check=True)
+    return root
+
+
+@pytest.fixture
+def tiny_store(tiny_store_template: Path, tmp_path: Path) -> Iterator[Path]:
+    """A fresh copy of the empty tiny store."""
+    import shutil
+
+    dst = tmp_path / "store"
+    shutil.copytree(tiny_store_template, dst)
+    yield dst
