@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..bitstream import Bitstream
 from ..config import ModelsConfig
@@ -22,6 +22,7 @@ from .text import TextEmbedding, TextEncoder
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,95 @@ def space_id_for(cfg: ModelsConfig) -> str:
     return f"{cfg.clip.model.lower()}-{h.hexdigest()[:12]}"
 
 
-class ModelSet:
-    """Lazily loaded models of one store.
+class AdapterLike(Protocol):
+    """What the model plane needs of an adapter, whatever runs it."""
+
+    weights_sha256: str
+
+    def embed(self, y_hat: torch.Tensor) -> torch.Tensor: ...
+
+
+class TextLike(Protocol):
+    """What the model plane needs of a text encoder, whatever runs it."""
+
+    weights_sha256: str
+    context_length: int
+
+    def embed(self, texts: list[str]) -> TextEmbedding: ...
+
+
+class ModelPlane:
+    """The operations of the model plane over a codec, an adapter and a text encoder of any backend.
+
+    Subclasses provide ``cfg`` and the attributes ``codec``, ``adapter`` and ``text`` (loaded lazily).
+    """
+
+    cfg: ModelsConfig
+
+    @property
+    def codec(self) -> Codec:
+        raise NotImplementedError
+
+    @property
+    def adapter(self) -> AdapterLike:
+        raise NotImplementedError
+
+    @property
+    def text(self) -> TextLike:
+        raise NotImplementedError
+
+    def random_components(self) -> list[str]:
+        """Names of the components configured with random weights (their results mean nothing)."""
+        c = self.cfg
+        pairs = (("codec", c.codec.weights), ("clip", c.clip.weights), ("adapter", c.adapter.weights))
+        return [name for name, w in pairs if w == "random"]
+
+    def encode_batch(self, images: list[np.ndarray]) -> list[Encoded]:
+        """Compresses and embeds images of one size in a single pass of the transforms and the adapter."""
+        import torch
+
+        comp = self.codec.compress_batch(images)
+        emb = self.adapter.embed(torch.cat([c.y_hat for c in comp])).tolist()
+        out = []
+        for c, e in zip(comp, emb, strict=True):
+            bs = Bitstream(self.codec.profile_id, c.width, c.height, c.latent_hash, c.streams)
+            out.append(Encoded(bs.to_bytes(), e, c.width, c.height))
+        return out
+
+    def encode(self, pixels: np.ndarray) -> Encoded:
+        return self.encode_batch([pixels])[0]
+
+    def parse(self, data: bytes) -> Bitstream:
+        """Parses a container and checks that this codec made it."""
+        bs = Bitstream.from_bytes(data)
+        if bs.profile_id != self.codec.profile_id:
+            raise BitstreamError(
+                f"bitstream was made by codec profile {bs.profile_id}, this codec is {self.codec.profile_id}",
+                hint="decode it with the store or model flags that encoded it",
+            )
+        return bs
+
+    def entropy_decode(self, data: bytes) -> tuple[Bitstream, torch.Tensor]:
+        """``.lics`` bytes -> (container, y_hat), exactly as the encoder had it."""
+        bs = self.parse(data)
+        return bs, self.codec.entropy_decode(bs.streams, bs.width, bs.height, bs.latent_hash)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """``.lics`` bytes -> (H, W, 3) uint8 pixels."""
+        bs, y_hat = self.entropy_decode(data)
+        return self.codec.synthesize(y_hat, bs.width, bs.height)
+
+    def embed_bitstream(self, data: bytes) -> list[float]:
+        """Embedding rebuilt from ``.lics`` bytes by entropy decoding and the adapter (no synthesis)."""
+        _, y_hat = self.entropy_decode(data)
+        return list(self.adapter.embed(y_hat)[0].tolist())
+
+    def embed_texts(self, texts: list[str]) -> TextEmbedding:
+        return self.text.embed(texts)
+
+
+class ModelSet(ModelPlane):
+    """Lazily loaded eager-PyTorch models.
 
     Args:
         cfg: the models to load; when its ``sha256`` fields are set, loaded weights must match them.
@@ -95,60 +183,9 @@ class ModelSet:
         _check_hash("CLIP", c.weights, c.sha256, enc.weights_sha256)
         return enc
 
-    def random_components(self) -> list[str]:
-        """Names of the components configured with random weights (their results mean nothing)."""
-        pairs = (
-            ("codec", self.cfg.codec.weights),
-            ("clip", self.cfg.clip.weights),
-            ("adapter", self.cfg.adapter.weights),
-        )
-        return [name for name, w in pairs if w == "random"]
-
     def fingerprinted(self) -> ModelsConfig:
         """The config with every weight fingerprint filled in (loads all three components)."""
         return self.cfg.with_hashes(self.codec.weights_sha256, self.text.weights_sha256, self.adapter.weights_sha256)
-
-    # -- operations ---------------------------------------------------------------------------------------
-
-    def encode_batch(self, images: list[np.ndarray]) -> list[Encoded]:
-        """Compresses and embeds images of one size in a single pass of the transforms and the adapter."""
-        import torch
-
-        comp = self.codec.compress_batch(images)
-        emb = self.adapter.embed(torch.cat([c.y_hat for c in comp])).tolist()
-        out = []
-        for c, e in zip(comp, emb, strict=True):
-            bs = Bitstream(self.codec.profile_id, c.width, c.height, c.latent_hash, c.streams)
-            out.append(Encoded(bs.to_bytes(), e, c.width, c.height))
-        return out
-
-    def encode(self, pixels: np.ndarray) -> Encoded:
-        return self.encode_batch([pixels])[0]
-
-    def parse(self, data: bytes) -> Bitstream:
-        """Parses a container and checks that this codec made it."""
-        bs = Bitstream.from_bytes(data)
-        if bs.profile_id != self.codec.profile_id:
-            raise BitstreamError(
-                f"bitstream was made by codec profile {bs.profile_id}, this codec is {self.codec.profile_id}",
-                hint="decode it with the store or model flags that encoded it",
-            )
-        return bs
-
-    def decode(self, data: bytes) -> np.ndarray:
-        """``.lics`` bytes -> (H, W, 3) uint8 pixels."""
-        bs = self.parse(data)
-        y_hat = self.codec.entropy_decode(bs.streams, bs.width, bs.height, bs.latent_hash)
-        return self.codec.synthesize(y_hat, bs.width, bs.height)
-
-    def embed_bitstream(self, data: bytes) -> list[float]:
-        """Embedding rebuilt from ``.lics`` bytes by entropy decoding and the adapter (no synthesis)."""
-        bs = self.parse(data)
-        y_hat = self.codec.entropy_decode(bs.streams, bs.width, bs.height, bs.latent_hash)
-        return list(self.adapter.embed(y_hat)[0].tolist())
-
-    def embed_texts(self, texts: list[str]) -> TextEmbedding:
-        return self.text.embed(texts)
 
 
 def _check_hash(what: str, source: str, expected: str, actual: str) -> None:

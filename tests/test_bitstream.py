@@ -1,0 +1,85 @@
+"""The .lics container: exact round trip; every truncation and sampled bit flips are refused clearly."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from licsearch.bitstream import MAGIC, VERSION, Bitstream
+from licsearch.errors import BitstreamError
+from licsearch.model.codec import Codec
+from licsearch.model.models import ModelSet
+
+from .conftest import make_image, tiny_models
+
+
+@pytest.fixture(scope="module")
+def models() -> ModelSet:
+    return ModelSet(tiny_models())
+
+
+@pytest.fixture(scope="module")
+def real(models: ModelSet) -> bytes:
+    return models.encode(make_image(0, 80, 112)).data
+
+
+def test_round_trip(real: bytes) -> None:
+    bs = Bitstream.from_bytes(real)
+    assert bs.to_bytes() == real
+    assert list(bs.streams) == ["z", "y"]
+    assert (bs.width, bs.height) == (112, 80)
+    assert real[:4] == MAGIC and real[4] == VERSION
+
+
+def test_every_truncation_is_refused(models: ModelSet, real: bytes) -> None:
+    for n in range(len(real)):
+        with pytest.raises(BitstreamError):
+            models.decode(real[:n])
+
+
+def test_sampled_bit_flips_are_refused(models: ModelSet, real: bytes) -> None:
+    rng = random.Random(0)
+    positions = sorted(rng.sample(range(len(real) * 8), min(400, len(real) * 8)))
+    for bit in positions:
+        damaged = bytearray(real)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(BitstreamError):
+            models.decode(bytes(damaged))
+
+
+def test_appended_bytes_are_refused(models: ModelSet, real: bytes) -> None:
+    with pytest.raises(BitstreamError, match="truncated or padded"):
+        models.decode(real + b"\0")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b: b"JUNK" + b[4:], "bad magic"),
+        (lambda b: b[:4] + bytes([VERSION + 1]) + b[5:], "unsupported .lics format version"),
+        (lambda b: b"", "bad magic"),
+        (lambda b: b"LICS", "truncated"),
+    ],
+)
+def test_header_errors_name_the_problem(models: ModelSet, real: bytes, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BitstreamError, match=message):
+        models.decode(mutate(real))
+
+
+def test_another_codec_profile_is_refused(real: bytes) -> None:
+    other = ModelSet(tiny_models("mbt2018-mean", 1))
+    with pytest.raises(BitstreamError, match="made by codec profile"):
+        other.decode(real)
+
+
+def test_same_arch_other_weights_is_refused(real: bytes) -> None:
+    other = Codec.load("bmshj2018-hyperprior", 1, "random", seed=1)
+    bs = Bitstream.from_bytes(real)
+    assert bs.profile_id != other.profile_id
+
+
+def test_header_overhead_is_small(real: bytes) -> None:
+    bs = Bitstream.from_bytes(real)
+    # magic+version+flags (6) + profile id (~37) + size (8) + latent hash (16) + 2 stream entries (12) + CRC (4)
+    assert len(real) - bs.payload_bytes <= 96
