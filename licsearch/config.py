@@ -80,11 +80,16 @@ class QdrantConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """The store's identity: models, embedding space, vector database and input limits."""
+    """The store's identity: models, embedding space, vector database and input limits.
+
+    ``bundle``, when set, is the model bundle directory whose ONNX graphs run the models in place of eager
+    PyTorch; ``models`` then records the bundle's source models.
+    """
 
     models: ModelsConfig
     space_id: str
     qdrant: QdrantConfig = field(default_factory=QdrantConfig)
+    bundle: str | None = None
     max_pixels: int = 40_000_000
     format: int = STORE_FORMAT
     created_at: float = field(default_factory=time.time)
@@ -104,6 +109,7 @@ class StoreConfig:
                 ),
                 space_id=str(d["space_id"]),
                 qdrant=QdrantConfig(**d.get("qdrant", {})),
+                bundle=d.get("bundle"),
                 max_pixels=int(d.get("max_pixels", 40_000_000)),
                 format=int(d["format"]),
                 created_at=float(d.get("created_at", 0.0)),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig, QdrantConfig, StoreConfig
 from ..errors import InputError
-from ..model.models import ModelSet
+from ..model.models import ModelPlane, ModelSet
 from ..storage.store import Store, default_store_dir
 from .main import MODEL_FLAGS, emit, note, parse_kv
 
@@ -50,9 +51,9 @@ def models_from_flags(args: argparse.Namespace) -> ModelsConfig | None:
     )
 
 
-def warn_random(models: ModelSet | list[str]) -> list[str]:
+def warn_random(models: ModelPlane | list[str]) -> list[str]:
     """Labels random weights loudly on stderr; returns their names for JSON output."""
-    names = models.random_components() if isinstance(models, ModelSet) else models
+    names = models.random_components() if isinstance(models, ModelPlane) else models
     if names:
         note(
             f"WARNING: RANDOM WEIGHTS in {', '.join(names)}: compression quality and search results are NOT "
@@ -74,7 +75,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise InputError("--max-pixels must be positive")
     qdrant = QdrantConfig(url=args.qdrant, collection=args.collection)
     root = _store_dir(args)
-    with Store.create(root, models, qdrant=qdrant, api_key=args.api_key, max_pixels=args.max_pixels) as store:
+    if args.bundle and models_from_flags(args) is not None:
+        raise InputError("--bundle and model flags exclude each other", hint="a bundle names its own models")
+    bundle = Path(args.bundle) if args.bundle else None
+    with Store.create(
+        root, models, qdrant=qdrant, api_key=args.api_key, max_pixels=args.max_pixels, bundle=bundle
+    ) as store:
         rnd = warn_random(store.models)
         cfg = store.config
         doc = {"store": str(root), "space_id": cfg.space_id, "models": cfg.to_dict()["models"], "random_weights": rnd}
@@ -192,6 +198,44 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_images(directory: str, limit: int = 64) -> list[Any]:
+    from ..imageio import iter_image_files, load_image
+
+    out: list[Any] = []
+    for path, err in iter_image_files([directory]):
+        if err is None and len(out) < limit:
+            out.append(load_image(path).pixels)
+    if not out:
+        raise InputError(f"no images found in {directory}")
+    return out
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..bundle.export import export_bundle
+    from ..model.models import space_id_for
+
+    flags = models_from_flags(args)
+    if flags is not None:
+        models, space = flags, None
+    else:
+        cfg = StoreConfig.load(_store_dir(args))
+        if cfg.bundle:
+            raise InputError("this store runs from a bundle already", hint="export from the source models' flags")
+        models, space = cfg.models, cfg.space_id
+    calibration = _load_images(args.calibration) if args.calibration else None
+    if space is None:
+        space = space_id_for(ModelSet(models).fingerprinted())
+    manifest = export_bundle(
+        models, Path(args.out), space_id=space, opset=args.opset, int8=args.int8, calibration=calibration
+    )
+    rnd = warn_random(manifest.extra.get("random_weights", []))
+    for name, g in manifest.graphs.items():
+        note(f"{name}: {g.file} {g.precision}" + (f" ({g.int8_note})" if g.int8_note else ""))
+    doc = {"out": args.out, "manifest": manifest.to_dict(), "random_weights": rnd}
+    emit(args, doc, f"wrote bundle {args.out} ({manifest.precision}, space {manifest.space_id})")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from ..ops.maintenance import stats
 
@@ -237,6 +281,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "encode": cmd_encode,
     "decode": cmd_decode,
     "stats": cmd_stats,
+    "export": cmd_export,
     "fsck": cmd_fsck,
     "samples": cmd_samples,
 }

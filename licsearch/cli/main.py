@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", metavar="KEY", help="Qdrant API key (kept in the store's credentials.json, 0600)")
     p.add_argument("--collection", default="licsearch", help="Qdrant collection name")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
+    p.add_argument("--bundle", metavar="DIR", help="run the models from this exported bundle (ONNX Runtime)")
+
+    p = sub.add_parser("export", help="export the models to a bundle of ONNX graphs (optionally int8)")
+    _add_store(p)
+    _add_models(p)
+    p.add_argument("--out", required=True, metavar="BUNDLE_DIR")
+    p.add_argument("--int8", choices=["none", "dynamic", "static"], default="none")
+    p.add_argument("--calibration", metavar="DIR", help="calibration images for --int8 static")
+    p.add_argument("--opset", type=int, default=17)
 
     p = sub.add_parser("ingest", help="compress, embed and store images (files and folders)")
     _add_store(p)

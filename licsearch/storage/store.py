@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import CONFIG_FILE, ModelsConfig, QdrantConfig, StoreConfig
 from ..errors import ConfigMismatchError, StoreError
-from ..model.models import ModelSet, space_id_for
+from ..model.models import ModelPlane, ModelSet, space_id_for
 from .blobs import BlobStore
 from .index import VectorIndex
 
@@ -43,7 +43,7 @@ class Store:
     def __init__(self, root: Path, config: StoreConfig, *, api_key: str | None = None) -> None:
         self.root = root
         self.config = config
-        self.models = ModelSet(config.models)
+        self.models: ModelPlane = _model_plane(config)
         self.blobs = BlobStore(root / "blobs")
         q = config.qdrant
         self.index = VectorIndex(
@@ -68,15 +68,34 @@ class Store:
         qdrant: QdrantConfig | None = None,
         api_key: str | None = None,
         max_pixels: int = 40_000_000,
+        bundle: Path | None = None,
     ) -> Store:
-        """Initialises a store: loads the models to fingerprint them, writes the config, creates the collection."""
+        """Initialises a store: loads the models to fingerprint them, writes the config, creates the collection.
+
+        With ``bundle``, the models are the bundle's (``models`` is ignored) and its space id is used.
+        """
         if (root / CONFIG_FILE).exists():
             raise StoreError(f"a store already exists at {root}", hint="use it, or choose another --store DIR")
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} is not a directory")
-        ms = ModelSet(models)
-        fp = ms.fingerprinted()
-        cfg = StoreConfig(models=fp, space_id=space_id_for(fp), qdrant=qdrant or QdrantConfig(), max_pixels=max_pixels)
+        ms: ModelPlane
+        if bundle is not None:
+            from ..bundle.runtime import BundleModelSet
+
+            bms = BundleModelSet(bundle.resolve())
+            ms, fp, space = bms, bms.manifest.models, bms.space_id
+            dim = bms.embed_dim
+        else:
+            eager = ModelSet(models)
+            ms, fp = eager, eager.fingerprinted()
+            space, dim = space_id_for(fp), eager.embed_dim
+        cfg = StoreConfig(
+            models=fp,
+            space_id=space,
+            qdrant=qdrant or QdrantConfig(),
+            bundle=str(bundle.resolve()) if bundle is not None else None,
+            max_pixels=max_pixels,
+        )
         root.mkdir(parents=True, exist_ok=True)
         if api_key:
             cred = root / CREDENTIALS_FILE
@@ -86,7 +105,7 @@ class Store:
         store = cls(root, cfg, api_key=api_key)
         store.models = ms  # reuse the loaded models
         try:
-            store.index.ensure_collection({cfg.space_id: ms.adapter.shape.embed_dim})
+            store.index.ensure_collection({cfg.space_id: dim})
         except BaseException:
             store.close()
             raise
@@ -119,6 +138,14 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _model_plane(config: StoreConfig) -> ModelPlane:
+    if config.bundle is None:
+        return ModelSet(config.models)
+    from ..bundle.runtime import BundleModelSet
+
+    return BundleModelSet(Path(config.bundle))
 
 
 def _describe(m: ModelsConfig) -> str:

@@ -1,0 +1,260 @@
+"""Export the model plane to a bundle: ONNX graphs checked by ``onnx.checker`` and against eager PyTorch.
+
+Convolutional graphs use the TorchScript-based exporter (``dynamo=False``): it handles CompressAI's GDN with
+plain ``dynamic_axes`` for batch and spatial axes and exports in under a second. The text tower uses the
+dynamo exporter, because the TorchScript one freezes ``nn.MultiheadAttention``'s reshapes to the sample's
+sequence length, which would defeat running a query only up to its end-of-text token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import ModelsConfig
+from ..errors import InputError, ModelError
+from ..model.models import ModelSet
+from ..model.weights import save_state_dict
+from .manifest import GraphInfo, Manifest, file_sha256
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+DEFAULT_OPSET = 17
+TOKENIZER_FILE = "tokenizer/bpe_simple_vocab_16e6.txt.gz"
+CODEC_FILE = "codec/codec.safetensors"
+
+
+def _text_module(clip: Any) -> nn.Module:
+    """open_clip's ``encode_text`` with the positional embedding and causal mask sliced to the input length.
+
+    With a causal mask, tokens after the end-of-text token cannot change the pooled (EOT) feature, so a query
+    can be run on its tokens up to EOT instead of the full context: same embedding, a fraction of the work.
+    """
+    from open_clip.transformer import text_global_pool
+    from torch import nn
+
+    if not all(hasattr(clip, a) for a in ("token_embedding", "positional_embedding", "transformer", "attn_mask")):
+        raise ModelError(f"CLIP model {type(clip).__name__} has no exportable built-in text tower")
+
+    class TextTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.clip = clip
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            c = self.clip
+            n = tokens.shape[1]
+            x = c.token_embedding(tokens) + c.positional_embedding[:n]
+            x = c.transformer(x, attn_mask=c.attn_mask[:n, :n])
+            x = c.ln_final(x)
+            x = text_global_pool(x, tokens, c.text_pool_type, eos_token_id=getattr(c, "text_eos_id", None))
+            x = c.text_projection(x) if isinstance(c.text_projection, nn.Linear) else x @ c.text_projection
+            return nn.functional.normalize(x, dim=-1)
+
+    return TextTower().eval()
+
+
+class _Call:
+    """Wraps a bound method as a module for export."""
+
+    def __new__(cls, fn: Any) -> nn.Module:  # type: ignore[misc]
+        from torch import nn
+
+        class M(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return fn(x)
+
+        return M().eval()
+
+
+def export_bundle(
+    models: ModelsConfig,
+    out: Path,
+    *,
+    space_id: str,
+    opset: int = DEFAULT_OPSET,
+    int8: str = "none",
+    calibration: list[np.ndarray] | None = None,
+) -> Manifest:
+    """Writes a bundle for ``models`` into ``out`` (which must not exist or be empty).
+
+    Args:
+        models: the models (with or without fingerprints; the loaded weights are fingerprinted).
+        out: bundle directory.
+        space_id: the embedding space of the source store (kept by fp32 bundles, whose parity is checked here).
+        opset: ONNX opset.
+        int8: ``none``, ``dynamic`` (MatMul-heavy graphs) or ``static`` (dynamic plus QDQ convolutions where
+            they are faster than fp32 on this CPU, calibrated on ``calibration`` images).
+        calibration: RGB uint8 images for static quantization.
+    """
+    import torch
+
+    if int8 not in ("none", "dynamic", "static"):
+        raise InputError(f"unknown --int8 mode {int8!r}", hint="use none, dynamic or static")
+    if int8 == "static" and not calibration:
+        raise InputError("--int8 static needs calibration images", hint="pass --calibration DIR")
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"bundle directory {out} is not empty", hint="choose a new --out directory")
+    ms = ModelSet(models)
+    fp = ms.fingerprinted()
+    codec, adapter, text = ms.codec, ms.adapter, ms.text
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "codec").mkdir(parents=True)
+    (tmp / "tokenizer").mkdir()
+    rng = torch.Generator().manual_seed(0)
+    m = codec.latent_channels
+    n = int(codec.model.N)
+    x_a, x_b = torch.rand(1, 3, 128, 192, generator=rng), torch.rand(2, 3, 192, 128, generator=rng)
+    y_a, y_b = torch.randn(1, m, 8, 12, generator=rng) * 3, torch.randn(2, m, 12, 8, generator=rng) * 3
+    tok = text.tokenizer(["a photo of a red circle", "two small blue squares at the bottom on a striped background"])
+    specs: list[
+        tuple[str, nn.Module, torch.Tensor, torch.Tensor, dict[str, list[int | str]], dict[str, list[int | str]]]
+    ] = [
+        ("g_a", codec.model.g_a, x_a, x_b, {"x": ["batch", 3, "height", "width"]}, {"y": ["batch", m, "h16", "w16"]}),
+        (
+            "h_a",
+            _Call(codec.transforms.h_a),
+            y_a,
+            y_b,
+            {"y": ["batch", m, "h16", "w16"]},
+            {"z": ["batch", n, "h64", "w64"]},
+        ),
+        (
+            "g_s",
+            codec.model.g_s,
+            y_a,
+            y_b,
+            {"y_hat": ["batch", m, "h16", "w16"]},
+            {"x_hat": ["batch", 3, "height", "width"]},
+        ),
+        (
+            "adapter",
+            adapter.module,
+            y_a,
+            y_b,
+            {"y_hat": ["batch", m, "h16", "w16"]},
+            {"image_embedding": ["batch", ms.embed_dim]},
+        ),
+        (
+            "text",
+            _text_module(text.model),
+            tok[:, :12],  # batch 2: the dynamo exporter specialises a sample dimension of 1
+            tok[:1],
+            {"tokens": ["batch", "sequence"]},
+            {"text_embedding": ["batch", ms.embed_dim]},
+        ),
+    ]
+    graphs: dict[str, GraphInfo] = {}
+    for name, module, sample, check, ins, outs in specs:
+        rel = f"{name}.onnx" if name in ("adapter", "text") else f"codec/{name}.onnx"
+        graphs[name] = _export_graph(module.eval(), sample, check, tmp / rel, rel, ins, outs, opset)
+    save_state_dict(
+        codec.model.state_dict(), tmp / CODEC_FILE, {"arch": codec.arch.name, "quality": str(codec.quality)}
+    )
+    import open_clip
+
+    shutil.copyfile(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", tmp / TOKENIZER_FILE)
+    space = space_id
+    if int8 != "none":
+        from .quantize import quantize_bundle
+
+        graphs = quantize_bundle(tmp, graphs, int8, calibration or [], codec_downsampling=codec.arch.downsampling)
+        space = f"{space_id}-int8-{int(time.time()):x}"  # its own space until a parity gate says otherwise
+    files = {rel: file_sha256(tmp / rel) for rel in sorted(_relfiles(tmp))}
+    graphs = {k: replace(g, sha256=files[g.file]) for k, g in graphs.items()}
+    manifest = Manifest(
+        models=fp,
+        codec_profile=codec.profile_id,
+        space_id=space,
+        embed_dim=ms.embed_dim,
+        latent_channels=m,
+        context_length=text.context_length,
+        opset=opset,
+        graphs=graphs,
+        files=files,
+        int8=int8,
+        extra={"source_space_id": space_id, "random_weights": ms.random_components()},
+    )
+    manifest.save(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return manifest
+
+
+def _relfiles(root: Path) -> list[str]:
+    return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+def _export_graph(
+    module: nn.Module,
+    sample: torch.Tensor,
+    check: torch.Tensor,
+    path: Path,
+    rel: str,
+    inputs: dict[str, list[int | str]],
+    outputs: dict[str, list[int | str]],
+    opset: int,
+) -> GraphInfo:
+    """Exports one graph, runs ``onnx.checker`` and compares ONNX Runtime with torch on a differently shaped input."""
+    import numpy as np
+    import onnx
+    import torch
+
+    dyn = {
+        name: {i: ax for i, ax in enumerate(axes) if isinstance(ax, str)}
+        for name, axes in {**inputs, **outputs}.items()
+    }
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if rel.startswith("text"):
+            dims = {
+                i: torch.export.Dim(f"{ax}", min=2 if ax == "sequence" else 1, max=4096 if ax == "batch" else 77)
+                for i, ax in dyn[next(iter(inputs))].items()
+            }
+            prog = torch.onnx.export(
+                module,
+                (sample,),
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_shapes=(dims,),
+                opset_version=max(opset, 18),
+                dynamo=True,
+                verbose=False,
+            )
+            assert prog is not None
+            prog.save(str(path))
+        else:
+            torch.onnx.export(
+                module,
+                (sample,),
+                str(path),
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_axes=dyn,
+                opset_version=opset,
+                dynamo=False,
+            )
+    onnx.checker.check_model(str(path), full_check=True)
+    from .runtime import make_session
+
+    sess = make_session(path)
+    got = sess.run(None, {next(iter(inputs)): check.numpy()})[0]
+    with torch.inference_mode():
+        ref = module(check).float().numpy()
+    diff = float(np.abs(got - ref).max())
+    tol = 1e-3 * max(1.0, float(np.abs(ref).max()))
+    if not diff <= tol:
+        raise ModelError(f"ONNX Runtime output of {rel} differs from torch by {diff:.3g} (tolerance {tol:.3g})")
+    return GraphInfo(file=rel, sha256="", inputs=inputs, outputs=outputs, parity_max_abs=diff, parity_tolerance=tol)

@@ -1,0 +1,109 @@
+"""``manifest.json`` of a model bundle: what each file is, its hash, its interface and its parity figures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig
+from ..errors import StoreError
+
+BUNDLE_FORMAT = 1
+MANIFEST = "manifest.json"
+GRAPHS = ("g_a", "h_a", "g_s", "adapter", "text")
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """One ONNX graph: file, hash, named inputs/outputs with their axes (str = dynamic), precision."""
+
+    file: str
+    sha256: str
+    inputs: dict[str, list[int | str]]
+    outputs: dict[str, list[int | str]]
+    precision: str = "fp32"
+    parity_max_abs: float = 0.0
+    parity_tolerance: float = 0.0
+    int8_note: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a runtime needs to load a bundle and to tell what it is."""
+
+    models: ModelsConfig
+    codec_profile: str
+    space_id: str
+    embed_dim: int
+    latent_channels: int
+    context_length: int
+    opset: int
+    graphs: dict[str, GraphInfo]
+    files: dict[str, str]
+    int8: str = "none"
+    format: int = BUNDLE_FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``int8`` or ``mixed`` over the graphs."""
+        kinds = {g.precision for g in self.graphs.values()}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["precision"] = self.precision
+        return d
+
+    def save(self, root: Path) -> None:
+        tmp = root / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, root / MANIFEST)
+
+    @classmethod
+    def load(cls, root: Path) -> Manifest:
+        path = root / MANIFEST
+        if not path.is_file():
+            raise StoreError(f"no model bundle at {root} (missing {MANIFEST})", hint="make one with `licsearch export`")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if d.get("format") != BUNDLE_FORMAT:
+                raise StoreError(f"bundle format {d.get('format')} is not supported", hint=f"expected {BUNDLE_FORMAT}")
+            m = d["models"]
+            return cls(
+                models=ModelsConfig(CodecConfig(**m["codec"]), ClipConfig(**m["clip"]), AdapterConfig(**m["adapter"])),
+                codec_profile=d["codec_profile"],
+                space_id=d["space_id"],
+                embed_dim=int(d["embed_dim"]),
+                latent_channels=int(d["latent_channels"]),
+                context_length=int(d["context_length"]),
+                opset=int(d["opset"]),
+                graphs={k: GraphInfo(**v) for k, v in d["graphs"].items()},
+                files=dict(d["files"]),
+                int8=str(d.get("int8", "none")),
+                format=int(d["format"]),
+                extra=dict(d.get("extra", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"bundle manifest {path} is damaged: {e!r}") from e
+
+    def verify_files(self, root: Path) -> None:
+        """Checks every file's sha256 against the manifest (a bundle is used whole or not at all)."""
+        for rel, sha in self.files.items():
+            p = root / rel
+            if not p.is_file():
+                raise StoreError(f"bundle {root} lacks {rel}", hint="re-export the bundle")
+            if file_sha256(p) != sha:
+                raise StoreError(f"bundle file {rel} does not match its manifest hash", hint="re-export the bundle")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

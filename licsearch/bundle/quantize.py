@@ -1,0 +1,130 @@
+"""Int8 quantization of bundle graphs with ONNX Runtime's quantization tools, kept only where it pays.
+
+- ``dynamic``: weight-only int8 for the MatMul-heavy graphs (text tower, adapter MLP); activations are
+  quantized on the fly.
+- ``static``: ``dynamic`` plus QDQ int8 convolutions in ``g_a``, ``h_a`` and ``g_s``, calibrated on images.
+
+Every quantized graph is timed against its fp32 version on this machine, side by side; where int8 is not
+faster, the fp32 graph is kept and the manifest says why. Whether int8 preserves quality is the parity
+gate's job (``licsearch gate``), not this module's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .manifest import GraphInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DYNAMIC_GRAPHS = ("text", "adapter")
+STATIC_GRAPHS = ("g_a", "h_a", "g_s")
+KEEP_IF_FASTER_BY = 0.95  # int8 must take at most 95 % of fp32's time to be kept
+
+
+def quantize_bundle(
+    root: Path, graphs: dict[str, GraphInfo], mode: str, calibration: list[np.ndarray], *, codec_downsampling: int
+) -> dict[str, GraphInfo]:
+    """Quantizes graphs of the bundle being written in ``root`` in place; returns the updated graph infos."""
+    samples = _samples(root, graphs, calibration, codec_downsampling)
+    out = dict(graphs)
+    names = DYNAMIC_GRAPHS + (STATIC_GRAPHS if mode == "static" else ())
+    for name in names:
+        info = graphs[name]
+        src = root / info.file
+        dst = src.with_name(src.stem + ".int8.onnx")
+        if name in DYNAMIC_GRAPHS:
+            _dynamic(src, dst)
+        else:
+            _static(src, dst, samples[name])
+        t_fp32 = _latency(src, samples[name][0])
+        t_int8 = _latency(dst, samples[name][0])
+        ratio = t_int8 / t_fp32
+        note = f"int8 {t_int8 * 1e3:.1f} ms vs fp32 {t_fp32 * 1e3:.1f} ms (ratio {ratio:.2f})"
+        if ratio <= KEEP_IF_FASTER_BY:
+            src.unlink()
+            dst.rename(src.with_name(src.stem + "_int8.onnx"))
+            rel = str(Path(info.file).with_name(src.stem + "_int8.onnx"))
+            out[name] = replace(info, file=rel, precision="int8", int8_note=f"kept int8: {note}")
+        else:
+            dst.unlink()
+            out[name] = replace(info, int8_note=f"kept fp32, int8 not faster on this CPU: {note}")
+    return out
+
+
+def _dynamic(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+
+
+class _Reader:
+    """Feeds calibration inputs to ONNX Runtime's static quantizer."""
+
+    def __init__(self, name: str, batches: list[Any]) -> None:
+        self.name = name
+        self._it: Iterator[Any] = iter(batches)
+
+    def get_next(self) -> dict[str, Any] | None:
+        x = next(self._it, None)
+        return None if x is None else {self.name: x}
+
+
+def _static(src: Path, dst: Path, batches: list[Any]) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+    quantize_static(
+        src,
+        dst,
+        _Reader(input_name, batches),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv", "ConvTranspose"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
+def _samples(
+    root: Path, graphs: dict[str, GraphInfo], calibration: list[np.ndarray], factor: int
+) -> dict[str, list[Any]]:
+    """Inputs of every graph: images for g_a, their latents for h_a / g_s / adapter, tokens for text."""
+    import numpy as np
+
+    from .runtime import make_session
+
+    imgs = []
+    for im in calibration[:16] or [np.full((256, 384, 3), 128, np.uint8)]:
+        h, w = im.shape[0] - im.shape[0] % factor or factor, im.shape[1] - im.shape[1] % factor or factor
+        x = np.ascontiguousarray(im[:h, :w].transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+        imgs.append(x)
+    g_a = make_session(root / graphs["g_a"].file)
+    latents = [np.round(g_a.run(None, {g_a.get_inputs()[0].name: x})[0]) for x in imgs]
+    rng = np.random.default_rng(0)
+    tokens = [rng.integers(1, 49000, size=(1, 12)).astype(np.int64) for _ in range(4)]
+    for t in tokens:
+        t[0, 0], t[0, -1] = 49406, 49407  # start and end of text
+    return {"g_a": imgs, "h_a": latents, "g_s": latents, "adapter": latents, "text": tokens}
+
+
+def _latency(path: Path, x: Any, repeats: int = 5) -> float:
+    from .runtime import make_session
+
+    sess = make_session(path)
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: x})
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)

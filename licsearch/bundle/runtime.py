@@ -1,0 +1,203 @@
+"""Run a bundle on ONNX Runtime: the same model-plane operations as eager PyTorch, from exported graphs.
+
+Only the heavy transforms, the adapter and the text tower run in ONNX Runtime. The canonical entropy path
+and the CDF tables are rebuilt from the bundle's codec checkpoint, so a bitstream encoded by any backend
+decodes to exactly the same latent on any other (DESIGN invariant 2).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import ModelsConfig
+from ..errors import StoreError
+from ..model.codec import CODEC_ARCHS, Codec, load_codec_model
+from ..model.models import ModelPlane
+from ..model.text import MAX_TEXT_CHARS, TextEmbedding
+from ..model.weights import state_dict_sha256
+from .manifest import Manifest
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    import torch
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """ONNX Runtime settings.
+
+    Attributes:
+        providers: execution providers in order of preference; ``auto`` is CUDA when onnxruntime-gpu sees a GPU,
+            then CPU.
+        threads: intra-op threads (0: ONNX Runtime's default, one per core).
+    """
+
+    providers: tuple[str, ...] = ("auto",)
+    threads: int = 0
+
+    @classmethod
+    def from_env(cls) -> RuntimeOptions:
+        """``LICSEARCH_ORT_PROVIDERS`` (comma-separated) and ``LICSEARCH_ORT_THREADS``, when set."""
+        prov = os.environ.get("LICSEARCH_ORT_PROVIDERS")
+        threads = os.environ.get("LICSEARCH_ORT_THREADS")
+        return cls(
+            providers=tuple(p.strip() for p in prov.split(",")) if prov else ("auto",),
+            threads=int(threads) if threads else 0,
+        )
+
+
+def resolve_providers(requested: tuple[str, ...]) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    out: list[str] = []
+    for p in requested:
+        if p == "auto":
+            out += [x for x in ("CUDAExecutionProvider", "CPUExecutionProvider") if x in available and x not in out]
+        elif p in available:
+            out.append(p)
+        else:
+            raise StoreError(f"ONNX Runtime provider {p} is not available", hint=f"available: {', '.join(available)}")
+    return out or ["CPUExecutionProvider"]
+
+
+def make_session(path: Path, options: RuntimeOptions | None = None) -> ort.InferenceSession:
+    import onnxruntime as ort
+
+    opts = options or RuntimeOptions()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = opts.threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=so, providers=resolve_providers(opts.providers))
+
+
+class _Graph:
+    """A session with named input and output."""
+
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        self.session = make_session(path, options)
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: Any) -> Any:
+        return self.session.run(None, {self.input: x})[0]
+
+
+class OnnxTransforms:
+    """``g_a``, ``h_a`` and ``g_s`` on ONNX Runtime (torch tensors in and out)."""
+
+    def __init__(self, root: Path, manifest: Manifest, options: RuntimeOptions) -> None:
+        self._g = {k: _Graph(root / manifest.graphs[k].file, options) for k in ("g_a", "h_a", "g_s")}
+
+    def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(self._g[name](x.detach().float().contiguous().numpy()))
+
+    def g_a(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run("g_a", x)
+
+    def h_a(self, y: torch.Tensor) -> torch.Tensor:
+        return self._run("h_a", y)
+
+    def g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self._run("g_s", y_hat)
+
+
+class OnnxAdapter:
+    """The adapter graph."""
+
+    def __init__(self, root: Path, manifest: Manifest, options: RuntimeOptions) -> None:
+        self._graph = _Graph(root / manifest.graphs["adapter"].file, options)
+        self.weights_sha256 = manifest.models.adapter.sha256
+
+    def embed(self, y_hat: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(self._graph(y_hat.detach().float().contiguous().numpy()))
+
+
+class OnnxTextEncoder:
+    """The text graph with open_clip's tokenizer; queries run only up to their longest end-of-text token."""
+
+    def __init__(self, root: Path, manifest: Manifest, options: RuntimeOptions) -> None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self._graph = _Graph(root / manifest.graphs["text"].file, options)
+        self.context_length = manifest.context_length
+        self.tokenizer = SimpleTokenizer(bpe_path=str(root / "tokenizer/bpe_simple_vocab_16e6.txt.gz"))
+        self.weights_sha256 = manifest.models.clip.sha256
+
+    def check(self, text: str) -> bool:
+        from ..errors import TextError
+
+        if not text or not text.strip():
+            raise TextError("empty text query", hint="give some words to search for")
+        if len(text) > MAX_TEXT_CHARS:
+            raise TextError(f"text query of {len(text)} characters is too long", hint=f"limit is {MAX_TEXT_CHARS}")
+        return len(self.tokenizer.encode(text)) + 2 > self.context_length
+
+    def tokens(self, texts: list[str], *, trim: bool = True) -> Any:
+        """Token ids (int64); with ``trim``, cut after the longest end-of-text position (same embedding)."""
+        tok = self.tokenizer(texts, context_length=self.context_length).numpy()
+        if trim:
+            tok = tok[:, : int(tok.argmax(axis=1).max()) + 1]
+        return tok
+
+    def embed(self, texts: list[str], *, trim: bool = True) -> TextEmbedding:
+        import torch
+
+        truncated = tuple(self.check(t) for t in texts)
+        vec = torch.from_numpy(self._graph(self.tokens(texts, trim=trim)))
+        return TextEmbedding(vectors=vec, truncated=truncated)
+
+
+class BundleModelSet(ModelPlane):
+    """The model plane of a bundle, components loaded lazily.
+
+    Args:
+        root: the bundle directory.
+        options: ONNX Runtime settings (default: from the environment).
+        verify: check every file's hash against the manifest first.
+    """
+
+    def __init__(self, root: Path, options: RuntimeOptions | None = None, *, verify: bool = True) -> None:
+        self.root = root
+        self.manifest = Manifest.load(root)
+        if verify:
+            self.manifest.verify_files(root)
+        self.options = options or RuntimeOptions.from_env()
+        self.cfg: ModelsConfig = self.manifest.models
+
+    @property
+    def space_id(self) -> str:
+        return self.manifest.space_id
+
+    @cached_property
+    def codec(self) -> Codec:
+        c = self.cfg.codec
+        model = load_codec_model(c.arch, c.quality, str(self.root / "codec/codec.safetensors"))
+        sha = state_dict_sha256(model.state_dict())
+        if sha != c.sha256:
+            raise StoreError(f"bundle {self.root}: codec checkpoint does not match the manifest fingerprint")
+        transforms = OnnxTransforms(self.root, self.manifest, self.options)
+        return Codec(
+            model, CODEC_ARCHS.get(c.arch), c.quality, sha, random_weights=c.weights == "random", transforms=transforms
+        )
+
+    @cached_property
+    def adapter(self) -> OnnxAdapter:
+        return OnnxAdapter(self.root, self.manifest, self.options)
+
+    @cached_property
+    def text(self) -> OnnxTextEncoder:
+        return OnnxTextEncoder(self.root, self.manifest, self.options)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.manifest.embed_dim
