@@ -236,6 +236,53 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gate(args: argparse.Namespace) -> int:
+    from ..bundle.runtime import BundleModelSet
+    from ..ops.gate import DEFAULT_TEXTS, GateThresholds, run_gate
+
+    ref, cand = BundleModelSet(Path(args.reference)), BundleModelSet(Path(args.candidate))
+    images = _load_images(args.images, limit=args.max_images)
+    texts: list[str] = list(DEFAULT_TEXTS)
+    if args.texts:
+        try:
+            texts = [t.strip() for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()]
+        except OSError as e:
+            raise InputError(f"cannot read {args.texts}: {e.strerror or e}") from e
+    th = GateThresholds(args.psnr_delta_min, args.bpp_delta_max, args.cos_mean_min, args.recall_overlap_min)
+    rep = run_gate(ref, cand, images, texts, th)
+    doc = rep.to_dict()
+    doc.update(reference=args.reference, candidate=args.candidate, candidate_space_id=cand.space_id)
+    if args.assign_space:
+        doc["candidate_space_id"] = assign_space(cand, ref, rep.passed)
+    verdict = "PASSED" if rep.passed else "FAILED: " + "; ".join(rep.failures)
+    human = (
+        f"PSNR {rep.psnr_reference:.2f} -> {rep.psnr_candidate:.2f} dB ({rep.psnr_delta:+.3f}), "
+        f"bpp {rep.bpp_reference:.4f} -> {rep.bpp_candidate:.4f} ({rep.bpp_delta_pct:+.2f} %), "
+        f"image cos {rep.image_cos_mean:.4f} (min {rep.image_cos_min:.4f}), "
+        f"text cos {rep.text_cos_mean:.4f} (min {rep.text_cos_min:.4f}), "
+        f"recall@10 overlap {rep.recall_at_10_overlap:.3f}, latency x{rep.latency_ratio:.2f}\n{verdict}"
+    )
+    emit(args, doc, human)
+    return 0 if rep.passed else 1
+
+
+def assign_space(cand: Any, ref: Any, passed: bool) -> str:
+    """Rewrites the candidate manifest's space id: the reference's when the gate passed, else its own."""
+    import dataclasses
+    import hashlib
+
+    m = cand.manifest
+    if passed:
+        space = ref.space_id
+    elif m.space_id == ref.space_id:
+        space = f"{ref.space_id}-x{hashlib.sha256(str(sorted(m.files.items())).encode()).hexdigest()[:8]}"
+    else:
+        space = m.space_id
+    if space != m.space_id:
+        dataclasses.replace(m, space_id=space).save(cand.root)
+    return space
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from ..ops.maintenance import stats
 
@@ -282,6 +329,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "decode": cmd_decode,
     "stats": cmd_stats,
     "export": cmd_export,
+    "gate": cmd_gate,
     "fsck": cmd_fsck,
     "samples": cmd_samples,
 }

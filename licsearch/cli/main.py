@@ -92,6 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bitstream")
     p.add_argument("-o", "--output", required=True, metavar="IMAGE")
 
+    p = sub.add_parser("gate", help="parity gate: may a candidate bundle replace a reference bundle?")
+    p.add_argument("--reference", required=True, metavar="BUNDLE")
+    p.add_argument("--candidate", required=True, metavar="BUNDLE")
+    p.add_argument("--images", required=True, metavar="DIR")
+    p.add_argument("--texts", metavar="FILE", help="one query per line (default: a built-in set)")
+    p.add_argument("--psnr-delta-min", type=float, default=-0.1, help="dB (default -0.1)")
+    p.add_argument("--bpp-delta-max", type=float, default=1.0, help="percent (default 1.0)")
+    p.add_argument("--cos-mean-min", type=float, default=0.99)
+    p.add_argument("--recall-overlap-min", type=float, default=0.95)
+    p.add_argument(
+        "--assign-space",
+        action="store_true",
+        help="on pass give the candidate the reference's space id; on failure make sure it has its own",
+    )
+    p.add_argument("--max-images", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("stats", help="images, bytes, mean bpp and spaces of a store")
     _add_store(p)
 
