@@ -92,7 +92,7 @@ def test_bitstream_from_another_process_decodes_identically(tmp_path) -> None:  
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
     import pickle
 
-    streams, lhash = pickle.loads((tmp_path / "out.pkl").read_bytes())  # noqa: S301 - our own file
+    streams, lhash = pickle.loads((tmp_path / "out.pkl").read_bytes())
     c = Codec.load("bmshj2018-hyperprior", 1, "random", seed=0)
     assert c.compress(img).streams == streams
     y = c.entropy_decode(streams, img.shape[1], img.shape[0], lhash)
@@ -200,7 +200,7 @@ def _out_hw(x: torch.Tensor, layer) -> tuple[int, int]:  # type: ignore[no-untyp
 
 def _deconv_int(x: torch.Tensor, w: torch.Tensor, layer) -> torch.Tensor:  # type: ignore[no-untyped-def]
     # Transposed convolution as scatter-add of integer products.
-    _, cin, h, wd = x.shape
+    _, _cin, h, wd = x.shape
     cout, k, s, p, op = w.shape[1], w.shape[-1], layer.stride, layer.padding, layer.output_padding
     oh, ow = (h - 1) * s - 2 * p + k + op, (wd - 1) * s - 2 * p + k + op
     full = torch.zeros(1, cout, (h - 1) * s + k + op, (wd - 1) * s + k + op, dtype=torch.int64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,12 +147,20 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
-def _codec_models(args: argparse.Namespace) -> ModelSet:
-    """Models from flags when given, else the store's (read from its config without opening Qdrant)."""
+def _codec_models(args: argparse.Namespace) -> tuple[ModelPlane, int]:
+    """Models and pixel limit from flags, or from the store (its config only; Qdrant is not opened).
+
+    With both ``--store`` and model flags, the flags must name the store's models.
+    """
+    from ..imageio import DEFAULT_MAX_PIXELS
+    from ..storage.store import check_models, model_plane_for
+
     flags = models_from_flags(args)
-    if flags is not None:
-        return ModelSet(flags)
-    return ModelSet(StoreConfig.load(_store_dir(args)).models)
+    if flags is not None and not args.store:
+        return ModelSet(flags), DEFAULT_MAX_PIXELS
+    cfg = StoreConfig.load(_store_dir(args))
+    check_models(cfg, flags)
+    return model_plane_for(cfg), cfg.max_pixels
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -159,8 +168,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from ..fsutil import atomic_write
     from ..imageio import load_image
 
-    models = _codec_models(args)
-    image = load_image(args.image)
+    models, max_pixels = _codec_models(args)
+    image = load_image(args.image, max_pixels=max_pixels)
     rnd = warn_random([c for c in models.random_components() if c == "codec"])
     comp = models.codec.compress(image.pixels)
     data = Bitstream(models.codec.profile_id, comp.width, comp.height, comp.latent_hash, comp.streams).to_bytes()
@@ -182,7 +191,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     from ..imageio import save_image
 
-    models = _codec_models(args)
+    models, _ = _codec_models(args)
     path = Path(args.bitstream)
     try:
         data = path.read_bytes()
@@ -283,6 +292,27 @@ def assign_space(cand: Any, ref: Any, passed: bool) -> str:
     return space
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..ops.bench import BenchOptions, format_report, run_bench
+
+    models, space, cache = models_from_flags(args), None, None
+    if models is None and (args.store or not args.bundle):
+        root = _store_dir(args)
+        cfg = StoreConfig.load(root)
+        models, space, cache = cfg.models, cfg.space_id, root / "cache" / "bench"
+    options = BenchOptions(
+        images=Path(args.images) if args.images else None,
+        bundles=tuple(Path(b) for b in args.bundle),
+        quick=args.quick,
+        threads=args.threads,
+        cache_dir=cache,
+    )
+    doc = run_bench(models, options, space_id=space, log=note)
+    warn_random(doc["random_weights"])
+    emit(args, doc, format_report(doc))
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from ..ops.maintenance import stats
 
@@ -320,6 +350,91 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    from ..serving.archive import ArchiveSettings, archive_bundle
+    from ..serving.endpoint import Limits
+
+    limits = {k: getattr(args, k) for k in ("max_bytes", "max_pixels", "max_texts") if getattr(args, k) is not None}
+    for k, v in limits.items():
+        if v < 1:
+            raise InputError(f"--{k.replace('_', '-')} must be positive")
+    settings = ArchiveSettings(
+        batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay,
+        min_workers=args.min_workers,
+        max_workers=args.max_workers,
+        response_timeout_s=args.response_timeout,
+        version=args.version,
+        limits=Limits(**limits),
+    )
+    handlers = Path(args.handlers) if args.handlers else None
+    written = archive_bundle(Path(args.bundle), Path(args.out), settings, handlers=handlers)
+    doc = {
+        "out": args.out,
+        "version": written[0].version,
+        "archives": [{"name": a.name, "path": str(a.path), "bytes": a.bytes} for a in written],
+        "model_config": settings.model_config(),
+    }
+    emit(args, doc, "\n".join(f"wrote {a.path} ({a.bytes} bytes, version {a.version})" for a in written))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..serving import server
+
+    run_dir = Path(args.run_dir) if args.run_dir else server.default_run_dir()
+    if args.stop:
+        stopped = server.stop(run_dir)
+        human = "TorchServe stopped" if stopped else f"no server was running from {run_dir}"
+        emit(args, {"stopped": stopped, "run_dir": str(run_dir)}, human)
+        return 0
+    apis = (*server.PORTS, *server.GRPC_PORTS)
+    ports = {api: getattr(args, f"{api}_port") for api in apis if getattr(args, f"{api}_port") is not None}
+    if any(not 0 < p < 65536 for p in ports.values()) or len(set(ports.values())) < len(ports):
+        raise InputError(f"bad ports {ports}", hint="give different ports from 1 to 65535")
+    options = server.ServeOptions(
+        model_store=Path(args.model_store),
+        run_dir=run_dir,
+        config=Path(args.config) if args.config else None,
+        ports=ports,
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else (),
+        timeout_s=args.timeout,
+    )
+    srv, proc = server.start(options, foreground=args.foreground)
+    doc = srv.to_dict()
+    lines = [f"TorchServe is up (logs in {doc['logs']}; stop with `licsearch serve --stop --run-dir {run_dir}`)"]
+    lines += [f"  {name:<10} POST {srv.inference_url}/predictions/{name}" for name in srv.models]
+    lines += [f"  management {doc['management']}", f"  metrics    {doc['metrics']}"]
+    if srv.token_auth:
+        lines.append(f"  tokens     {srv.key_file} (send Authorization: Bearer <inference key>)")
+    emit(args, doc, "\n".join(lines))
+    if args.foreground:
+        sys.stdout.flush()
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            note("stopping TorchServe")
+            server.stop(run_dir)
+            return 0
+        note(f"TorchServe exited on its own (status {proc.returncode}); see {doc['logs']}")
+        return 1
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import cmd_eval as run_eval_command
+
+    return run_eval_command(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train.cli import run_train
+
+    doc, human = run_train(args)
+    emit(args, doc, human)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init,
     "ingest": cmd_ingest,
@@ -330,6 +445,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "stats": cmd_stats,
     "export": cmd_export,
     "gate": cmd_gate,
+    "bench": cmd_bench,
     "fsck": cmd_fsck,
     "samples": cmd_samples,
+    "archive": cmd_archive,
+    "serve": cmd_serve,
+    "eval": cmd_eval,
+    "train": cmd_train,
 }

@@ -13,7 +13,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import InputError, LicsearchError
 
@@ -35,12 +35,26 @@ def _add_models(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seed of random weights (default 0)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors honour ``--json``: one JSON document on stdout, a one-line message on stderr, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        if "--json" in sys.argv[1:] or "--json" in _ARGV:
+            json.dump({"error": {"type": "UsageError", "message": message}}, sys.stdout)
+            sys.stdout.write("\n")
+            self.exit(2, f"{self.prog}: error: {message}\n")
+        super().error(message)
+
+
+_ARGV: list[str] = []
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="licsearch", description="Images kept as learned-compression bitstreams, searchable by text and image."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub: Any = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="create a store for a codec, CLIP model and adapter")
     _add_store(p)
@@ -109,6 +123,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=64)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("bench", help="time the eager baseline against fp32 and int8 bundles, side by side")
+    _add_store(p)
+    _add_models(p)
+    p.add_argument("--bundle", action="append", default=[], metavar="DIR", help="bundle to time (repeatable)")
+    p.add_argument("--images", metavar="DIR", help="images to time (default: Kodak if present, else generated)")
+    p.add_argument("--quick", action="store_true", help="two small images, one repeat, a small search index")
+    p.add_argument("--threads", type=int, metavar="N", help="threads for PyTorch and ONNX Runtime (default: CPUs)")
+
+    p = sub.add_parser("archive", help="pack a bundle into TorchServe model archives (encode, decode, embed .mar)")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="an exported bundle (`licsearch export`)")
+    p.add_argument("--out", default="model_store", metavar="DIR", help="model store to write to (default model_store)")
+    p.add_argument("--batch-size", type=int, default=4, help="requests per batch (default 4)")
+    p.add_argument("--max-batch-delay", type=int, default=50, metavar="MS", help="batch fill wait (default 50 ms)")
+    p.add_argument("--min-workers", type=int, default=1)
+    p.add_argument("--max-workers", type=int, default=1)
+    p.add_argument("--response-timeout", type=int, default=120, metavar="S", help="per batch (default 120 s)")
+    p.add_argument("--version", help="archive version (default: precision and hash of the bundle, e.g. fp32-1a2b3c4d)")
+    p.add_argument("--max-bytes", type=int, help="largest request payload (default 16 MiB)")
+    p.add_argument("--max-pixels", type=int, help="largest image to encode or decode (default 40 MP)")
+    p.add_argument("--max-texts", type=int, help="most texts per embed request (default 256)")
+    p.add_argument("--handlers", metavar="DIR", help="handler modules (default: the checkout's handlers/)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="start TorchServe with the encode, decode and embed models (--stop stops it)")
+    p.add_argument("--model-store", default="model_store", metavar="DIR", help="folder of the .mar files")
+    p.add_argument("--config", metavar="FILE", help="base config.properties (default: local, 127.0.0.1, no tokens)")
+    p.add_argument("--run-dir", metavar="DIR", help="config, logs and temp files (default $LICSEARCH_SERVE_DIR)")
+    p.add_argument("--foreground", action="store_true", help="stay attached until interrupted")
+    p.add_argument("--inference-port", type=int, metavar="PORT", help="default: the config's (8080)")
+    p.add_argument("--management-port", type=int, metavar="PORT", help="default: the config's (8081)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="default: the config's (8082)")
+    p.add_argument("--grpc-inference-port", type=int, metavar="PORT", help="default: the config's (7070)")
+    p.add_argument("--grpc-management-port", type=int, metavar="PORT", help="default: the config's (7071)")
+    p.add_argument("--models", metavar="NAME[,NAME]", help="models to serve (default: encode,decode,embed)")
+    p.add_argument("--timeout", type=float, default=180, metavar="S", help="wait for the models (default 180 s)")
+    p.add_argument("--stop", action="store_true", help="stop the server started from --run-dir")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("stats", help="images, bytes, mean bpp and spaces of a store")
     _add_store(p)
 
@@ -122,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+
+    from .evaluate import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
+
+    from ..train.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
@@ -156,6 +216,7 @@ def _quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``licsearch`` console script; returns the exit status."""
     parser = build_parser()
+    _ARGV[:] = list(argv) if argv is not None else []
     args = parser.parse_args(argv)
     _quiet_libraries()
     from . import commands

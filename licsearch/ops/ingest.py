@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LicsearchError
+from ..errors import InputError, LicsearchError
 from ..faults import crash_point
 from ..imageio import LoadedImage, iter_image_files, load_image
 from ..storage.index import Point
@@ -86,6 +86,9 @@ def ingest(
         on_error: called with (path, message) for each failed file.
     """
     report = IngestReport()
+    # Load (and fingerprint-check) the models before touching any file: a store-level problem such as
+    # changed weights is one error for the run, not one failure per file.
+    _ = store.models.codec, store.models.adapter
     files = list(iter_image_files(paths))
     bar = _progress(len(files), progress)
     groups: dict[tuple[int, int], list[_Pending]] = {}
@@ -139,7 +142,7 @@ def _store_batch(
 ) -> None:
     try:
         encoded = store.models.encode_batch([p.image.pixels for p in batch])
-    except LicsearchError as e:
+    except InputError as e:
         for p in batch:
             fail(p.path, str(e))
         return

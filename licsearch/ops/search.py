@@ -71,7 +71,7 @@ def search(
     if not 1 <= top_k <= 1000:
         raise InputError(f"top-k {top_k} is out of range", hint="use 1..1000")
     vector, notices = query_vector(store, text=text, image=image, like=like)
-    k = top_k + 1 if like else top_k
+    k = min(top_k + 1, 1000) if like else top_k
     hits = store.index.search(store.space_id, vector, top_k=k, filters=filters)
     if like:
         hits = [h for h in hits if h.id != _norm(like)][:top_k]

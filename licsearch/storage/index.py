@@ -112,6 +112,9 @@ def parse_filter(expr: str) -> FieldFilter:
     match = _FILTER_RE.fullmatch(expr) if isinstance(expr, str) else None
     if match is None or not match["value"]:
         raise InputError(f"cannot parse filter {expr!r}", hint=_FILTER_HINT)
+    if match["value"][0] in "<>=":
+        # "width=>80" or "width==>80": almost surely a misspelt range, never a value anyone stores.
+        raise InputError(f"cannot parse filter {expr!r}: operator written twice", hint=_FILTER_HINT)
     return FieldFilter(key=match["key"], op=_SYMBOL_OPS[match["op"]], value=_parse_value(match["value"]))
 
 

@@ -43,7 +43,7 @@ class Store:
     def __init__(self, root: Path, config: StoreConfig, *, api_key: str | None = None) -> None:
         self.root = root
         self.config = config
-        self.models: ModelPlane = _model_plane(config)
+        self.models: ModelPlane = model_plane_for(config)
         self.blobs = BlobStore(root / "blobs")
         q = config.qdrant
         self.index = VectorIndex(
@@ -121,14 +121,7 @@ class Store:
 
     def check_models(self, requested: ModelsConfig | None) -> None:
         """Refuses model flags that differ from the store's models."""
-        if requested is None:
-            return
-        mine = self.config.models.with_hashes("", "", "")
-        if requested.with_hashes("", "", "") != mine:
-            raise ConfigMismatchError(
-                f"this store was made with other models ({_describe(mine)}; asked for {_describe(requested)})",
-                hint="drop the model flags to use the store's models, or make a new store with `licsearch init`",
-            )
+        check_models(self.config, requested)
 
     def close(self) -> None:
         self.index.close()
@@ -140,7 +133,20 @@ class Store:
         self.close()
 
 
-def _model_plane(config: StoreConfig) -> ModelPlane:
+def check_models(config: StoreConfig, requested: ModelsConfig | None) -> None:
+    """Refuses models (from command-line flags) that differ from those a store was made with."""
+    if requested is None:
+        return
+    mine = config.models.with_hashes("", "", "")
+    if requested.with_hashes("", "", "") != mine:
+        raise ConfigMismatchError(
+            f"this store was made with other models ({_describe(mine)}; asked for {_describe(requested)})",
+            hint="drop the model flags to use the store's models, or make a new store with `licsearch init`",
+        )
+
+
+def model_plane_for(config: StoreConfig) -> ModelPlane:
+    """The store's models: eager PyTorch, or its bundle on ONNX Runtime."""
     if config.bundle is None:
         return ModelSet(config.models)
     from ..bundle.runtime import BundleModelSet

@@ -1,0 +1,89 @@
+"""The ``licsearch eval`` command: arguments, which models to evaluate, and output.
+
+Models: model flags as in ``init`` (``--codec ARCH:Q`` and the weights flags), else the store's models (read from
+its config; Qdrant is not opened), plus any ``--bundle``. With only ``--bundle``, just the bundles. ``--qualities``
+evaluates several qualities of the eager codec; how each quality finds its weights is documented in
+:mod:`licsearch.eval.planes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Declares ``eval`` and its flags on the top-level subcommand parser."""
+    from ..eval.baselines import PILLOW_CODECS
+    from ..eval.bdrate import METHODS
+    from .main import _add_models, _add_store
+
+    p = sub.add_parser("eval", help="rate-distortion, BD-rate and semantic fidelity of the codec and adapter")
+    _add_store(p)
+    _add_models(p)
+    p.add_argument("--images", metavar="DIR", help="images to evaluate (default: the --captions file's folder)")
+    p.add_argument("--bundle", action="append", default=[], metavar="DIR", help="bundle to evaluate (repeatable)")
+    p.add_argument(
+        "--qualities",
+        metavar="Q,Q,...",
+        help="codec qualities, e.g. 1,2,3,4 or 1-4; with PATH weights use a pattern PATH{q} or a folder of q{q}.*",
+    )
+    p.add_argument("--captions", metavar="FILE", help="captions.jsonl (licsearch samples): text-to-image hit rates")
+    p.add_argument(
+        "--anchors", metavar="DIR", help="published curves to compare with, e.g. shared/anchors/compressai-kodak"
+    )
+    p.add_argument("--plots", metavar="DIR", help="write PNG figures here")
+    p.add_argument("--max-images", type=int, default=24, metavar="N", help="evaluate at most N images (default 24)")
+    p.add_argument(
+        "--baselines",
+        default=",".join(PILLOW_CODECS.names()),
+        metavar="NAMES",
+        help=f"Pillow codecs to sweep, comma-separated, or 'none' (default: {','.join(PILLOW_CODECS.names())})",
+    )
+    p.add_argument("--bd-method", choices=METHODS, default="cubic", help="BD fit: cubic polynomial or pchip")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..config import StoreConfig
+    from ..eval.planes import EvalPlane, bundle_planes, eager_planes, parse_qualities
+    from ..eval.report import EvalOptions, json_safe, run_eval
+    from ..eval.table import format_report
+    from .commands import _store_dir, models_from_flags, warn_random
+    from .main import emit, note
+
+    qualities = parse_qualities(args.qualities) if args.qualities else None
+    planes: list[EvalPlane] = []
+    flags = models_from_flags(args)
+    if flags is not None:
+        planes += eager_planes(flags, qualities)
+    elif args.store or not args.bundle:
+        cfg = StoreConfig.load(_store_dir(args))
+        if cfg.bundle:
+            if qualities:
+                raise InputError("this store runs from a bundle of one quality; --qualities needs eager models")
+            planes += bundle_planes([Path(cfg.bundle)])
+        else:
+            planes += eager_planes(cfg.models, qualities)
+    elif qualities:
+        raise InputError("--qualities applies to eager models", hint="give model flags or --store, or drop it")
+    planes += bundle_planes([Path(b) for b in args.bundle])
+    baselines = () if args.baselines.strip() == "none" else tuple(b.strip() for b in args.baselines.split(",") if b)
+    from ..eval.baselines import PILLOW_CODECS
+
+    for b in baselines:
+        PILLOW_CODECS.get(b)
+    options = EvalOptions(
+        images=Path(args.images) if args.images else None,
+        max_images=args.max_images,
+        captions=Path(args.captions) if args.captions else None,
+        anchors=Path(args.anchors) if args.anchors else None,
+        plots=Path(args.plots) if args.plots else None,
+        baselines=baselines,
+        bd_method=args.bd_method,
+    )
+    warn_random(sorted({c for p in planes for c in p.plane.random_components()}))
+    doc = json_safe(run_eval(planes, options, log=note))
+    emit(args, doc, format_report(doc))
+    return 0

@@ -1,0 +1,159 @@
+"""The handlers' Prometheus metrics, declared once, and the ``metrics.yaml`` TorchServe reads them from.
+
+TorchServe's metrics path: a handler updates a metric of ``context.metrics`` (declared in ``metrics.yaml``); the
+worker logs it; the frontend parses the log line and updates its Prometheus registry, served on the metrics port
+(``metrics_mode=prometheus``), adding a ``Hostname`` label. Histograms get Prometheus' default buckets
+(5 ms to 10 s), which suit latencies in seconds, batch sizes up to 10 and bits per pixel.
+
+The file given to TorchServe (``metrics_config``) replaces its default, so :func:`render_yaml` keeps TorchServe's
+own frontend and system metrics next to ours. ``deploy/metrics.yaml`` is this module's output
+(``python -m licsearch.serving.metrics > deploy/metrics.yaml``); a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+BASE_LABELS = ("model_name", "model_version")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: Prometheus name (snake_case, unit suffix), kind, unit, labels and meaning."""
+
+    name: str
+    kind: str  # counter | gauge | histogram
+    unit: str
+    labels: tuple[str, ...]
+    help: str
+
+
+REQUESTS = MetricSpec(
+    "licsearch_requests_total", "counter", "Count", (*BASE_LABELS, "status"), "requests answered, by HTTP status"
+)
+ERRORS = MetricSpec(
+    "licsearch_errors_total",
+    "counter",
+    "Count",
+    (*BASE_LABELS, "status", "error_type"),
+    "requests answered with an error, by status and error class",
+)
+REQUEST_LATENCY = MetricSpec(
+    "licsearch_request_latency_seconds",
+    "histogram",
+    "Seconds",
+    BASE_LABELS,
+    "time in the handler for a request (the whole batch it came in)",
+)
+STAGE_LATENCY = MetricSpec(
+    "licsearch_stage_latency_seconds",
+    "histogram",
+    "Seconds",
+    (*BASE_LABELS, "stage"),
+    "time per batch in preprocess, network, entropy_coding and postprocess",
+)
+BATCH_SIZE = MetricSpec(
+    "licsearch_batch_size_requests", "histogram", "Count", BASE_LABELS, "requests per batch the handler received"
+)
+RECEIVED_BYTES = MetricSpec(
+    "licsearch_received_bytes_total", "counter", "Bytes", BASE_LABELS, "request body bytes received"
+)
+SENT_BYTES = MetricSpec("licsearch_sent_bytes_total", "counter", "Bytes", BASE_LABELS, "response body bytes sent")
+ENCODED_BPP = MetricSpec(
+    "licsearch_encoded_bits_per_pixel", "histogram", "BitsPerPixel", BASE_LABELS, "bits per pixel of encoded images"
+)
+
+METRICS: tuple[MetricSpec, ...] = (
+    REQUESTS,
+    ERRORS,
+    REQUEST_LATENCY,
+    STAGE_LATENCY,
+    BATCH_SIZE,
+    RECEIVED_BYTES,
+    SENT_BYTES,
+    ENCODED_BPP,
+)
+
+_HOST = ("Level", "Hostname")
+_MODEL = ("model_name", "model_version", "hostname")
+TORCHSERVE_METRICS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+    # (section, kind, name, unit, dimensions): TorchServe's defaults (ts/configs/metrics.yaml), kept as they are.
+    ("ts_metrics", "counter", "Requests2XX", "Count", _HOST),
+    ("ts_metrics", "counter", "Requests4XX", "Count", _HOST),
+    ("ts_metrics", "counter", "Requests5XX", "Count", _HOST),
+    ("ts_metrics", "counter", "ts_inference_requests_total", "Count", _MODEL),
+    ("ts_metrics", "counter", "ts_inference_latency_microseconds", "Microseconds", _MODEL),
+    ("ts_metrics", "counter", "ts_queue_latency_microseconds", "Microseconds", _MODEL),
+    ("ts_metrics", "gauge", "QueueTime", "Milliseconds", _HOST),
+    ("ts_metrics", "gauge", "WorkerThreadTime", "Milliseconds", _HOST),
+    ("ts_metrics", "gauge", "WorkerLoadTime", "Milliseconds", ("WorkerName", *_HOST)),
+    ("ts_metrics", "gauge", "CPUUtilization", "Percent", _HOST),
+    ("ts_metrics", "gauge", "MemoryUsed", "Megabytes", _HOST),
+    ("ts_metrics", "gauge", "MemoryAvailable", "Megabytes", _HOST),
+    ("ts_metrics", "gauge", "MemoryUtilization", "Percent", _HOST),
+    ("ts_metrics", "gauge", "DiskUsage", "Gigabytes", _HOST),
+    ("ts_metrics", "gauge", "DiskUtilization", "Percent", _HOST),
+    ("ts_metrics", "gauge", "DiskAvailable", "Gigabytes", _HOST),
+    ("ts_metrics", "gauge", "GPUMemoryUtilization", "Percent", ("Level", "DeviceId", "Hostname")),
+    ("ts_metrics", "gauge", "GPUMemoryUsed", "Megabytes", ("Level", "DeviceId", "Hostname")),
+    ("ts_metrics", "gauge", "GPUUtilization", "Percent", ("Level", "DeviceId", "Hostname")),
+    ("model_metrics", "gauge", "HandlerTime", "ms", ("ModelName", "Level")),
+    ("model_metrics", "gauge", "PredictionTime", "ms", ("ModelName", "Level")),
+)
+
+
+def render_yaml() -> str:
+    """The ``metrics.yaml`` for TorchServe: its default metrics plus ours (``Hostname`` is added by TorchServe)."""
+    entries = [*TORCHSERVE_METRICS, *(("model_metrics", m.kind, m.name, m.unit, m.labels) for m in METRICS)]
+    lines = [
+        "# TorchServe metrics configuration (metrics_config): TorchServe's default metrics plus licsearch's.",
+        "# Generated by `python -m licsearch.serving.metrics`; declared in licsearch/serving/metrics.py.",
+    ]
+    for section in ("ts_metrics", "model_metrics"):
+        lines += ["", f"{section}:"]
+        for kind in ("counter", "gauge", "histogram"):
+            rows = [e for e in entries if e[0] == section and e[1] == kind]
+            if rows:
+                lines.append(f"  {kind}:")
+            for _, _, name, unit, dims in rows:
+                lines += [f"    - name: {name}", f"      unit: {unit}", f"      dimensions: [{', '.join(dims)}]"]
+    return "\n".join(lines) + "\n"
+
+
+class Recorder:
+    """Updates the declared metrics through TorchServe's metrics cache (a no-op without one).
+
+    Args:
+        cache: ``context.metrics`` (TorchServe's ``MetricsCacheYamlImpl``), or None outside TorchServe.
+        model_name, model_version: the first two labels of every metric.
+    """
+
+    def __init__(self, cache: Any, model_name: str, model_version: str) -> None:
+        self._cache = cache
+        self._base = (model_name, model_version)
+        self._metrics: dict[str, Any] = {}
+
+    def add(self, spec: MetricSpec, value: float, *labels: str, request_id: str | None = None) -> None:
+        """Counts (counter), sets (gauge) or observes (histogram) ``value`` with the extra ``labels``."""
+        if len(labels) + len(self._base) != len(spec.labels):
+            raise ValueError(f"{spec.name} takes labels {spec.labels[len(self._base) :]}, got {labels}")
+        if self._cache is None:
+            return
+        metric = self._metrics.get(spec.name) or self._lookup(spec)
+        metric.add_or_update(value, [*self._base, *labels], request_id or "")
+
+    def _lookup(self, spec: MetricSpec) -> Any:
+        from ts.metrics.metric_type_enum import MetricTypes
+
+        kind = MetricTypes(spec.kind)
+        try:
+            metric = self._cache.get_metric(spec.name, kind)
+        except Exception:  # not declared in the metrics.yaml this server was given: declare it for the worker
+            metric = self._cache.add_metric_to_cache(spec.name, spec.unit, list(spec.labels), kind)
+        self._metrics[spec.name] = metric
+        return metric
+
+
+if __name__ == "__main__":
+    print(render_yaml(), end="")

@@ -1,0 +1,83 @@
+"""`licsearch bench` through the real CLI: the documented JSON schema, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from licsearch.errors import InputError
+from licsearch.ops.bench import load_bench_images
+from tests.conftest import TINY_FLAGS, run_cli
+
+STAGES = {
+    "analysis",
+    "entropy_encode",
+    "adapter",
+    "synthesis",
+    "entropy_decode",
+    "text_short",
+    "text_long",
+    "search",
+    "compress",
+    "decompress",
+    "image_tower",
+}
+END_TO_END = {"ingest", "reembed", "decode", "text"}
+
+
+def _summary_ok(s: object) -> bool:
+    return (
+        isinstance(s, dict)
+        and set(s) == {"median_s", "p90_s"}
+        and all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in s.values())
+    )
+
+
+@pytest.mark.slow
+def test_quick_bench_json_schema() -> None:
+    proc = run_cli("bench", "--quick", "--json", "--threads", "2", *TINY_FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert "RANDOM WEIGHTS" in proc.stderr
+
+    assert doc["schema"] == 1
+    assert {"cpu_count", "threads", "platform", "torch", "onnxruntime"} <= set(doc["machine"])
+    assert doc["machine"]["threads"] == 2
+    assert doc["images"]["count"] == 2
+    assert (doc["images"]["width"], doc["images"]["height"]) == (128, 96)
+    assert doc["settings"]["repeats"] == 1
+
+    assert set(doc["backends"]) == {"baseline", "fp32", "int8"}
+    for name, b in doc["backends"].items():
+        assert b["precision"] in ("fp32", "int8", "mixed"), name
+        assert b["bytes_per_image"] > 0 and b["model_bytes"] > 0, name
+        assert set(b["stages"]) == STAGES, name
+        assert set(b["end_to_end"]) == END_TO_END, name
+        assert all(_summary_ok(s) for s in b["end_to_end"].values()), name
+        assert all(s is None or _summary_ok(s) for s in b["stages"].values()), name
+    base, fp32 = doc["backends"]["baseline"], doc["backends"]["fp32"]
+    assert base["bundle"] is None and Path(fp32["bundle"]).name.startswith("fp32-")
+    assert base["stages"]["entropy_encode"] is None and base["stages"]["compress"] is not None
+    assert fp32["stages"]["compress"] is None and fp32["stages"]["entropy_encode"] is not None
+
+    assert isinstance(doc["gate"]["passed"], bool)
+    assert (doc["gate"]["reference"], doc["gate"]["candidate"]) == ("fp32", "int8")
+    assert set(doc["ratios"]) == set(doc["ratio_backend"]) == END_TO_END
+    for key, r in doc["ratios"].items():
+        assert isinstance(r, float) and math.isfinite(r) and r > 0, key
+        assert doc["ratio_backend"][key] in (("fp32", "int8") if doc["gate"]["passed"] else ("fp32",))
+    assert set(doc["random_weights"]) == {"codec", "clip", "adapter"}
+
+
+def test_bench_refuses_missing_images(tmp_path: Path) -> None:
+    proc = run_cli("bench", "--quick", "--json", "--images", str(tmp_path / "nope"), *TINY_FLAGS)
+    assert proc.returncode == 2
+    err = json.loads(proc.stdout)["error"]
+    assert err["type"] == "InputError" and "nope" in err["message"]
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no images found"):
+        load_bench_images(tmp_path / "empty", quick=True)

@@ -1,0 +1,512 @@
+"""Model bundles: graphs checked and hashed, ONNX Runtime against eager torch, round trips, damage and the CLI.
+
+The tiny models are exported once per session (one fp32 bundle, one static int8 bundle calibrated on generated
+images) and shared read-only with ``test_determinism.py``; tests that damage a bundle work on a copy.
+The int8 bundle is exported with every quantized graph kept (the keep-if-faster rule is timing-dependent, and
+the tests need a bundle whose make-up does not change with the machine's load).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from licsearch.bundle import quantize
+from licsearch.bundle.export import export_bundle
+from licsearch.bundle.manifest import GRAPHS, MANIFEST, Manifest, file_sha256
+from licsearch.bundle.runtime import BundleModelSet, make_session
+from licsearch.errors import InputError, StoreError
+from licsearch.model.models import ModelSet, space_id_for
+
+from .conftest import TINY_FLAGS, make_image, run_cli, tiny_models, write_png
+
+KINDS = ("fp32", "int8")
+# Axes that must stay dynamic, per graph: (input axes, output axes).
+DYNAMIC_AXES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "g_a": ((0, 2, 3), (0, 2, 3)),  # batch, height, width -> batch, h/16, w/16
+    "h_a": ((0, 2, 3), (0, 2, 3)),
+    "g_s": ((0, 2, 3), (0, 2, 3)),
+    "adapter": ((0, 2, 3), (0,)),  # any latent size -> one embedding per image
+    "text": ((0, 1), (0,)),  # batch, sequence (queries run only up to their end-of-text token)
+}
+TEXTS = [
+    "a",
+    "a photo of a red circle",
+    "two small blue squares at the bottom on a striped background, seen from far away",
+    "x y",
+]
+
+
+# -- the shared bundles -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinyBundles:
+    """Eager tiny models and the two bundles exported from them (read-only: copy before damaging)."""
+
+    eager: ModelSet
+    fp32: Path
+    int8: Path
+    space_id: str
+
+    def root(self, kind: str) -> Path:
+        return self.fp32 if kind == "fp32" else self.int8
+
+
+_BUNDLES = pytest.StashKey[TinyBundles]()
+
+
+def tiny_bundles(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> TinyBundles:
+    """Exports the tiny bundles once per session (shared by this module and ``test_determinism.py``)."""
+    if _BUNDLES not in config.stash:
+        eager = ModelSet(tiny_models())
+        space = space_id_for(eager.fingerprinted())
+        base = tmp_path_factory.mktemp("bundles")
+        export_bundle(tiny_models(), base / "fp32", space_id=space)
+        calibration = [make_image(100 + i) for i in range(4)]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(quantize, "KEEP_IF_FASTER_BY", float("inf"))
+            export_bundle(tiny_models(), base / "int8", space_id=space, int8="static", calibration=calibration)
+        config.stash[_BUNDLES] = TinyBundles(eager, base / "fp32", base / "int8", space)
+    return config.stash[_BUNDLES]
+
+
+@pytest.fixture(scope="session")
+def bundles(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TinyBundles:
+    return tiny_bundles(request.config, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def loaded(bundles: TinyBundles) -> dict[str, BundleModelSet]:
+    return {kind: BundleModelSet(bundles.root(kind)) for kind in KINDS}
+
+
+def cosine(a: torch.Tensor | list[float], b: torch.Tensor | list[float]) -> float:
+    ta, tb = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return float(torch.nn.functional.cosine_similarity(ta, tb, dim=-1).min())
+
+
+def dims(value_info: object) -> list[tuple[str, int]]:
+    """(dim_param, dim_value) of each axis of an ONNX graph input or output."""
+    return [(d.dim_param, d.dim_value) for d in value_info.type.tensor_type.shape.dim]  # type: ignore[attr-defined]
+
+
+def fresh_case(ms: ModelSet, name: str) -> tuple[np.ndarray, torch.Tensor]:
+    """An input of a shape (and batch) not used by the export, and torch's output for it."""
+    g = torch.Generator().manual_seed(1234)
+    m = ms.codec.latent_channels
+    x = torch.rand(3, 3, 48, 80, generator=g)
+    y = torch.randn(3, m, 3, 5, generator=g) * 3
+    with torch.inference_mode():
+        if name == "text":
+            full = ms.text.tokenizer(TEXTS[:3])
+            n = int(full.argmax(dim=1).max()) + 1
+            return full[:, :n].numpy(), ms.text.model.encode_text(full, normalize=True).float()
+        fn = {
+            "g_a": (ms.codec.model.g_a, x),
+            "h_a": (ms.codec.transforms.h_a, y),
+            "g_s": (ms.codec.model.g_s, y),
+            "adapter": (ms.adapter.module, y),
+        }[name]
+        return fn[1].numpy(), fn[0](fn[1]).float()
+
+
+def ort_vs_torch(bundles: TinyBundles, kind: str, name: str) -> tuple[float, float]:
+    """(max abs difference, tolerance) of the bundle's graph against eager torch on a fresh input."""
+    manifest = Manifest.load(bundles.root(kind))
+    inp, ref = fresh_case(bundles.eager, name)
+    sess = make_session(bundles.root(kind) / manifest.graphs[name].file)
+    got = sess.run(None, {sess.get_inputs()[0].name: inp})[0]
+    assert got.shape == tuple(ref.shape)
+    tol = 1e-3 * max(1.0, float(ref.abs().max()))
+    return float(np.abs(got - ref.numpy()).max()), tol
+
+
+# -- graphs -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_graph_exists_matches_its_hash_and_passes_the_checker(bundles: TinyBundles, kind: str, name: str) -> None:
+    import onnx
+
+    root = bundles.root(kind)
+    manifest = Manifest.load(root)
+    assert set(manifest.graphs) == set(GRAPHS)
+    info = manifest.graphs[name]
+    path = root / info.file
+    assert path.is_file()
+    assert file_sha256(path) == info.sha256 == manifest.files[info.file]
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_batch_and_spatial_or_sequence_axes_are_dynamic(bundles: TinyBundles, kind: str, name: str) -> None:
+    import onnx
+
+    root = bundles.root(kind)
+    info = Manifest.load(root).graphs[name]
+    graph = onnx.load(str(root / info.file)).graph
+    assert [i.name for i in graph.input] == list(info.inputs)
+    assert [o.name for o in graph.output] == list(info.outputs)
+    for values, declared, dynamic in (
+        (graph.input, info.inputs, DYNAMIC_AXES[name][0]),
+        (graph.output, info.outputs, DYNAMIC_AXES[name][1]),
+    ):
+        for vi in values:
+            shape, axes = dims(vi), declared[vi.name]
+            assert len(shape) == len(axes), (vi.name, shape, axes)
+            for i in dynamic:
+                assert isinstance(axes[i], str), (vi.name, i, axes)
+                assert shape[i][0] and shape[i][1] == 0, f"{name}.{vi.name} axis {i} is fixed: {shape}"
+
+
+_FIXED_AXIS_CASES = [
+    pytest.param(
+        kind,
+        name,
+        marks=pytest.mark.xfail(
+            reason="BUG: the fp32 adapter graph leaves its embedding axis symbolic (dim_param "
+            "'Divimage_embedding_dim_1'), although the manifest declares it fixed at embed_dim; the export "
+            "does not pin declared fixed axes",
+            strict=True,
+        )
+        if (kind, name) == ("fp32", "adapter")
+        else (),
+    )
+    for kind in KINDS
+    for name in GRAPHS
+]
+
+
+@pytest.mark.parametrize(("kind", "name"), _FIXED_AXIS_CASES)
+def test_fixed_axes_of_each_graph_are_the_manifests(bundles: TinyBundles, kind: str, name: str) -> None:
+    import onnx
+
+    root = bundles.root(kind)
+    info = Manifest.load(root).graphs[name]
+    graph = onnx.load(str(root / info.file)).graph
+    for vi in [*graph.input, *graph.output]:
+        axes = {**info.inputs, **info.outputs}[vi.name]
+        for (param, value), axis in zip(dims(vi), axes, strict=True):
+            if isinstance(axis, int):
+                assert (param, value) == ("", axis), f"{name}.{vi.name}: {dims(vi)} vs manifest {axes}"
+
+
+# -- parity -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_recorded_parity_is_within_the_recorded_tolerance(bundles: TinyBundles, name: str) -> None:
+    info = Manifest.load(bundles.fp32).graphs[name]
+    assert info.parity_tolerance >= 1e-3  # 1e-3 relative to the output scale, at least 1e-3
+    assert 0.0 <= info.parity_max_abs <= info.parity_tolerance
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_fp32_graphs_match_torch_on_a_shape_not_used_by_the_export(bundles: TinyBundles, name: str) -> None:
+    diff, tol = ort_vs_torch(bundles, "fp32", name)
+    assert diff < tol, f"{name}: ONNX Runtime differs from torch by {diff:.3g} (tolerance {tol:.3g})"
+
+
+@pytest.mark.xfail(
+    reason="BUG: quantize_bundle swaps a graph for its int8 version but keeps the fp32 graph's parity_max_abs and "
+    "parity_tolerance in the manifest, so the manifest claims ~1e-5 parity for int8 graphs that differ from "
+    "torch by far more than the tolerance (g_a by several units); the figures should be re-measured or cleared",
+    strict=True,
+)
+def test_int8_parity_figures_describe_the_int8_graphs(bundles: TinyBundles) -> None:
+    manifest = Manifest.load(bundles.int8)
+    wrong = {}
+    for name in ("g_a", "h_a", "g_s", "adapter"):
+        info = manifest.graphs[name]
+        assert info.precision == "int8"
+        diff, _ = ort_vs_torch(bundles, "int8", name)
+        if info.parity_max_abs <= info.parity_tolerance < diff:
+            wrong[name] = (info.parity_max_abs, info.parity_tolerance, diff)
+    assert wrong == {}, f"recorded (max_abs, tolerance) vs measured difference: {wrong}"
+
+
+# -- round trips and embeddings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", [(72, 100), (17, 33)])
+def test_bundle_round_trip(loaded: dict[str, BundleModelSet], kind: str, size: tuple[int, int]) -> None:
+    bms = loaded[kind]
+    h, w = size
+    img = make_image(h + w, max(h, 16), max(w, 16))[:h, :w].copy()
+    enc = bms.encode(img)
+    assert (enc.width, enc.height) == (w, h)
+    out = bms.decode(enc.data)
+    assert out.shape == (h, w, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, bms.decode(enc.data))
+    assert cosine(bms.embed_bitstream(enc.data), enc.embedding) > 0.9999
+    assert len(enc.embedding) == bms.embed_dim == bms.manifest.embed_dim
+    assert abs(float(np.linalg.norm(enc.embedding)) - 1.0) < 1e-4
+
+
+def test_fp32_bundle_image_embeddings_match_eager(bundles: TinyBundles, loaded: dict[str, BundleModelSet]) -> None:
+    bms = loaded["fp32"]
+    assert bms.codec.profile_id == bundles.eager.codec.profile_id
+    for seed, (h, w) in enumerate([(96, 128), (64, 80), (40, 200), (130, 70)]):
+        img = make_image(200 + seed, h, w)
+        got, ref = bms.encode(img), bundles.eager.encode(img)
+        assert cosine(got.embedding, ref.embedding) >= 0.9999, (h, w)
+
+
+def test_fp32_bundle_text_embeddings_match_eager(bundles: TinyBundles, loaded: dict[str, BundleModelSet]) -> None:
+    texts = [*TEXTS, "word " * 120]  # the last one is truncated to the context length
+    got, ref = loaded["fp32"].embed_texts(texts), bundles.eager.embed_texts(texts)
+    assert got.vectors.shape == ref.vectors.shape == (len(texts), bundles.eager.embed_dim)
+    assert cosine(got.vectors, ref.vectors) >= 0.9999
+    assert got.truncated == ref.truncated == (False,) * len(TEXTS) + (True,)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [[TEXTS[0]], [TEXTS[1]], TEXTS, ["a photo"] * 3, [TEXTS[2], TEXTS[0], TEXTS[1]], ["&nbsp;"]],
+    ids=["one-word", "short", "mixed-lengths", "same-length", "longest-first", "no-tokens"],
+)
+def test_short_queries_are_trimmed_without_changing_the_embedding(
+    loaded: dict[str, BundleModelSet], texts: list[str]
+) -> None:
+    enc = loaded["fp32"].text
+    trimmed, full = enc.tokens(texts, trim=True), enc.tokens(texts, trim=False)
+    assert full.shape == (len(texts), enc.context_length)
+    assert 2 <= trimmed.shape[1] < enc.context_length
+    assert np.array_equal(trimmed, full[:, : trimmed.shape[1]])
+    assert not full[:, trimmed.shape[1] :].any(), "only padding may be cut"
+    a, b = enc.embed(texts, trim=True).vectors, enc.embed(texts, trim=False).vectors
+    assert float((a - b).abs().max()) < 1e-5
+
+
+def test_a_query_at_the_context_length_is_not_trimmed(loaded: dict[str, BundleModelSet]) -> None:
+    enc = loaded["fp32"].text
+    texts = ["a", "word " * 120]
+    assert enc.tokens(texts, trim=True).shape == (2, enc.context_length)
+    emb = enc.embed(texts)
+    assert emb.truncated == (False, True)
+    assert float((emb.vectors - enc.embed(texts, trim=False).vectors).abs().max()) < 1e-5
+
+
+# -- manifest -----------------------------------------------------------------------------------------------------
+
+
+def test_fp32_manifest(bundles: TinyBundles) -> None:
+    m = Manifest.load(bundles.fp32)
+    raw = json.loads((bundles.fp32 / MANIFEST).read_text())
+    assert m.int8 == "none" and m.precision == "fp32" and raw["precision"] == "fp32"
+    assert m.space_id == bundles.space_id
+    assert m.codec_profile == bundles.eager.codec.profile_id
+    assert m.models == bundles.eager.fingerprinted()
+    for name in GRAPHS:
+        assert raw["graphs"][name]["precision"] == "fp32"
+        assert m.graphs[name].int8_note == ""
+
+
+def test_int8_manifest(bundles: TinyBundles) -> None:
+    m, fp32 = Manifest.load(bundles.int8), Manifest.load(bundles.fp32)
+    raw = json.loads((bundles.int8 / MANIFEST).read_text())
+    assert m.int8 == "static" and m.precision == "int8"
+    for name in GRAPHS:
+        g = m.graphs[name]
+        assert raw["graphs"][name]["precision"] == g.precision == "int8"
+        assert g.int8_note.startswith("kept int8"), g.int8_note
+        assert g.file.endswith("_int8.onnx")
+        assert not (bundles.int8 / fp32.graphs[name].file).exists(), "the replaced fp32 graph must be gone"
+    assert m.space_id != fp32.space_id, "an int8 bundle gets its own space until a parity gate says otherwise"
+    assert m.space_id.startswith(fp32.space_id)
+    assert m.extra["source_space_id"] == fp32.space_id
+    assert m.codec_profile == fp32.codec_profile, "int8 transforms keep the codec profile (entropy path is shared)"
+    on_disk = {str(p.relative_to(bundles.int8)) for p in bundles.int8.rglob("*") if p.is_file()}
+    assert set(m.files) == on_disk - {MANIFEST}, "no stray files from quantization"
+
+
+def test_int8_graphs_not_faster_are_kept_fp32_with_a_note(
+    bundles: TinyBundles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "b"
+    shutil.copytree(bundles.fp32, root)
+    graphs = Manifest.load(root).graphs
+    before = {p: file_sha256(p) for p in root.rglob("*.onnx")}
+    monkeypatch.setattr(quantize, "KEEP_IF_FASTER_BY", 0.0)
+    out = quantize.quantize_bundle(root, graphs, "dynamic", [make_image(5, 64, 64)], codec_downsampling=64)
+    for name in GRAPHS:
+        assert out[name].file == graphs[name].file and out[name].precision == "fp32"
+    for name in quantize.DYNAMIC_GRAPHS:
+        assert out[name].int8_note.startswith("kept fp32, int8 not faster"), out[name].int8_note
+    assert {p: file_sha256(p) for p in root.rglob("*.onnx")} == before, "no int8 leftovers, fp32 graphs untouched"
+
+
+# -- damaged bundles and bad output directories -------------------------------------------------------------------
+
+
+def _copy(bundles: TinyBundles, tmp_path: Path) -> Path:
+    root = tmp_path / "bundle"
+    shutil.copytree(bundles.fp32, root)
+    return root
+
+
+def test_a_flipped_byte_in_any_bundle_file_is_refused(bundles: TinyBundles, tmp_path: Path) -> None:
+    files = Manifest.load(bundles.fp32).files
+    assert {g.file for g in Manifest.load(bundles.fp32).graphs.values()} <= set(files)
+    for rel in files:
+        root = _copy(bundles, tmp_path / rel.replace("/", "_"))
+        path = root / rel
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        with pytest.raises(StoreError, match="does not match its manifest hash"):
+            BundleModelSet(root)
+
+
+def test_a_missing_manifest_or_graph_is_refused(bundles: TinyBundles, tmp_path: Path) -> None:
+    root = _copy(bundles, tmp_path)
+    (root / "codec" / "g_s.onnx").unlink()
+    with pytest.raises(StoreError, match=r"lacks codec/g_s\.onnx"):
+        BundleModelSet(root)
+    (root / MANIFEST).unlink()
+    with pytest.raises(StoreError, match=r"missing manifest\.json"):
+        BundleModelSet(root)
+    with pytest.raises(StoreError, match=r"missing manifest\.json"):
+        BundleModelSet(tmp_path / "nowhere")
+
+
+def test_a_damaged_manifest_is_refused(bundles: TinyBundles, tmp_path: Path) -> None:
+    root = _copy(bundles, tmp_path)
+    text = (root / MANIFEST).read_text()
+    (root / MANIFEST).write_text(text[: len(text) // 2])
+    with pytest.raises(StoreError, match="damaged"):
+        BundleModelSet(root)
+    doc = json.loads(text)
+    doc["format"] = 99
+    (root / MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="format 99"):
+        BundleModelSet(root)
+
+
+def test_export_into_a_non_empty_directory_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        export_bundle(tiny_models(), tmp_path, space_id="x")
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.xfail(
+    reason="BUG: export_bundle with --out naming an existing file calls out.iterdir() and raises NotADirectoryError "
+    "(a traceback from the CLI) instead of an InputError that says to choose a directory",
+    strict=True,
+)
+def test_export_onto_an_existing_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    target = tmp_path / "bundle"
+    target.write_text("not a directory")
+    with pytest.raises(InputError):
+        export_bundle(tiny_models(), target, space_id="x")
+
+
+# -- the CLI --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_inprocess(*args: str) -> Result:
+    """Runs the CLI's ``main`` in this process (no interpreter start-up), restoring the logging it changes."""
+    from licsearch.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    root, level = logging.getLogger(), logging.getLogger().level
+    with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        finally:
+            root.setLevel(level)
+    return Result(rc, out.getvalue(), err.getvalue())
+
+
+@dataclass(frozen=True)
+class CliExport:
+    out: Path
+    result: Result
+
+
+@pytest.fixture(scope="module")
+def cli_export(tmp_path_factory: pytest.TempPathFactory) -> CliExport:
+    out = tmp_path_factory.mktemp("cli-export") / "bundle"
+    return CliExport(out, cli_inprocess("export", *TINY_FLAGS, "--out", str(out), "--json"))
+
+
+def test_cli_export_writes_a_bundle_and_one_json_document(cli_export: CliExport, bundles: TinyBundles) -> None:
+    res = cli_export.result
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["out"] == str(cli_export.out)
+    assert doc["manifest"] == json.loads((cli_export.out / MANIFEST).read_text())
+    assert set(doc["manifest"]["graphs"]) == set(GRAPHS)
+    assert doc["manifest"]["precision"] == "fp32"
+    assert doc["manifest"]["space_id"] == bundles.space_id, "same models, same space as the eager store"
+    assert sorted(doc["random_weights"]) == ["adapter", "clip", "codec"]
+    assert "RANDOM WEIGHTS" in res.stderr
+    bms, ref = BundleModelSet(cli_export.out).manifest, Manifest.load(bundles.fp32)
+    assert bms.models == ref.models and bms.codec_profile == ref.codec_profile
+    assert {k: g.sha256 for k, g in bms.graphs.items()} == {k: g.sha256 for k, g in ref.graphs.items()}, (
+        "the same models export to the same graphs"
+    )
+
+
+def test_cli_export_into_a_non_empty_directory_exits_2(cli_export: CliExport) -> None:
+    assert cli_export.result.returncode == 0
+    before = (cli_export.out / MANIFEST).read_bytes()
+    res = cli_inprocess("export", *TINY_FLAGS, "--out", str(cli_export.out), "--json")
+    assert res.returncode == 2, res.stderr
+    assert "not empty" in json.loads(res.stdout)["error"]["message"]
+    assert (cli_export.out / MANIFEST).read_bytes() == before
+    BundleModelSet(cli_export.out)  # still whole
+
+
+def test_cli_init_with_a_bundle_and_model_flags_is_refused(cli_export: CliExport, tmp_path: Path) -> None:
+    res = cli_inprocess("init", "--store", str(tmp_path / "s"), "--bundle", str(cli_export.out), *TINY_FLAGS, "--json")
+    assert res.returncode == 2, res.stderr
+    assert "exclude each other" in json.loads(res.stdout)["error"]["message"]
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_store_on_a_bundle_ingests_and_searches(cli_export: CliExport, tmp_path: Path) -> None:
+    assert cli_export.result.returncode == 0
+    store = tmp_path / "store"
+    res = cli_inprocess("init", "--store", str(store), "--bundle", str(cli_export.out), "--json")
+    assert res.returncode == 0, res.stderr
+    space = json.loads(res.stdout)["space_id"]
+    assert space == Manifest.load(cli_export.out).space_id
+    assert json.loads((store / "store.json").read_text())["bundle"] == str(cli_export.out.resolve())
+    images = {f"img{i}.png": write_png(tmp_path / "images" / f"img{i}.png", make_image(300 + i)) for i in range(4)}
+    images["small.png"] = write_png(tmp_path / "images" / "small.png", make_image(310, 40, 56))
+    # Ingest and search in fresh processes: the store alone must lead them to the bundle.
+    proc = run_cli("ingest", "--store", str(store), str(tmp_path / "images"), "--no-progress", "--json", check=True)
+    doc = json.loads(proc.stdout)
+    assert doc["ingested"] == 5 and doc["failed"] == 0
+    ids = {Path(item["path"]).name: item["id"] for item in doc["items"]}
+    proc = run_cli("search", "--store", str(store), "--image", str(images["small.png"]), "--json", check=True)
+    res_doc = json.loads(proc.stdout)
+    assert res_doc["space_id"] == space
+    hits = res_doc["hits"]
+    assert len(hits) == 5
+    assert hits[0]["id"] == ids["small.png"]
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[1]["score"] < hits[0]["score"]

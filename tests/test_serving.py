@@ -1,0 +1,537 @@
+"""The model plane over HTTP: handlers in a test context and in a real TorchServe started for this module.
+
+A tiny bundle is exported once, archived with ``licsearch archive`` and served with ``licsearch serve`` on free
+127.0.0.1 ports (stopped with ``licsearch serve --stop`` in teardown, whatever happens). HTTP answers are compared
+with the same bundle run in-process; bad input must give a 4xx JSON body and leave the workers as they were; the
+handlers' metrics are scraped from the metrics port.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import json
+import logging
+import re
+import shutil
+import socket
+import struct
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from licsearch.bitstream import Bitstream
+from licsearch.bundle.export import export_bundle
+from licsearch.bundle.runtime import BundleModelSet
+from licsearch.serving import server as ts_server
+from licsearch.serving.metrics import METRICS, TORCHSERVE_METRICS, render_yaml
+
+from .conftest import make_image, run_cli, tiny_models
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+OCTET = {"Content-Type": "application/octet-stream"}
+OCTET_JSON = {"Content-Type": "application/json"}
+HANDLER_LIMIT = 2_000_000  # archive --max-bytes
+FRONTEND_LIMIT = 4_000_000  # max_request_size of the test server
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A valid PNG header claiming a huge image, with almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def multipart(fields: dict[str, tuple[str | None, bytes]]) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body: name -> (filename or None, bytes)."""
+    boundary = "licsearch-test-boundary-7d1f"
+    out = b""
+    for name, (filename, data) in fields.items():
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        head = f"--{boundary}\r\nContent-Disposition: {disp}\r\n"
+        head += "Content-Type: application/octet-stream\r\n" if filename else ""
+        out += (head + "\r\n").encode() + data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def cosine(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_flags() -> list[str]:
+    """``licsearch serve`` flags for five free ports (TorchServe's gRPC servers need their own, too)."""
+    names = ("inference", "management", "metrics", "grpc-inference", "grpc-management")
+    return [arg for name, port in zip(names, free_ports(5), strict=True) for arg in (f"--{name}-port", str(port))]
+
+
+@dataclass
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Served:
+    """The module's server: URLs, run directory, and how many requests each model was sent."""
+
+    inference: str
+    management: str
+    metrics: str
+    run_dir: Path
+    version: str
+    sent: Counter[str] = field(default_factory=Counter)
+
+    def post(self, model: str, body: bytes, headers: dict[str, str] | None = None, *, count: bool = True) -> Response:
+        if count:
+            self.sent[model] += 1
+        req = urllib.request.Request(f"{self.inference}/predictions/{model}", data=body, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return Response(r.status, r.headers.get("Content-Type", ""), r.read())
+        except urllib.error.HTTPError as e:
+            return Response(e.code, e.headers.get("Content-Type", ""), e.read())
+
+    def expect(self, resp: Response, status: int) -> Response:
+        assert resp.status == status, f"{resp.status} {resp.body[:300]!r}\n{ts_server.log_tail(self.run_dir, 25)}"
+        return resp
+
+    def worker_pids(self) -> dict[str, int]:
+        out = {}
+        for model in ("encode", "decode", "embed"):
+            with urllib.request.urlopen(f"{self.management}/models/{model}", timeout=10) as r:
+                out[model] = json.loads(r.read())[0]["workers"][0]["pid"]
+        return out
+
+    def scrape(self) -> dict[str, Any]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"{self.metrics}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def sample_total(family: Any, suffix: str = "", **labels: str) -> float:
+    return sum(
+        s.value
+        for s in family.samples
+        if s.name == family.name + suffix and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("serving") / "bundle"
+    export_bundle(tiny_models(), out, space_id="test")
+    return out
+
+
+@pytest.fixture(scope="module")
+def ref(bundle: Path) -> BundleModelSet:
+    """The same bundle in-process: what HTTP answers must equal."""
+    return BundleModelSet(bundle)
+
+
+@pytest.fixture(scope="module")
+def model_store(bundle: Path) -> tuple[Path, str]:
+    store = bundle.parent / "model_store"
+    proc = run_cli(
+        "archive", "--bundle", str(bundle), "--out", str(store), "--batch-size", "4", "--max-batch-delay", "150",
+        "--max-bytes", str(HANDLER_LIMIT), "--json", check=True,
+    )  # fmt: skip
+    doc = json.loads(proc.stdout)
+    assert sorted(a["name"] for a in doc["archives"]) == ["decode", "embed", "encode"]
+    assert doc["version"].startswith("fp32-")
+    return store, doc["version"]
+
+
+@pytest.fixture(scope="module")
+def served(model_store: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    store, version = model_store
+    run = tmp_path_factory.mktemp("run")
+    config = run.parent / "test-config.properties"
+    props = {**ts_server.LOCAL_CONFIG, "max_request_size": str(FRONTEND_LIMIT)}
+    config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    try:
+        proc = run_cli(
+            "serve", "--model-store", str(store), "--run-dir", str(run), "--config", str(config), *port_flags(),
+            "--timeout", "200", "--json", env={"LICSEARCH_ORT_THREADS": "1"},
+        )  # fmt: skip
+        assert proc.returncode == 0, f"serve failed:\n{proc.stderr}\n{ts_server.log_tail(run)}"
+        doc = json.loads(proc.stdout)
+        assert doc["token_auth"] is False and set(doc["endpoints"]) == {"encode", "decode", "embed"}
+        yield Served(doc["inference"], doc["management"], doc["metrics"].removesuffix("/metrics"), run, version)
+    finally:
+        stop = run_cli("serve", "--stop", "--run-dir", str(run), "--json")
+        assert stop.returncode == 0, stop.stderr
+
+
+@pytest.fixture(scope="module")
+def pids(served: Served) -> dict[str, int]:
+    """Worker pids right after start: bad input must not restart a worker."""
+    return served.worker_pids()
+
+
+# -- handlers in a test context ---------------------------------------------------------------------------------
+
+
+def load_handler(name: str) -> type:
+    from ts.utils.util import list_classes_from_module
+
+    spec = importlib.util.spec_from_file_location(f"{name}_handler", ROOT / "handlers" / f"{name}_handler.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    classes = list_classes_from_module(module)
+    assert len(classes) == 1, "TorchServe needs exactly one class defined in a handler module"
+    return classes[0]
+
+
+def test_handler_in_test_context_one_reply_per_request(
+    bundle: Path, ref: BundleModelSet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ts.context import Context, RequestProcessor
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "bundle").symlink_to(bundle)
+    (tmp_path / "metrics.yaml").write_text(render_yaml())
+    metrics = MetricsCacheYamlImpl(config_file_path=str(tmp_path / "metrics.yaml"))
+    metrics.initialize_cache()
+    manifest = {"model": {"modelName": "encode", "modelVersion": "fp32-test"}}
+    ctx = Context("encode", str(tmp_path / "model"), manifest, 4, None, "0.12.0", metrics=metrics)
+    ctx.model_yaml_config = {"handler": {"max_bytes": HANDLER_LIMIT}}
+    handler = load_handler("encode")()
+    handler.initialize(ctx)
+
+    a, b = make_image(1, 64, 96), make_image(2, 96, 128)
+    batch = [{"body": png(a)}, {"body": b"junk"}, {"data": bytearray(png(b))}, {"body": bytearray()}]
+    accept = [{}, {}, {"accept": "application/octet-stream"}, {}]
+    ctx.request_processor = [RequestProcessor({"body": {"content-type": ""}, **h}) for h in accept]
+    ctx.request_ids = {i: f"req-{i}" for i in range(len(batch))}
+    with caplog.at_level(logging.INFO):
+        out = handler.handle(batch, ctx)
+
+    assert len(out) == 4
+    assert [ctx.get_response_status(i)[0] for i in range(4)] == [200, 400, 200, 400]
+    assert json.loads(out[0])["bitstream"] == base64.b64encode(ref.encode(a).data).decode()
+    assert json.loads(out[1])["error"]["type"] == "ImageError"
+    assert out[2] == ref.encode(b).data and ctx.get_response_content_type(2) == "application/octet-stream"
+    assert json.loads(out[3])["error"]["message"].startswith("empty request body")
+    logged = caplog.text
+    assert "Failed to update metric" not in logged
+    assert "[METRICS]licsearch_requests_total.Count:1|#model_name:encode,model_version:fp32-test,status:400" in logged
+    assert "licsearch_stage_latency_seconds" in logged and "stage:entropy_coding" in logged
+
+
+# -- a real TorchServe ------------------------------------------------------------------------------------------
+
+
+def test_encode_round_trip_equals_in_process(served: Served, ref: BundleModelSet, pids: dict[str, int]) -> None:
+    pixels = make_image(3)
+    want = ref.encode(pixels)
+    doc = served.expect(served.post("encode", png(pixels), {"Content-Type": "image/png"}), 200).json()
+    assert base64.b64decode(doc["bitstream"]) == want.data
+    assert cosine(doc["embedding"], want.embedding) >= 0.9999
+    assert (doc["width"], doc["height"], doc["bytes"]) == (128, 96, len(want.data))
+    assert doc["bpp"] == pytest.approx(want.bpp)
+    assert doc["codec_profile"] == ref.codec.profile_id and doc["space_id"] == ref.space_id == "test"
+
+    raw = served.expect(served.post("encode", png(pixels), {**OCTET, "Accept": "application/octet-stream"}), 200)
+    assert raw.content_type == "application/octet-stream" and raw.body == want.data
+    body, headers = multipart({"data": ("x.png", png(pixels))})
+    assert base64.b64decode(served.expect(served.post("encode", body, headers), 200).json()["bitstream"]) == want.data
+
+
+def test_decode_formats(served: Served, ref: BundleModelSet) -> None:
+    data = ref.encode(make_image(4)).data
+    want = ref.decode(data)
+    resp = served.expect(served.post("decode", data, OCTET), 200)
+    assert resp.content_type == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(resp.body)).convert("RGB")), want)
+    jpeg = served.expect(served.post("decode", data, {**OCTET, "Accept": "image/jpeg"}), 200)
+    assert jpeg.content_type == "image/jpeg" and jpeg.body[:2] == b"\xff\xd8"
+    body, headers = multipart({"data": ("x.lics", data), "format": (None, b"webp")})
+    webp = served.expect(served.post("decode", body, headers), 200)
+    assert webp.content_type == "image/webp" and webp.body[8:12] == b"WEBP"
+    doc = json.dumps({"bitstream": base64.b64encode(data).decode(), "format": "jpeg"}).encode()
+    assert served.expect(served.post("decode", doc, {"Content-Type": "application/json"}), 200).body[:2] == b"\xff\xd8"
+    served.expect(served.post("decode", data, {**OCTET, "Accept": "application/json"}), 406)
+
+
+def test_embed_text_image_and_bitstream(served: Served, ref: BundleModelSet) -> None:
+    texts = ["a red circle on the left", "two small blue squares"]
+    want = ref.embed_texts(texts).vectors.tolist()
+    doc = served.expect(served.post("embed", json.dumps({"texts": texts}).encode(), OCTET_JSON), 200).json()
+    assert doc["source"] == "text" and doc["space_id"] == "test" and doc["truncated"] == [False, False]
+    assert all(cosine(g, w) >= 0.9999 for g, w in zip(doc["vectors"], want, strict=True))
+    one = served.expect(served.post("embed", json.dumps({"text": texts[0]}).encode(), OCTET_JSON), 200).json()
+    assert cosine(one["vectors"][0], want[0]) >= 0.9999
+    plain = served.expect(served.post("embed", texts[1].encode(), {"Content-Type": "text/plain"}), 200).json()
+    assert cosine(plain["vectors"][0], want[1]) >= 0.9999
+    long = " ".join(["word"] * 200)
+    assert served.expect(served.post("embed", json.dumps({"text": long}).encode(), OCTET_JSON), 200).json()[
+        "truncated"
+    ] == [True]
+
+    pixels = make_image(5)
+    enc = ref.encode(pixels)
+    img = served.expect(served.post("embed", png(pixels), OCTET), 200).json()
+    assert img["source"] == "image" and cosine(img["vectors"][0], enc.embedding) >= 0.9999
+    lics = served.expect(served.post("embed", enc.data, OCTET), 200).json()
+    assert lics["source"] == "bitstream" and cosine(lics["vectors"][0], ref.embed_bitstream(enc.data)) >= 0.9999
+
+
+def test_concurrent_mixed_batch_each_gets_its_own_answer(served: Served, ref: BundleModelSet) -> None:
+    good = {i: make_image(10 + i, *((64, 96) if i % 2 else (96, 128))) for i in range(5)}
+    bad = {5: b"not an image", 6: b"", 7: bomb_png()}
+    jobs = [(i, png(p), i % 2 == 0) for i, p in good.items()] + [(i, b, False) for i, b in bad.items()]
+    jobs.sort(key=lambda j: (j[0] * 5) % 8)  # interleave good and bad
+
+    def send(job: tuple[int, bytes, bool]) -> tuple[int, Response]:
+        i, body, raw = job
+        return i, served.post("encode", body, {**OCTET, **({"Accept": "application/octet-stream"} if raw else {})})
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = dict(pool.map(send, jobs))
+    for i, pixels in good.items():
+        resp = served.expect(results[i], 200)
+        got = resp.body if i % 2 == 0 else base64.b64decode(resp.json()["bitstream"])
+        assert got == ref.encode(pixels).data, f"request {i} got another request's answer"
+    for i in bad:
+        assert served.expect(results[i], 400).json()["error"]["type"] in ("ImageError", "InputError")
+
+    texts = [["a red car"], ["a blue boat", "green grass"], [""], ["sky"]]
+    with ThreadPoolExecutor(len(texts)) as pool:
+        answers = list(pool.map(lambda t: served.post("embed", json.dumps({"texts": t}).encode(), OCTET_JSON), texts))
+    for t, resp in zip(texts, answers, strict=True):
+        if t == [""]:
+            assert served.expect(resp, 400).json()["error"]["type"] == "TextError"
+        else:
+            got = served.expect(resp, 200).json()["vectors"]
+            assert all(cosine(g, w) >= 0.9999 for g, w in zip(got, ref.embed_texts(t).vectors.tolist(), strict=True))
+
+
+def _lics(ref: BundleModelSet) -> bytes:
+    return ref.encode(make_image(20, 64, 64)).data
+
+
+def _bad_cases(ref: BundleModelSet) -> list[tuple[str, str, bytes, dict[str, str], int, str]]:
+    data = _lics(ref)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x40
+    bs = Bitstream.from_bytes(data)
+    huge = Bitstream(bs.profile_id, 60000, 60000, bs.latent_hash, bs.streams).to_bytes()
+    return [
+        ("empty body", "encode", b"", OCTET, 400, "InputError"),
+        ("empty body", "decode", b"", OCTET, 400, "InputError"),
+        ("empty body", "embed", b"", OCTET, 400, "InputError"),
+        ("not an image", "encode", b"GIF89a but not really", OCTET, 400, "ImageError"),
+        ("decompression bomb", "encode", bomb_png(), {"Content-Type": "image/png"}, 400, "ImageError"),
+        ("decompression bomb", "embed", bomb_png(), OCTET, 400, "ImageError"),
+        ("over the handler's size limit", "encode", b"\0" * (HANDLER_LIMIT + 1), OCTET, 413, "PayloadTooLarge"),
+        ("corrupt .lics", "decode", bytes(flipped), OCTET, 400, "BitstreamError"),
+        ("truncated .lics", "decode", data[:-7], OCTET, 400, "BitstreamError"),
+        ("truncated .lics", "embed", data[: len(data) // 2], OCTET, 400, "BitstreamError"),
+        (".lics claiming 60000x60000", "decode", huge, OCTET, 400, "BitstreamError"),
+        ("image as JSON", "encode", b'{"image": 1}', OCTET_JSON, 415, "UnsupportedMediaType"),
+        ("bitstream as text", "decode", b"LICS...", {"Content-Type": "text/plain"}, 415, "UnsupportedMediaType"),
+        ("form-urlencoded", "encode", b"a=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, ""),
+        ("invalid JSON", "embed", b'{"text": "unterminated', OCTET_JSON, 400, "InputError"),
+        ("JSON without text", "embed", b'{"query": "x"}', OCTET_JSON, 400, "InputError"),
+        ("empty text", "embed", b'{"text": "   "}', OCTET_JSON, 400, "TextError"),
+        ("very long text", "embed", json.dumps({"text": "x" * 5000}).encode(), OCTET_JSON, 400, "TextError"),
+        ("unknown format", "decode", data, {**OCTET, "Accept": "image/gif"}, 406, "NotAcceptable"),
+    ]
+
+
+def test_bad_input_gets_4xx_json_and_the_worker_stays_up(
+    served: Served, ref: BundleModelSet, pids: dict[str, int]
+) -> None:
+    good = {"encode": png(make_image(21, 64, 64)), "decode": _lics(ref), "embed": b'{"text": "ok"}'}
+    for what, model, body, headers, status, kind in _bad_cases(ref):
+        resp = served.post(model, body, headers)
+        assert resp.status == status, f"{what} -> {model}: {resp.status} {resp.body[:200]!r}"
+        assert resp.content_type.startswith("application/json"), what
+        err = resp.json()["error"]
+        assert err["message"] and (not kind or err["type"] == kind), f"{what}: {err}"
+        ok = served.post(model, good[model], OCTET_JSON if model == "embed" else OCTET)
+        served.expect(ok, 200)
+    assert served.worker_pids() == pids, "a worker was restarted"
+
+
+def test_body_over_the_frontend_limit_is_refused(served: Served) -> None:
+    try:
+        status = served.post("encode", b"\0" * (FRONTEND_LIMIT + 1000), OCTET, count=False).status
+    except (ConnectionError, urllib.error.URLError):
+        status = 413  # the frontend may close the connection while the body is still being sent
+    assert status == 413
+    served.expect(served.post("encode", png(make_image(22, 64, 64)), OCTET), 200)
+
+
+def test_metrics_on_the_prometheus_endpoint(served: Served, pids: dict[str, int]) -> None:
+    expected = {m.name.removesuffix("_total") for m in METRICS} | {"ts_inference_requests"}
+    deadline = time.monotonic() + 20
+    while True:
+        fams = served.scrape()
+        requests = fams.get("licsearch_requests")
+        counted = {m: sample_total(requests, "_total", model_name=m) if requests else 0 for m in served.sent}
+        if (expected <= set(fams) and counted == dict(served.sent)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert expected <= set(fams), sorted(expected - set(fams))
+    assert counted == dict(served.sent), "licsearch_requests_total differs from the requests sent"
+
+    for sample in fams["licsearch_requests"].samples:
+        assert sample.labels["model_version"] == served.version
+    errors = fams["licsearch_errors"]
+    assert sample_total(errors, "_total", model_name="encode", status="413", error_type="PayloadTooLarge") >= 1
+    stages = {s.labels["stage"] for s in fams["licsearch_stage_latency_seconds"].samples}
+    assert stages == {"preprocess", "network", "entropy_coding", "postprocess"}
+    batches = fams["licsearch_batch_size_requests"]
+    total = sample_total(batches, "_count", model_name="encode")
+    single = sample_total(batches, "_bucket", model_name="encode", le="1.0")
+    assert single < total, "the concurrent requests were never batched"
+    assert sample_total(fams["licsearch_encoded_bits_per_pixel"], "_count", model_name="encode") >= 1
+    assert sample_total(fams["licsearch_received_bytes"], "_total", model_name="decode") > 0
+    assert sample_total(fams["licsearch_sent_bytes"], "_total", model_name="decode") > 0
+    assert served.worker_pids() == pids
+
+
+# -- the CLI around the server ----------------------------------------------------------------------------------
+
+
+def test_production_config_with_tokens_serve_and_stop(model_store: tuple[Path, str], tmp_path: Path) -> None:
+    store, _ = model_store
+    prod = (ROOT / "deploy" / "config.production.properties").read_text()
+    config = tmp_path / "production.properties"
+    config.write_text(prod.replace("http://0.0.0.0:", "http://127.0.0.1:"))  # tests use 127.0.0.1 only
+    run = tmp_path / "run"
+    ports = port_flags()
+    args = ["--model-store", str(store), "--run-dir", str(run), "--config", str(config), "--models", "embed", *ports]
+    try:
+        proc = run_cli("serve", *args, "--timeout", "200", env={"LICSEARCH_ORT_THREADS": "1"})
+        assert proc.returncode == 0, f"{proc.stderr}\n{ts_server.log_tail(run)}"
+        assert "tokens" in proc.stdout and f"http://127.0.0.1:{ports[1]}/predictions/embed" in proc.stdout
+        keys = ts_server.read_keys(run)
+        url = f"http://127.0.0.1:{ports[1]}/predictions/embed"
+        body = json.dumps({"text": "a red car"}).encode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, data=body, headers=OCTET_JSON), timeout=30)
+        assert refused.value.code in (400, 401, 403)
+        auth = {**OCTET_JSON, "Authorization": f"Bearer {keys['inference']}"}
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, headers=auth), timeout=30) as r:
+            assert r.status == 200 and json.loads(r.read())["source"] == "text"
+        again = run_cli("serve", *args)
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        stop = run_cli("serve", "--stop", "--run-dir", str(run), "--json")
+    assert stop.returncode == 0 and json.loads(stop.stdout)["stopped"] is True
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/ping", timeout=5)
+    assert json.loads(run_cli("serve", "--stop", "--run-dir", str(run), "--json").stdout)["stopped"] is False
+
+
+def test_serve_without_java_says_how_to_install_it(model_store: tuple[Path, str], tmp_path: Path) -> None:
+    proc = run_cli(
+        "serve", "--model-store", str(model_store[0]), "--run-dir", str(tmp_path / "run"),
+        env={"PATH": str(tmp_path), "JAVA_HOME": ""},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Java was not found" in proc.stderr and "apt-get install openjdk-17-jre-headless" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# -- deployment files -------------------------------------------------------------------------------------------
+
+
+def test_deploy_files_match_the_code() -> None:
+    import yaml
+
+    deploy = ROOT / "deploy"
+    assert (deploy / "metrics.yaml").read_text() == render_yaml(), "regenerate: python -m licsearch.serving.metrics"
+    spec = yaml.safe_load(render_yaml())
+    declared = {m["name"] for section in spec.values() for kind in section.values() for m in kind}
+    assert {m.name for m in METRICS} <= declared
+    for m in METRICS:
+        assert m.name.endswith(("_seconds", "_bytes_total", "_total", "_requests", "_bits_per_pixel")), m.name
+
+    assert ts_server.read_properties(deploy / "config.properties") == ts_server.LOCAL_CONFIG
+    prod = ts_server.read_properties(deploy / "config.production.properties")
+    assert prod["disable_token_authorization"] == "false" and prod["enable_model_api"] == "false"
+    assert prod["management_address"].startswith("http://127.0.0.1:")
+    assert prod["metrics_address"].startswith("http://127.0.0.1:")
+    assert prod["allowed_urls"].startswith("file:///") and int(prod["max_request_size"]) > 0
+
+    dashboard = json.loads((deploy / "grafana" / "licsearch-serving.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    known = {m.name for m in METRICS} | {name for _, _, name, _, _ in TORCHSERVE_METRICS}
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"\b(?:licsearch|ts)_\w+", e)}
+    assert used and used <= known, sorted(used - known)
+    assert {m.name for m in METRICS} <= used, "every metric is on the dashboard"
+    assert not (ROOT / "model_store").exists() or {p.name for p in (ROOT / "model_store").iterdir()} <= {
+        ".keep",
+        "encode.mar",
+        "decode.mar",
+        "embed.mar",
+    }
+
+
+def test_archive_refuses_bad_settings(bundle: Path, tmp_path: Path) -> None:
+    from licsearch.errors import InputError
+    from licsearch.serving.archive import ArchiveSettings, archive_bundle
+
+    for bad in (
+        ArchiveSettings(batch_size=0),
+        ArchiveSettings(min_workers=2, max_workers=1),
+        ArchiveSettings(version="a b"),
+    ):
+        with pytest.raises(InputError):
+            archive_bundle(bundle, tmp_path / "store", bad)
+    with pytest.raises(InputError, match="handler module"):
+        archive_bundle(bundle, tmp_path / "store", handlers=tmp_path)
+    shutil.rmtree(tmp_path / "store", ignore_errors=True)
