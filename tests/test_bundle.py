@@ -25,6 +25,7 @@ from licsearch.bundle import quantize
 from licsearch.bundle.export import export_bundle
 from licsearch.bundle.manifest import GRAPHS, MANIFEST, Manifest, file_sha256
 from licsearch.bundle.runtime import BundleModelSet, make_session
+from licsearch.config import ModelsConfig
 from licsearch.errors import InputError, StoreError
 from licsearch.model.models import ModelSet, space_id_for
 
@@ -66,18 +67,22 @@ class TinyBundles:
 _BUNDLES = pytest.StashKey[TinyBundles]()
 
 
+def export_bundles(models: ModelsConfig, base: Path) -> TinyBundles:
+    """Exports ``models`` as an fp32 bundle and a static int8 bundle with every quantized graph kept."""
+    eager = ModelSet(models)
+    space = space_id_for(eager.fingerprinted())
+    export_bundle(models, base / "fp32", space_id=space)
+    calibration = [make_image(100 + i) for i in range(4)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantize, "KEEP_IF_FASTER_BY", float("inf"))
+        export_bundle(models, base / "int8", space_id=space, int8="static", calibration=calibration)
+    return TinyBundles(eager, base / "fp32", base / "int8", space)
+
+
 def tiny_bundles(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> TinyBundles:
-    """Exports the tiny bundles once per session (shared by this module and ``test_determinism.py``)."""
+    """The tiny models' bundles, exported once per session (shared with ``test_determinism.py``)."""
     if _BUNDLES not in config.stash:
-        eager = ModelSet(tiny_models())
-        space = space_id_for(eager.fingerprinted())
-        base = tmp_path_factory.mktemp("bundles")
-        export_bundle(tiny_models(), base / "fp32", space_id=space)
-        calibration = [make_image(100 + i) for i in range(4)]
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(quantize, "KEEP_IF_FASTER_BY", float("inf"))
-            export_bundle(tiny_models(), base / "int8", space_id=space, int8="static", calibration=calibration)
-        config.stash[_BUNDLES] = TinyBundles(eager, base / "fp32", base / "int8", space)
+        config.stash[_BUNDLES] = export_bundles(tiny_models(), tmp_path_factory.mktemp("bundles"))
     return config.stash[_BUNDLES]
 
 

@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -41,6 +42,10 @@ from licsearch.serving.metrics import METRICS, TORCHSERVE_METRICS, render_yaml
 from .conftest import make_image, run_cli, tiny_models
 
 pytestmark = pytest.mark.slow
+needs_java = pytest.mark.skipif(
+    not (shutil.which("java") or os.environ.get("JAVA_HOME")),
+    reason="TorchServe needs Java 17 (apt-get install openjdk-17-jre-headless)",
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -271,6 +276,7 @@ def test_handler_in_test_context_one_reply_per_request(
 # -- a real TorchServe ------------------------------------------------------------------------------------------
 
 
+@needs_java
 def test_encode_round_trip_equals_in_process(served: Served, ref: BundleModelSet, pids: dict[str, int]) -> None:
     pixels = make_image(3)
     want = ref.encode(pixels)
@@ -287,6 +293,7 @@ def test_encode_round_trip_equals_in_process(served: Served, ref: BundleModelSet
     assert base64.b64decode(served.expect(served.post("encode", body, headers), 200).json()["bitstream"]) == want.data
 
 
+@needs_java
 def test_decode_formats(served: Served, ref: BundleModelSet) -> None:
     data = ref.encode(make_image(4)).data
     want = ref.decode(data)
@@ -303,6 +310,7 @@ def test_decode_formats(served: Served, ref: BundleModelSet) -> None:
     served.expect(served.post("decode", data, {**OCTET, "Accept": "application/json"}), 406)
 
 
+@needs_java
 def test_embed_text_image_and_bitstream(served: Served, ref: BundleModelSet) -> None:
     texts = ["a red circle on the left", "two small blue squares"]
     want = ref.embed_texts(texts).vectors.tolist()
@@ -326,6 +334,7 @@ def test_embed_text_image_and_bitstream(served: Served, ref: BundleModelSet) -> 
     assert lics["source"] == "bitstream" and cosine(lics["vectors"][0], ref.embed_bitstream(enc.data)) >= 0.9999
 
 
+@needs_java
 def test_concurrent_mixed_batch_each_gets_its_own_answer(served: Served, ref: BundleModelSet) -> None:
     good = {i: make_image(10 + i, *((64, 96) if i % 2 else (96, 128))) for i in range(5)}
     bad = {5: b"not an image", 6: b"", 7: bomb_png()}
@@ -389,6 +398,7 @@ def _bad_cases(ref: BundleModelSet) -> list[tuple[str, str, bytes, dict[str, str
     ]
 
 
+@needs_java
 def test_bad_input_gets_4xx_json_and_the_worker_stays_up(
     served: Served, ref: BundleModelSet, pids: dict[str, int]
 ) -> None:
@@ -404,6 +414,7 @@ def test_bad_input_gets_4xx_json_and_the_worker_stays_up(
     assert served.worker_pids() == pids, "a worker was restarted"
 
 
+@needs_java
 def test_body_over_the_frontend_limit_is_refused(served: Served) -> None:
     try:
         status = served.post("encode", b"\0" * (FRONTEND_LIMIT + 1000), OCTET, count=False).status
@@ -413,6 +424,7 @@ def test_body_over_the_frontend_limit_is_refused(served: Served) -> None:
     served.expect(served.post("encode", png(make_image(22, 64, 64)), OCTET), 200)
 
 
+@needs_java
 def test_metrics_on_the_prometheus_endpoint(served: Served, pids: dict[str, int]) -> None:
     expected = {m.name.removesuffix("_total") for m in METRICS} | {"ts_inference_requests"}
     deadline = time.monotonic() + 20
@@ -445,6 +457,7 @@ def test_metrics_on_the_prometheus_endpoint(served: Served, pids: dict[str, int]
 # -- the CLI around the server ----------------------------------------------------------------------------------
 
 
+@needs_java
 def test_production_config_with_tokens_serve_and_stop(model_store: tuple[Path, str], tmp_path: Path) -> None:
     store, _ = model_store
     prod = (ROOT / "deploy" / "config.production.properties").read_text()

@@ -245,6 +245,11 @@ def run_eval(planes: Sequence[EvalPlane], options: EvalOptions, log: Log | None 
             f"compare like with like only when --images is that set (this run: {len(images)} images from {source})"
         )
 
+    if len(images) <= 11:
+        notes.append(
+            f"with {len(images)} images, recall@10 overlap compares all other images (k = {len(images) - 1}) and is 1 "
+            "by construction; near-duplicate recall@5 is 1 by construction with 5 images or fewer"
+        )
     ctx = _Semantic(images, queries, {name: [EDITS.get(name)(px) for px in images] for name in EDITS})
     points: dict[str, list[RDPoint]] = {}
     semantic: dict[str, dict[str, Any]] = {}

@@ -58,7 +58,8 @@ def _bd_lines(doc: dict[str, Any]) -> list[str]:
                 lines.append(f"  {curve} vs {r['reference']}: {b['value']:+.2f} %{note}")
         if missing:
             names = ", ".join(r["reference"] for r in missing)
-            lines.append(f"  {curve} vs {names}: n/a ({missing[0]['bd_rate']['note']})")
+            lines.append(f"  {curve}: n/a vs {len(missing)} reference(s): {names}")
+            lines.append(f"    e.g. vs {missing[0]['reference']}: {missing[0]['bd_rate']['note']}")
     return lines
 
 

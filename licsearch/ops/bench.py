@@ -11,8 +11,11 @@ Backends:
 - ``baseline``: CompressAI's own ``model.compress(x)`` / ``model.decompress(strings, shape)`` on the image padded
   to a multiple of 64, open_clip's image tower (``encode_image`` after open_clip's own eval preprocessing of a
   PIL image) and text tower (``encode_text`` over the full context); all eager PyTorch.
-- bundles, named ``fp32`` and ``int8`` when bench exports them, else by their manifest precision: the model plane
-  (:class:`~licsearch.bundle.runtime.BundleModelSet`) on ONNX Runtime.
+- bundles: the model plane (:class:`~licsearch.bundle.runtime.BundleModelSet`) on ONNX Runtime. Without
+  ``--bundle``, bench exports ``fp32`` (no int8) and ``int8`` (static, calibrated on the bench images; dynamic for
+  fewer than two) into ``cache/bench/`` of the store, where later runs reuse them, or into a temporary folder
+  when run on model flags. Bundles given with ``--bundle`` are named by their manifest precision; one must be fp32,
+  the reference of the parity gate.
 
 Stages, in seconds per image (``null`` where a backend has no such separable step):
 
