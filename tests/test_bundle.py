@@ -16,6 +16,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,9 +102,9 @@ def cosine(a: torch.Tensor | list[float], b: torch.Tensor | list[float]) -> floa
     return float(torch.nn.functional.cosine_similarity(ta, tb, dim=-1).min())
 
 
-def dims(value_info: object) -> list[tuple[str, int]]:
+def dims(value_info: Any) -> list[tuple[str, int]]:
     """(dim_param, dim_value) of each axis of an ONNX graph input or output."""
-    return [(d.dim_param, d.dim_value) for d in value_info.type.tensor_type.shape.dim]  # type: ignore[attr-defined]
+    return [(d.dim_param, d.dim_value) for d in value_info.type.tensor_type.shape.dim]
 
 
 def fresh_case(ms: ModelSet, name: str) -> tuple[np.ndarray, torch.Tensor]:
@@ -117,13 +118,13 @@ def fresh_case(ms: ModelSet, name: str) -> tuple[np.ndarray, torch.Tensor]:
             full = ms.text.tokenizer(TEXTS[:3])
             n = int(full.argmax(dim=1).max()) + 1
             return full[:, :n].numpy(), ms.text.model.encode_text(full, normalize=True).float()
-        fn = {
+        module, inp = {
             "g_a": (ms.codec.model.g_a, x),
             "h_a": (ms.codec.transforms.h_a, y),
             "g_s": (ms.codec.model.g_s, y),
             "adapter": (ms.adapter.module, y),
         }[name]
-        return fn[1].numpy(), fn[0](fn[1]).float()
+        return inp.numpy(), module(inp).float()
 
 
 def ort_vs_torch(bundles: TinyBundles, kind: str, name: str) -> tuple[float, float]:
@@ -177,22 +178,7 @@ def test_batch_and_spatial_or_sequence_axes_are_dynamic(bundles: TinyBundles, ki
                 assert shape[i][0] and shape[i][1] == 0, f"{name}.{vi.name} axis {i} is fixed: {shape}"
 
 
-_FIXED_AXIS_CASES = [
-    pytest.param(
-        kind,
-        name,
-        marks=pytest.mark.xfail(
-            reason="BUG: the fp32 adapter graph leaves its embedding axis symbolic (dim_param "
-            "'Divimage_embedding_dim_1'), although the manifest declares it fixed at embed_dim; the export "
-            "does not pin declared fixed axes",
-            strict=True,
-        )
-        if (kind, name) == ("fp32", "adapter")
-        else (),
-    )
-    for kind in KINDS
-    for name in GRAPHS
-]
+_FIXED_AXIS_CASES = [pytest.param(kind, name) for kind in KINDS for name in GRAPHS]
 
 
 @pytest.mark.parametrize(("kind", "name"), _FIXED_AXIS_CASES)
@@ -225,12 +211,6 @@ def test_fp32_graphs_match_torch_on_a_shape_not_used_by_the_export(bundles: Tiny
     assert diff < tol, f"{name}: ONNX Runtime differs from torch by {diff:.3g} (tolerance {tol:.3g})"
 
 
-@pytest.mark.xfail(
-    reason="BUG: quantize_bundle swaps a graph for its int8 version but keeps the fp32 graph's parity_max_abs and "
-    "parity_tolerance in the manifest, so the manifest claims ~1e-5 parity for int8 graphs that differ from "
-    "torch by far more than the tolerance (g_a by several units); the figures should be re-measured or cleared",
-    strict=True,
-)
 def test_int8_parity_figures_describe_the_int8_graphs(bundles: TinyBundles) -> None:
     manifest = Manifest.load(bundles.int8)
     wrong = {}
@@ -409,11 +389,6 @@ def test_export_into_a_non_empty_directory_is_refused_before_any_work(tmp_path: 
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: export_bundle with --out naming an existing file calls out.iterdir() and raises NotADirectoryError "
-    "(a traceback from the CLI) instead of an InputError that says to choose a directory",
-    strict=True,
-)
 def test_export_onto_an_existing_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     target = tmp_path / "bundle"
     target.write_text("not a directory")

@@ -52,7 +52,7 @@ class Plan:
     two_threads: int  # two threads, batch sizes 1 and 3 (the first groups; slow on two busy cores)
 
 
-PLANS = {"live": Plan(groups=68, batched=20, two_threads=4), "tiny": Plan(groups=8, batched=4, two_threads=2)}
+PLANS = {"live": Plan(groups=68, batched=16, two_threads=4), "tiny": Plan(groups=4, batched=2, two_threads=1)}
 
 
 # -- models, bundles and crops ------------------------------------------------------------------------------------
@@ -220,12 +220,10 @@ def test_the_backends_really_differ_but_share_one_codec_profile(matrix: Matrix) 
     assert differing > len(eager) // 2, f"only {differing} of {len(eager)} int8 bitstreams differ from eager ones"
 
 
-def test_the_live_codec_spreads_y_over_the_scale_table(live_bundles: TinyBundles, bundles: TinyBundles) -> None:
+def test_the_live_codec_spreads_y_over_the_scale_table(live_bundles: TinyBundles) -> None:
     picks = [make_image(7), make_image(8, 40, 72)]
     live = torch.cat([scale_indexes(live_bundles.eager.codec, p).flatten() for p in picks])
-    tiny = torch.cat([scale_indexes(bundles.eager.codec, p).flatten() for p in picks])
     assert len(live.unique()) >= 20, "the live codec must exercise the scale selection"
-    assert tiny.unique().tolist() == [0], "tiny_models() has a dead hyperprior (why the live codec exists)"
 
 
 # -- every encoder against every decoder --------------------------------------------------------------------------

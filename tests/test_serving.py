@@ -39,7 +39,7 @@ from licsearch.bundle.runtime import BundleModelSet
 from licsearch.serving import server as ts_server
 from licsearch.serving.metrics import METRICS, TORCHSERVE_METRICS, render_yaml
 
-from .conftest import make_image, run_cli, tiny_models
+from .conftest import make_image, run_cli, tiny_models, write_png
 
 pytestmark = pytest.mark.slow
 needs_java = pytest.mark.skipif(
@@ -199,7 +199,7 @@ def served(model_store: tuple[Path, str], tmp_path_factory: pytest.TempPathFacto
     store, version = model_store
     run = tmp_path_factory.mktemp("run")
     config = run.parent / "test-config.properties"
-    props = {**ts_server.LOCAL_CONFIG, "max_request_size": str(FRONTEND_LIMIT)}
+    props = {**ts_server.LOCAL_CONFIG, "max_request_size": str(FRONTEND_LIMIT), "enable_model_api": "true"}
     config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     try:
         proc = run_cli(
@@ -548,3 +548,98 @@ def test_archive_refuses_bad_settings(bundle: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="handler module"):
         archive_bundle(bundle, tmp_path / "store", handlers=tmp_path)
     shutil.rmtree(tmp_path / "store", ignore_errors=True)
+
+
+# -- the CLI's --server: the same results as in-process --------------------------------------------------------
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Any:
+    """The CLI in this process (the imports and model loads of a subprocess per call would cost minutes)."""
+    from licsearch.cli.main import main
+
+    def call(*args: str, status: int = 0) -> tuple[Any, str]:
+        code = main([*args, "--json"])
+        out, err = capsys.readouterr()
+        assert code == status, f"licsearch {' '.join(args)} exited {code}:\n{err}"
+        return json.loads(out), err
+
+    return call
+
+
+def _hits(doc: dict[str, Any]) -> list[tuple[str, float]]:
+    return [(h["id"], h["score"]) for h in doc["hits"]]
+
+
+@needs_java
+def test_cli_with_server_equals_in_process(served: Served, bundle: Path, tmp_path: Path, cli: Any) -> None:
+    def _cli_json(*args: str) -> Any:
+        return cli(*args)[0]
+
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    _cli_json("init", "--store", str(local), "--bundle", str(bundle))
+    shutil.copytree(local, remote)
+    images = tmp_path / "images"
+    for i in range(4):
+        write_png(images / f"img{i}.png", make_image(30 + i, *((64, 96) if i % 2 else (96, 128))))
+    server = ("--server", served.inference)
+
+    a = _cli_json("ingest", "--store", str(local), str(images), "--no-progress")
+    b = _cli_json("ingest", "--store", str(remote), str(images), "--no-progress", *server)
+    assert a["ingested"] == b["ingested"] == 4 and sorted(a["ids"]) == sorted(b["ids"])
+    for query in (("--text", "a red circle"), ("--image", str(images / "img1.png"))):
+        want = _hits(_cli_json("search", "--store", str(local), *query))
+        got = _hits(_cli_json("search", "--store", str(remote), *query, *server))
+        assert [i for i, _ in got] == [i for i, _ in want], query
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-4), query
+
+    _cli_json("get", "--store", str(remote), a["ids"][0], "-o", str(tmp_path / "got.png"), *server)
+    _cli_json("get", "--store", str(local), a["ids"][0], "-o", str(tmp_path / "want.png"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "got.png")), np.asarray(Image.open(tmp_path / "want.png")))
+
+    src = str(images / "img0.png")
+    _cli_json("encode", "--store", str(local), src, "-o", str(tmp_path / "want.lics"))
+    doc = _cli_json("encode", "--store", str(remote), src, "-o", str(tmp_path / "got.lics"), *server)
+    assert (tmp_path / "got.lics").read_bytes() == (tmp_path / "want.lics").read_bytes()
+    assert doc["codec_profile"] == BundleModelSet(bundle).codec.profile_id
+    _cli_json("decode", "--store", str(remote), str(tmp_path / "got.lics"), "-o", str(tmp_path / "d1.png"), *server)
+    _cli_json("decode", "--store", str(local), str(tmp_path / "want.lics"), "-o", str(tmp_path / "d2.png"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "d1.png")), np.asarray(Image.open(tmp_path / "d2.png")))
+
+    bs = Bitstream.from_bytes((tmp_path / "want.lics").read_bytes())
+    huge = tmp_path / "huge.lics"
+    huge.write_bytes(Bitstream(bs.profile_id, 60000, 60000, bs.latent_hash, bs.streams).to_bytes())
+    err = cli("decode", "--store", str(local), str(huge), "-o", str(tmp_path / "huge.png"), status=2)[1]
+    assert "over the limit" in err and not (tmp_path / "huge.png").exists()
+
+
+@needs_java
+def test_cli_with_unreachable_server_fails_clearly(bundle: Path, tmp_path: Path, cli: Any) -> None:
+    store, images = tmp_path / "store", tmp_path / "images"
+    cli("init", "--store", str(store), "--bundle", str(bundle))
+    write_png(images / "a.png", make_image(40))
+    url = f"http://127.0.0.1:{free_ports(1)[0]}"
+    message = cli("ingest", "--store", str(store), str(images), "--server", url, status=1)[0]["error"]["message"]
+    assert url in message and "licsearch serve" in message
+    assert not [p for p in (store / "blobs").rglob("*") if p.is_file()]
+
+
+@needs_java
+def test_bench_with_server_reports_overhead_and_batching(served: Served, bundle: Path, cli: Any) -> None:
+    doc, _ = cli(
+        "bench", "--quick", "--threads", "2", "--bundle", str(bundle),
+        "--server", served.inference, "--management", served.management,
+    )  # fmt: skip
+    assert {"backends", "ratios", "gate"} <= set(doc)  # the bench's own schema is untouched
+    s = doc["serving"]
+    for name in ("encode", "embed_text"):
+        o = s["overhead"][name]
+        assert o["http_median_s"] > 0 and o["in_process_median_s"] > 0 and "overhead_median_s" in o
+    assert s["batching"] == "measured", s["batching"]
+    models = s["throughput"]["models"]
+    assert {m: models[m]["batch_size"] for m in models} == {"embed_b1": 1, "embed_b8": 8}
+    for m in models.values():
+        assert m["requests_per_s"] > 0 and m["errors"] == 0 and m["p50_s"] <= m["p99_s"]
+    assert s["throughput"]["speedup"] > 0
+    with urllib.request.urlopen(f"{served.management}/models", timeout=10) as r:
+        assert {m["modelName"] for m in json.loads(r.read())["models"]} == {"encode", "decode", "embed"}

@@ -102,6 +102,8 @@ def export_bundle(
         raise InputError(f"unknown --int8 mode {int8!r}", hint="use none, dynamic or static")
     if int8 == "static" and not calibration:
         raise InputError("--int8 static needs calibration images", hint="pass --calibration DIR")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"bundle output {out} is a file", hint="give --out a new directory")
     if out.exists() and any(out.iterdir()):
         raise InputError(f"bundle directory {out} is not empty", hint="choose a new --out directory")
     ms = ModelSet(models)
@@ -197,6 +199,23 @@ def _relfiles(root: Path) -> list[str]:
     return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
 
 
+def _pin_fixed_axes(path: Path, axes: dict[str, list[int | str]]) -> None:
+    """Writes the declared fixed sizes into the graph's inputs and outputs (exporters may leave them symbolic)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for value in [*model.graph.input, *model.graph.output]:
+        spec = axes.get(value.name)
+        if spec is None:
+            continue
+        for dim, ax in zip(value.type.tensor_type.shape.dim, spec, strict=False):
+            if isinstance(ax, int):
+                dim.dim_value = ax
+            else:
+                dim.dim_param = ax
+    onnx.save(model, str(path))
+
+
 def _export_graph(
     module: nn.Module,
     sample: torch.Tensor,
@@ -246,6 +265,7 @@ def _export_graph(
                 opset_version=opset,
                 dynamo=False,
             )
+    _pin_fixed_axes(path, {**inputs, **outputs})
     onnx.checker.check_model(str(path), full_check=True)
     from .runtime import make_session
 

@@ -64,7 +64,13 @@ def warn_random(models: ModelPlane | list[str]) -> list[str]:
 
 
 def _open(args: argparse.Namespace) -> Store:
-    return Store.open(_store_dir(args))
+    """Opens the store; with ``--server`` its models run on that server (blobs and Qdrant stay here)."""
+    store = Store.open(_store_dir(args))
+    if getattr(args, "server", None):
+        from ..serving.client import RemoteModelPlane
+
+        store.models = RemoteModelPlane.for_store(args.server, store.config, token=args.token)
+    return store
 
 
 # -- commands ---------------------------------------------------------------------------------------------
@@ -156,11 +162,28 @@ def _codec_models(args: argparse.Namespace) -> tuple[ModelPlane, int]:
     from ..storage.store import check_models, model_plane_for
 
     flags = models_from_flags(args)
+    if args.server:
+        return _server_models(args, flags)
     if flags is not None and not args.store:
         return ModelSet(flags), DEFAULT_MAX_PIXELS
     cfg = StoreConfig.load(_store_dir(args))
     check_models(cfg, flags)
     return model_plane_for(cfg), cfg.max_pixels
+
+
+def _server_models(args: argparse.Namespace, flags: ModelsConfig | None) -> tuple[ModelPlane, int]:
+    """The server's models, checked against the store's when there is a store (``--store`` or the default)."""
+    from ..config import CONFIG_FILE
+    from ..imageio import DEFAULT_MAX_PIXELS
+    from ..serving.client import RemoteModelPlane, ServingClient
+
+    if flags is not None:
+        raise InputError("--server and model flags exclude each other", hint="the server names its own models")
+    root = _store_dir(args)
+    if args.store or (root / CONFIG_FILE).exists():
+        cfg = StoreConfig.load(root)
+        return RemoteModelPlane.for_store(args.server, cfg, token=args.token), cfg.max_pixels
+    return RemoteModelPlane(ServingClient(args.server, token=args.token)), DEFAULT_MAX_PIXELS
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -171,17 +194,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
     models, max_pixels = _codec_models(args)
     image = load_image(args.image, max_pixels=max_pixels)
     rnd = warn_random([c for c in models.random_components() if c == "codec"])
-    comp = models.codec.compress(image.pixels)
-    data = Bitstream(models.codec.profile_id, comp.width, comp.height, comp.latent_hash, comp.streams).to_bytes()
+    data = models.encode_bitstream(image.pixels)
+    bs = Bitstream.from_bytes(data)
     atomic_write(Path(args.output), data)
-    bpp = 8.0 * len(data) / (comp.width * comp.height)
+    bpp = 8.0 * len(data) / (bs.width * bs.height)
     doc = {
         "output": args.output,
         "bytes": len(data),
         "bpp": bpp,
-        "width": comp.width,
-        "height": comp.height,
-        "codec_profile": models.codec.profile_id,
+        "width": bs.width,
+        "height": bs.height,
+        "codec_profile": bs.profile_id,
         "random_weights": rnd,
     }
     emit(args, doc, f"wrote {args.output}: {len(data)} bytes, {bpp:.4f} bpp")
@@ -189,14 +212,22 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    from ..bitstream import Bitstream
+    from ..errors import BitstreamError
     from ..imageio import save_image
 
-    models, _ = _codec_models(args)
+    models, max_pixels = _codec_models(args)
     path = Path(args.bitstream)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror or e}") from e
+    bs = Bitstream.from_bytes(data)
+    if bs.width * bs.height > max_pixels:
+        raise BitstreamError(
+            f"{path} claims a {bs.width}x{bs.height} image, over the limit of {max_pixels} pixels",
+            hint="decode it with a store made with a larger `licsearch init --max-pixels`",
+        )
     rnd = warn_random([c for c in models.random_components() if c == "codec"])
     pixels = models.decode(data)
     save_image(pixels, args.output)
@@ -307,10 +338,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         cache_dir=cache,
     )
+    if args.management and not args.server:
+        raise InputError("--management needs --server", hint="give the inference URL with --server")
     doc = run_bench(models, options, space_id=space, log=note)
     warn_random(doc["random_weights"])
-    emit(args, doc, format_report(doc))
+    human = format_report(doc)
+    if args.server:
+        from ..ops.serving_bench import format_serving
+
+        doc["serving"] = _bench_serving(args, models, options)
+        human += "\n" + format_serving(doc["serving"])
+    emit(args, doc, human)
     return 0
+
+
+def _bench_serving(args: argparse.Namespace, models: ModelsConfig | None, options: Any) -> dict[str, Any]:
+    """The ``serving`` object: in-process on the first ``--bundle`` (else the store's or the flags' models)."""
+    import io
+
+    from PIL import Image
+
+    from ..ops.bench import load_bench_images
+    from ..ops.serving_bench import ServingBenchOptions, run_serving_bench
+    from ..serving.client import ServingClient
+    from ..storage.store import model_plane_for
+
+    plane: ModelPlane
+    if args.bundle:
+        from ..bundle.runtime import BundleModelSet, RuntimeOptions
+
+        plane, name = BundleModelSet(Path(args.bundle[0]), RuntimeOptions(threads=args.threads or 0)), args.bundle[0]
+    elif args.store or models is None:
+        plane, name = model_plane_for(StoreConfig.load(_store_dir(args))), "the store's models"
+    else:
+        plane, name = ModelSet(models), "eager models from flags"
+    images, _ = load_bench_images(options.images, quick=options.quick)
+    buf = io.BytesIO()
+    Image.fromarray(images[0]).save(buf, format="PNG")
+    settings = ServingBenchOptions(repeats=5, requests=48) if options.quick else ServingBenchOptions()
+    client = ServingClient(args.server, token=args.token)
+    return run_serving_bench(
+        plane, name, client, buf.getvalue(), management=args.management, options=settings, log=note
+    )
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

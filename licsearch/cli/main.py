@@ -35,6 +35,12 @@ def _add_models(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="seed of random weights (default 0)")
 
 
+def _add_server(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model server")
+    g.add_argument("--server", metavar="URL", help="run the models on this TorchServe (`licsearch serve`)")
+    g.add_argument("--token", metavar="KEY", help="the server's inference key (default $LICSEARCH_SERVER_TOKEN)")
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors honour ``--json``: one JSON document on stdout, a one-line message on stderr, exit 2."""
 
@@ -75,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="compress, embed and store images (files and folders)")
     _add_store(p)
+    _add_server(p)
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="user metadata (repeatable)")
@@ -82,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="find stored images by text, image or a stored id")
     _add_store(p)
+    _add_server(p)
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text")
     q.add_argument("--image", metavar="FILE")
@@ -91,17 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("get", help="decode a stored image to a file (PNG/JPEG/WebP by suffix)")
     _add_store(p)
+    _add_server(p)
     p.add_argument("id")
     p.add_argument("-o", "--output", required=True, metavar="FILE")
 
     p = sub.add_parser("encode", help="compress an image file to a .lics bitstream")
     _add_store(p)
+    _add_server(p)
     _add_models(p)
     p.add_argument("image")
     p.add_argument("-o", "--output", required=True, metavar="FILE.lics")
 
     p = sub.add_parser("decode", help="decode a .lics bitstream to an image file")
     _add_store(p)
+    _add_server(p)
     _add_models(p)
     p.add_argument("bitstream")
     p.add_argument("-o", "--output", required=True, metavar="IMAGE")
@@ -130,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", metavar="DIR", help="images to time (default: Kodak if present, else generated)")
     p.add_argument("--quick", action="store_true", help="two small images, one repeat, a small search index")
     p.add_argument("--threads", type=int, metavar="N", help="threads for PyTorch and ONNX Runtime (default: CPUs)")
+    _add_server(p)
+    p.add_argument("--management", metavar="URL", help="with --server: its management API, for the batching test")
 
     p = sub.add_parser("archive", help="pack a bundle into TorchServe model archives (encode, decode, embed .mar)")
     p.add_argument("--bundle", required=True, metavar="DIR", help="an exported bundle (`licsearch export`)")

@@ -110,6 +110,11 @@ class ModelPlane:
     def encode(self, pixels: np.ndarray) -> Encoded:
         return self.encode_batch([pixels])[0]
 
+    def encode_bitstream(self, pixels: np.ndarray) -> bytes:
+        """Compresses one image to ``.lics`` bytes (no embedding)."""
+        c = self.codec.compress(pixels)
+        return Bitstream(self.codec.profile_id, c.width, c.height, c.latent_hash, c.streams).to_bytes()
+
     def parse(self, data: bytes) -> Bitstream:
         """Parses a container and checks that this codec made it."""
         bs = Bitstream.from_bytes(data)
