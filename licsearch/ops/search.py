@@ -43,7 +43,8 @@ def query_vector(
         emb = store.models.embed_texts([text])
         notices = []
         if emb.truncated[0]:
-            notices.append(f"text truncated to the encoder's {store.models.text.context_length} tokens")
+            ctx = store.models.text.context_length  # 0 when the encoder runs on a server that does not say
+            notices.append(f"text truncated to the encoder's {ctx} tokens" if ctx else "text truncated")
         return list(emb.vectors[0].tolist()), notices
     if image is not None:
         loaded = load_image(image, max_pixels=store.config.max_pixels)

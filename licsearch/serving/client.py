@@ -125,7 +125,7 @@ class RemoteCodec:
 
 @dataclass(frozen=True)
 class RemoteText:
-    """What callers read of a text encoder when it runs on the server."""
+    """What callers read of a text encoder when it runs on the server (its context length is not sent: 0)."""
 
     context_length: int = 0
 
@@ -228,8 +228,8 @@ class RemoteModelPlane(ModelPlane):
     def encode_batch(self, images: list[np.ndarray]) -> list[Encoded]:
         """One request per image, up to ``concurrency`` at once (TorchServe batches them)."""
         bodies = [_png(p) for p in images]
-        if len(bodies) == 1:
-            return [self._encode_one(bodies[0])]
+        if len(bodies) <= 1:
+            return [self._encode_one(b) for b in bodies]
         with ThreadPoolExecutor(min(self.concurrency, len(bodies))) as pool:
             return list(pool.map(self._encode_one, bodies))
 
