@@ -189,7 +189,7 @@ def model_store(bundle: Path) -> tuple[Path, str]:
         "--max-bytes", str(HANDLER_LIMIT), "--json", check=True,
     )  # fmt: skip
     doc = json.loads(proc.stdout)
-    assert sorted(a["name"] for a in doc["archives"]) == ["decode", "embed", "encode"]
+    assert sorted(a["name"] for a in doc["archives"]) == ["decode", "embed", "encode", "search"]
     assert doc["version"].startswith("fp32-")
     return store, doc["version"]
 
@@ -208,7 +208,7 @@ def served(model_store: tuple[Path, str], tmp_path_factory: pytest.TempPathFacto
         )  # fmt: skip
         assert proc.returncode == 0, f"serve failed:\n{proc.stderr}\n{ts_server.log_tail(run)}"
         doc = json.loads(proc.stdout)
-        assert doc["token_auth"] is False and set(doc["endpoints"]) == {"encode", "decode", "embed"}
+        assert doc["token_auth"] is False and set(doc["endpoints"]) == {"encode", "decode", "embed", "search"}
         yield Served(doc["inference"], doc["management"], doc["metrics"].removesuffix("/metrics"), run, version)
     finally:
         stop = run_cli("serve", "--stop", "--run-dir", str(run), "--json")
@@ -531,6 +531,7 @@ def test_deploy_files_match_the_code() -> None:
         "encode.mar",
         "decode.mar",
         "embed.mar",
+        "search.mar",
     }
 
 
@@ -642,4 +643,80 @@ def test_bench_with_server_reports_overhead_and_batching(served: Served, bundle:
         assert m["requests_per_s"] > 0 and m["errors"] == 0 and m["p50_s"] <= m["p99_s"]
     assert s["throughput"]["speedup"] > 0
     with urllib.request.urlopen(f"{served.management}/models", timeout=10) as r:
-        assert {m["modelName"] for m in json.loads(r.read())["models"]} == {"encode", "decode", "embed"}
+        assert {m["modelName"] for m in json.loads(r.read())["models"]} == {"encode", "decode", "embed", "search"}
+
+
+# -- search over HTTP -------------------------------------------------------------------------------------------
+
+
+def _search_context(bundle: Path, tmp_path: Path, n: int) -> tuple[Any, Any]:
+    from ts.context import Context, RequestProcessor
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "bundle").symlink_to(bundle)
+    (tmp_path / "metrics.yaml").write_text(render_yaml())
+    metrics = MetricsCacheYamlImpl(config_file_path=str(tmp_path / "metrics.yaml"))
+    metrics.initialize_cache()
+    manifest = {"model": {"modelName": "search", "modelVersion": "fp32-test"}}
+    ctx = Context("search", str(tmp_path / "model"), manifest, n, None, "0.12.0", metrics=metrics)
+    ctx.request_processor = [RequestProcessor({"body": {"content-type": "application/json"}}) for _ in range(n)]
+    ctx.request_ids = {i: f"req-{i}" for i in range(n)}
+    handler = load_handler("search")()
+    handler.initialize(ctx)
+    return handler, ctx
+
+
+def test_search_handler_finds_stored_points_and_checks_its_input(
+    bundle: Path, ref: BundleModelSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from licsearch.storage.index import Point, VectorIndex
+
+    monkeypatch.delenv("LICSEARCH_QDRANT_URL", raising=False)
+    handler, ctx = _search_context(bundle, tmp_path, 5)
+    # The code path of a Qdrant server, on a local-mode index (no server can run here): same client API.
+    index = VectorIndex(path=tmp_path / "qdrant")
+    index.ensure_collection({ref.space_id: ref.embed_dim})
+    texts = ["a red circle", "a blue square", "a green star"]
+    vectors = ref.embed_texts(texts).vectors.tolist()
+    ids = [f"00000000-0000-0000-0000-00000000000{i}" for i in range(3)]
+    index.upsert(
+        [
+            Point(i, {ref.space_id: v}, {"width": 10 * (k + 1)})
+            for k, (i, v) in enumerate(zip(ids, vectors, strict=True))
+        ]
+    )
+    handler.index = index
+    batch = [
+        {"body": json.dumps({"text": "a blue square", "top_k": 2}).encode()},
+        {"body": json.dumps({"vector": vectors[2], "top_k": 1, "filters": ["width>=20"]}).encode()},
+        {"body": json.dumps({"text": "x", "top_k": 0}).encode()},
+        {"body": b"{not json"},
+        {"body": json.dumps({"text": ""}).encode()},
+    ]
+    out = handler.handle(batch, ctx)
+    assert [ctx.get_response_status(i)[0] for i in range(5)] == [200, 200, 400, 400, 400]
+    first = json.loads(out[0])
+    assert first["hits"][0]["id"] == ids[1] and first["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert len(first["hits"]) == 2 and first["space_id"] == ref.space_id
+    assert [h["id"] for h in json.loads(out[1])["hits"]] == [ids[2]]
+    assert "top_k" in json.loads(out[2])["error"]["message"]
+    index.close()
+
+
+def test_search_handler_without_a_qdrant_server_refuses_clearly(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LICSEARCH_QDRANT_URL", raising=False)
+    handler, ctx = _search_context(bundle, tmp_path, 1)
+    out = handler.handle([{"body": json.dumps({"text": "a red circle"}).encode()}], ctx)
+    assert ctx.get_response_status(0)[0] == 501
+    message = json.loads(out[0])["error"]["message"]
+    assert "Qdrant server" in message and "LICSEARCH_QDRANT_URL" in message
+
+
+@needs_java
+def test_search_over_http_with_the_local_store_is_refused_and_the_worker_stays_up(served: Served) -> None:
+    resp = served.expect(served.post("search", json.dumps({"text": "a red circle"}).encode(), OCTET_JSON), 501)
+    assert "Qdrant server" in resp.json()["error"]["message"]
+    served.expect(served.post("embed", json.dumps({"text": "still up"}).encode(), OCTET_JSON), 200)

@@ -9,9 +9,10 @@ from .decode import DecodeEndpoint
 from .embed import EmbedEndpoint
 from .encode import EncodeEndpoint
 from .endpoint import Endpoint
+from .search import SearchEndpoint
 
 ENDPOINTS: Registry[type[Endpoint[Any, Any]]] = Registry("serving endpoint")
-for _endpoint in (EncodeEndpoint, DecodeEndpoint, EmbedEndpoint):
+for _endpoint in (EncodeEndpoint, DecodeEndpoint, EmbedEndpoint, SearchEndpoint):
     ENDPOINTS.register(_endpoint.name, _endpoint)
 
 

@@ -200,7 +200,7 @@ def train_clip(options: ClipTrainOptions) -> TrainReport:
         "image_size": size,
         "splits": {name: len(s) for name, s in splits.items()},
         "held_out": sorted(f"{color} {shape}" for shape, color in HELD_OUT),
-        "cache": str(cache),
+        "cache": str(Path(cache).resolve()),
     }
     write_provenance(run, kind="clip", options=options, data=data, result=result, outputs=outputs, reload_check=check)
     return TrainReport(run.root, outputs, result, data)
