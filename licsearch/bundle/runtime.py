@@ -17,7 +17,7 @@ from ..config import ModelsConfig
 from ..errors import StoreError
 from ..model.codec import CODEC_ARCHS, Codec, load_codec_model
 from ..model.models import ModelPlane
-from ..model.text import MAX_TEXT_CHARS, TextEmbedding
+from ..model.text import TextEmbedding, check_query
 from ..model.weights import state_dict_sha256
 from .manifest import Manifest
 
@@ -134,13 +134,8 @@ class OnnxTextEncoder:
         self.weights_sha256 = manifest.models.clip.sha256
 
     def check(self, text: str) -> bool:
-        from ..errors import TextError
-
-        if not text or not text.strip():
-            raise TextError("empty text query", hint="give some words to search for")
-        if len(text) > MAX_TEXT_CHARS:
-            raise TextError(f"text query of {len(text)} characters is too long", hint=f"limit is {MAX_TEXT_CHARS}")
-        return len(self.tokenizer.encode(text)) + 2 > self.context_length
+        """Validates a query; returns True when it will be truncated to the context length."""
+        return check_query(text, self.tokenizer, self.context_length)
 
     def tokens(self, texts: list[str], *, trim: bool = True) -> Any:
         """Token ids (int64); with ``trim``, cut after the longest end-of-text position (same embedding)."""

@@ -81,6 +81,16 @@ def load_clip_model(name: str, tag: str | None, weights: str, *, seed: int = 0) 
     return model
 
 
+def check_query(text: str, tokenizer: Any, context_length: int) -> bool:
+    """Refuses empty and oversize queries; returns True when the query will be truncated to the context."""
+    if not text or not text.strip():
+        raise TextError("empty text query", hint="give some words to search for")
+    if len(text) > MAX_TEXT_CHARS:
+        raise TextError(f"text query of {len(text)} characters is too long", hint=f"limit is {MAX_TEXT_CHARS}")
+    encode = getattr(tokenizer, "encode", None)
+    return bool(encode is not None and len(encode(text)) + 2 > context_length)  # + start and end tokens
+
+
 @dataclass(frozen=True)
 class TextEmbedding:
     """Unit vectors for a batch of texts, and which texts were truncated to the context length."""
@@ -129,12 +139,7 @@ class TextEncoder:
 
     def check(self, text: str) -> bool:
         """Validates a query; returns True when it will be truncated to the context length."""
-        if not text or not text.strip():
-            raise TextError("empty text query", hint="give some words to search for")
-        if len(text) > MAX_TEXT_CHARS:
-            raise TextError(f"text query of {len(text)} characters is too long", hint=f"limit is {MAX_TEXT_CHARS}")
-        encode = getattr(self.tokenizer, "encode", None)
-        return bool(encode is not None and len(encode(text)) + 2 > self.context_length)
+        return check_query(text, self.tokenizer, self.context_length)
 
     def embed(self, texts: list[str]) -> TextEmbedding:
         """Tokenises (truncating to the context length) and encodes; unit vectors (B, D)."""
