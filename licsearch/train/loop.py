@@ -88,11 +88,12 @@ class LoopOptions:
 
 @dataclass
 class LoopResult:
-    """Where the loop ended, how long training took in all (resumed runs included), and the final figures."""
+    """Where the loop ended (and the checkpoint step it resumed from), total training time, the final figures."""
 
     step: int
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from: int | None = None
     evaluation: dict[str, Any] = field(default_factory=dict)
 
 
@@ -170,7 +171,13 @@ def run_loop(
             bar.update(1)
     finally:
         bar.close()
-    return LoopResult(step=options.steps, seconds=seconds, metrics=_mean(list(window)), evaluation=evaluation)
+    return LoopResult(
+        step=options.steps,
+        seconds=seconds,
+        metrics=_mean(list(window)),
+        evaluation=evaluation,
+        resumed_from=None if resume_from is None else start,
+    )
 
 
 def _mean(records: list[dict[str, float]]) -> dict[str, float]:
@@ -193,7 +200,10 @@ def write_provenance(
     outputs: Mapping[str, Any],
     **extra: Any,
 ) -> None:
-    """The provenance record every trainer writes at the end (see :meth:`RunDir.write_provenance`)."""
+    """The provenance record every trainer writes at the end (see :meth:`RunDir.write_provenance`).
+
+    A resumed run records the resuming command line and ``resumed_from_step``; ``log.jsonl`` keeps the whole curve.
+    """
     import dataclasses
 
     run.write_provenance(
@@ -202,6 +212,7 @@ def write_provenance(
             "data": dict(data),
             "options": dataclasses.asdict(options),
             "steps": result.step,
+            "resumed_from_step": result.resumed_from,
             "seconds": round(result.seconds, 3),
             "seconds_per_step": round(result.seconds / max(1, result.step), 4),
             "final_metrics": result.metrics,
