@@ -215,7 +215,7 @@ def _deconv_int(x: torch.Tensor, w: torch.Tensor, layer) -> torch.Tensor:  # typ
 def test_integer_path_is_exact(arch: str) -> None:
     c = Codec.load(arch, 1, "random", seed=0)
     rng = np.random.default_rng(0)
-    z = torch.from_numpy(rng.integers(-6, 7, size=(1, c._z_medians.numel(), 2, 3))).double()
+    z = torch.from_numpy(rng.integers(-6, 7, size=(1, c.z_medians.numel(), 2, 3))).double()
     x = z * 2**ACT_BITS + c.entropy_path.z_medians_fixed
     fast = c.entropy_path.h_s(x)
     assert torch.equal(fast, _int_reference(c.entropy_path.h_s, x))
@@ -224,9 +224,9 @@ def test_integer_path_is_exact(arch: str) -> None:
 
 def test_integer_path_tracks_the_float_network(codec: Codec) -> None:
     rng = np.random.default_rng(1)
-    z = torch.from_numpy(rng.integers(-4, 5, size=(1, codec._z_medians.numel(), 3, 3))).float()
+    z = torch.from_numpy(rng.integers(-4, 5, size=(1, codec.z_medians.numel(), 3, 3))).float()
     with torch.inference_mode():
-        ref = codec.model.h_s(z + codec._z_medians.view(1, -1, 1, 1)).double()
+        ref = codec.model.h_s(z + codec.z_medians.view(1, -1, 1, 1)).double()
     fixed = codec.entropy_path.h_s(z.double() * 2**ACT_BITS + codec.entropy_path.z_medians_fixed) / 2**ACT_BITS
     assert (fixed - ref).abs().max().item() < 0.05 * max(1.0, ref.abs().max().item())
 

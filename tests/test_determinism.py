@@ -133,7 +133,7 @@ def scale_indexes(codec: Codec, pixels: np.ndarray) -> torch.Tensor:
 
     with torch.inference_mode():
         z = codec.transforms.h_a(codec.transforms.g_a(codec._pad(_to_tensor(pixels)[None])))
-        return codec.entropy_path(torch.round(z - codec._z_medians.view(1, -1, 1, 1))).indexes
+        return codec.entropy_path(torch.round(z - codec.z_medians.view(1, -1, 1, 1))).indexes
 
 
 # -- the runs -----------------------------------------------------------------------------------------------------

@@ -236,6 +236,11 @@ class Codec:
         )
 
     @property
+    def z_medians(self) -> torch.Tensor:
+        """The entropy bottleneck's per-channel medians, shape (C,): z symbols are ``round(z - medians)``."""
+        return self._z_medians
+
+    @property
     def profile_id(self) -> str:
         """Architecture, quality and weights fingerprint: what a bitstream must match to be decoded."""
         return f"{self.arch.name}:q{self.quality}:{self.weights_sha256[:12]}"

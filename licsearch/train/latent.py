@@ -68,7 +68,7 @@ def inference_y_hat(codec: Codec, x: torch.Tensor) -> torch.Tensor:
         z = codec.transforms.h_a(y).float()
         if not codec.arch.has_means:
             return torch.round(y)  # the canonical path's means are exactly zero for scale-only models
-        medians = codec._z_medians.to(z.device).view(1, -1, 1, 1)
+        medians = codec.z_medians.to(z.device).view(1, -1, 1, 1)
         z_sym = torch.round(z - medians)
         means = codec.entropy_path(z_sym.cpu()).means.to(y.device)
         return torch.round(y - means) + means
