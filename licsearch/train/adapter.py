@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..model.adapter import Adapter, AdapterShape, build_adapter
 from ..model.codec import Codec
 from ..model.weights import RANDOM, load_state_dict_file, seeded
-from .data import Augment, ImageFolder, batches, default_workers, item_keys, item_rng
+from .data import Augment, ImageFolder, batch_source, default_workers, item_keys, item_rng
 from .latent import check_crop, inference_y_hat
 from .loop import LoopOptions, TrainReport, lr_at, resolve_device, run_loop, write_provenance
 from .run import RunDir
@@ -184,17 +184,10 @@ def train_adapter(options: AdapterTrainOptions) -> TrainReport:
     adapter = build_trainable_adapter(shape, options.init, seed=options.seed)
     workers = default_workers(device) if options.workers is None else options.workers
 
-    def batches_from(start: int) -> Iterator[torch.Tensor]:
-        return batches(
-            folder,
-            augment,
-            seed=options.seed,
-            batch=options.batch_size,
-            start=start,
-            steps=options.loop.steps,
-            workers=workers,
-            pin_memory=device.type == "cuda",
-        )
+    batches_from = batch_source(
+        folder, augment, seed=options.seed, batch=options.batch_size, steps=options.loop.steps, workers=workers,
+        device=device,
+    )  # fmt: skip
 
     trainer = AdapterTrainer(adapter, codec, teacher, options, batches_from, device)
     side = options.crop // 16

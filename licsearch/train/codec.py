@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..model.codec import CODEC_ARCHS, Codec
-from .data import Augment, ImageFolder, SmallPolicy, batches, default_workers
+from .data import Augment, ImageFolder, SmallPolicy, batch_source, default_workers
 from .latent import build_trainable_codec, check_crop
 from .loop import LoopOptions, TrainReport, lr_at, resolve_device, run_loop, write_provenance
 from .run import RunDir
@@ -139,17 +139,10 @@ def train_codec(options: CodecTrainOptions) -> TrainReport:
     augment = Augment(options.crop, mode="random", flip=options.flip)
     workers = default_workers(device) if options.workers is None else options.workers
 
-    def batches_from(start: int) -> Iterator[torch.Tensor]:
-        return batches(
-            folder,
-            augment,
-            seed=options.seed,
-            batch=options.batch_size,
-            start=start,
-            steps=options.loop.steps,
-            workers=workers,
-            pin_memory=device.type == "cuda",
-        )
+    batches_from = batch_source(
+        folder, augment, seed=options.seed, batch=options.batch_size, steps=options.loop.steps, workers=workers,
+        device=device,
+    )  # fmt: skip
 
     trainer = CodecTrainer(model, options, batches_from, device)
     result = run_loop(run, trainer, options.loop, resume_from=ck, state={"identity": identity})

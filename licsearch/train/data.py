@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -225,3 +225,17 @@ def batches(
         generator=torch.Generator().manual_seed(seed),
     )
     return iter(loader)
+
+
+def batch_source(
+    folder: ImageFolder, augment: Augment, *, seed: int, batch: int, steps: int, workers: int, device: torch.device
+) -> Callable[[int], Iterator[torch.Tensor]]:
+    """What a trainer calls for its batches from a given step on (0 at the start, the checkpoint's on resume)."""
+    pin = device.type == "cuda"
+
+    def from_step(start: int) -> Iterator[torch.Tensor]:
+        return batches(
+            folder, augment, seed=seed, batch=batch, start=start, steps=steps, workers=workers, pin_memory=pin
+        )
+
+    return from_step

@@ -20,7 +20,7 @@ from ..model.adapter import AdapterShape
 from ..model.codec import CODEC_ARCHS
 from .adapter import ADAPTER_FILE, build_trainable_adapter, cosine_loss, evaluate_adapter
 from .codec import CODEC_FILE, LAMBDAS, evaluate_codec
-from .data import Augment, ImageFolder, batches, default_workers
+from .data import Augment, ImageFolder, batch_source, default_workers
 from .latent import build_trainable_codec, check_crop, training_forward
 from .loop import LoopOptions, TrainReport, lr_at, resolve_device, run_loop, write_provenance
 from .run import RunDir
@@ -161,17 +161,10 @@ def train_joint(options: JointTrainOptions) -> TrainReport:
     adapter = build_trainable_adapter(shape, m.adapter.weights, seed=m.adapter.seed)
     workers = default_workers(device) if options.workers is None else options.workers
 
-    def batches_from(start: int) -> Iterator[torch.Tensor]:
-        return batches(
-            folder,
-            augment,
-            seed=options.seed,
-            batch=options.batch_size,
-            start=start,
-            steps=options.loop.steps,
-            workers=workers,
-            pin_memory=device.type == "cuda",
-        )
+    batches_from = batch_source(
+        folder, augment, seed=options.seed, batch=options.batch_size, steps=options.loop.steps, workers=workers,
+        device=device,
+    )  # fmt: skip
 
     trainer = JointTrainer(model, adapter, teacher, options, batches_from, device)
     result = run_loop(run, trainer, options.loop, resume_from=ck, state={"identity": identity})
