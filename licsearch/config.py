@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import StoreError
+from .fsutil import atomic_write
 
 STORE_FORMAT = 1
 CONFIG_FILE = "store.json"
@@ -119,14 +119,7 @@ class StoreConfig:
 
     def save(self, root: Path) -> None:
         """Writes ``store.json`` atomically."""
-        path = root / CONFIG_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(root / CONFIG_FILE, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
 
     @classmethod
     def load(cls, root: Path) -> StoreConfig:

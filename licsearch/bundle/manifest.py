@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig
 from ..errors import StoreError
+from ..fsutil import atomic_write
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -60,9 +60,7 @@ class Manifest:
         return d
 
     def save(self, root: Path) -> None:
-        tmp = root / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, root / MANIFEST)
+        atomic_write(root / MANIFEST, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
 
     @classmethod
     def load(cls, root: Path) -> Manifest:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+from ..fsutil import atomic_write
 from ..model.weights import load_state_dict_file, save_state_dict, state_dict_sha256
 
 if TYPE_CHECKING:
@@ -189,9 +190,7 @@ class RunDir:
             "cwd": os.getcwd(),
             "environment": environment(),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode())
         return path
 
 
