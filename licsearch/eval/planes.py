@@ -28,7 +28,7 @@ from ..config import ModelsConfig
 from ..errors import InputError
 from ..model.codec import CODEC_ARCHS
 from ..model.models import ModelPlane, ModelSet
-from ..model.weights import is_path_source
+from ..model.weights import is_path_source, resolve_source
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth.tar", ".pth", ".pt", ".ckpt")
 
@@ -77,7 +77,7 @@ def weights_for_quality(source: str, arch: str, quality: int, base_quality: int,
         return source
     if "{q}" in source:
         return source.replace("{q}", str(quality))
-    path = Path(source)
+    path = resolve_source(source)
     if path.is_dir():
         found = [p for p in sorted(path.iterdir()) if _names_quality(p.name, arch, quality, what)]
         if len(found) != 1:

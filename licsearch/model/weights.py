@@ -1,8 +1,10 @@
 """Loading and fingerprinting weights without running pickled code.
 
 A weights source is one of ``pretrained`` (the upstream download), ``random`` (seeded, for tests and
-offline demos; always labelled) or a local file path. Local files are read with ``safetensors`` or with
-``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+offline demos; always labelled), ``shipped:NAME`` (a file trained by this project and shipped inside the
+package, under ``licsearch/shipped/``; the source stays valid wherever the package is installed) or a local file
+path. Local files are read with ``safetensors`` or with ``torch.load(weights_only=True)``, which refuses arbitrary
+pickled objects.
 """
 
 from __future__ import annotations
@@ -20,6 +22,28 @@ if TYPE_CHECKING:
 
 PRETRAINED = "pretrained"
 RANDOM = "random"
+SHIPPED_PREFIX = "shipped:"
+
+
+def shipped_dir() -> Path:
+    """The folder of the weights this project trained and ships (``licsearch/shipped``)."""
+    return Path(__file__).resolve().parent.parent / "shipped"
+
+
+def resolve_source(source: str | Path) -> Path:
+    """The file a path or ``shipped:NAME`` source names."""
+    text = str(source)
+    if not text.startswith(SHIPPED_PREFIX):
+        return Path(text)
+    name = text[len(SHIPPED_PREFIX) :]
+    root = shipped_dir()
+    path = (root / name).resolve()
+    if not name or root not in path.parents:
+        raise ModelError(
+            f"bad shipped weights name {text!r}",
+            hint="write shipped:PRESET/FILE, e.g. shipped:offline/codec-q3.safetensors",
+        )
+    return path
 
 
 def is_path_source(source: str) -> bool:
@@ -38,7 +62,7 @@ def load_state_dict_file(path: str | Path, *, what: str) -> dict[str, torch.Tens
     """
     import torch
 
-    p = Path(path)
+    p = resolve_source(path)
     if not p.is_file():
         raise ModelError(f"{what} weights file not found: {p}", hint="give an existing file, or 'random'")
     try:

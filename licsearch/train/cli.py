@@ -25,6 +25,10 @@ def add_train_parser(sub: Any) -> None:
     c.add_argument("--lambda", dest="lmbda", type=float, help="rate-distortion λ (default: CompressAI's for --quality)")
     c.add_argument("--crop", type=int, default=256, help="square random crop side, a multiple of 64")
     c.add_argument("--aux-lr", type=float, default=1e-3, help="learning rate of the entropy bottleneck's quantiles")
+    c.add_argument(
+        "--schedule", choices=["constant", "cosine"], default="constant", help="learning-rate schedule after warm-up"
+    )
+    c.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     c.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
     c.add_argument("--init", default="random", metavar="random|pretrained|PATH", help="initial weights")
     c.add_argument("--small", choices=["pad", "skip"], default="pad", help="images smaller than the crop")
@@ -139,6 +143,8 @@ def run_train(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                 quality=args.quality,
                 lmbda=args.lmbda,
                 crop=args.crop,
+                schedule=args.schedule,
+                warmup=args.warmup,
                 aux_lr=args.aux_lr,
                 clip_grad=args.clip_grad,
                 init=_weights(args.init),
@@ -260,7 +266,7 @@ def _models_config(args: argparse.Namespace) -> Any:
 
 def _weights(value: str) -> str:
     """``pretrained`` and ``random`` as they are; a path made absolute (it is recorded in the provenance)."""
-    if value in ("pretrained", "random"):
+    if value in ("pretrained", "random") or value.startswith("shipped:"):
         return value
     return str(Path(value).expanduser().resolve())
 

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..model.codec import CODEC_ARCHS, Codec
 from .data import Augment, ImageFolder, SmallPolicy, batch_source, default_workers
 from .latent import build_trainable_codec, check_crop
-from .loop import LoopOptions, TrainReport, lr_at, resolve_device, run_loop, write_provenance
+from .loop import LoopOptions, Schedule, TrainReport, lr_at, resolve_device, run_loop, write_provenance
 from .run import RunDir
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ class CodecTrainOptions:
     batch_size: int = 16
     crop: int = 256
     lr: float = 1e-4
+    schedule: Schedule = "constant"
+    warmup: int = 0
     aux_lr: float = 1e-3
     clip_grad: float = 1.0
     init: str = "random"
@@ -88,7 +90,7 @@ class CodecTrainer:
             self._batches = self._batches_from(step)
         x = next(self._batches).to(self.device, non_blocking=True)
         o = self.options
-        lr = lr_at(step, o.loop.steps, o.lr, "constant", 0)
+        lr = lr_at(step, o.loop.steps, o.lr, o.schedule, o.warmup)
         for g in self.net_opt.param_groups:
             g["lr"] = lr
         self.model.train()

@@ -34,9 +34,14 @@ class ImageFolder:
         root: the folder.
         min_side: images whose shorter side is below this are skipped when ``small`` is ``"skip"``.
         small: ``"pad"`` keeps small images (the crop pads them by edge replication), ``"skip"`` drops them.
+        cache_bytes: decoded images (uint8) are kept in memory up to this many bytes, so that an epoch over a
+            small folder decodes each PNG once instead of once per crop (on a CPU, decoding a 1 MP PNG costs about
+            as much as a training crop's forward pass). 0 disables the cache.
     """
 
-    def __init__(self, root: str | Path, *, min_side: int = 0, small: SmallPolicy = "pad") -> None:
+    def __init__(
+        self, root: str | Path, *, min_side: int = 0, small: SmallPolicy = "pad", cache_bytes: int = 1 << 30
+    ) -> None:
         from PIL import Image
 
         self.root = Path(root)
@@ -59,6 +64,9 @@ class ImageFolder:
                 hint="add images (.png, .jpg, ...) or lower --crop",
             )
         self.files = files
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, np.ndarray] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.files)
@@ -67,7 +75,12 @@ class ImageFolder:
         """Image ``index`` as a (3, H, W) float tensor in [0, 1]."""
         import torch
 
-        pixels = load_image(self.files[index]).pixels
+        pixels = self._cache.get(index)
+        if pixels is None:
+            pixels = load_image(self.files[index]).pixels
+            if self._cached_bytes + pixels.nbytes <= self.cache_bytes:
+                self._cache[index] = pixels
+                self._cached_bytes += pixels.nbytes
         return torch.from_numpy(pixels).permute(2, 0, 1).float().div(255.0)
 
 

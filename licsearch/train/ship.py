@@ -1,0 +1,139 @@
+"""Shipping trained weights into the package (``licsearch/shipped/PRESET``) with their provenance and figures.
+
+:func:`ship_run` copies a training run's weights file next to its ``provenance.json`` (data, steps, seed, command,
+hardware); CLIP weights are stored as float16 (halving an 8.8 M-parameter model to stay under the 25 MB a file
+the repository allows; the tensors are cast back to float32 on load). Codec weights stay float32: the entropy
+tables written by ``update()`` were computed from the float32 quantiles, and rounding those would move the medians
+the tables are offset by.
+
+:func:`reference_figures` measures the shipped preset on inputs that every checkout can make (procedural-world test
+scenes, rendered deterministically), so that a test can reload the shipped files and reproduce the recorded
+figures within a tolerance without the development data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError
+from ..fsutil import atomic_write
+from ..model.weights import SHIPPED_PREFIX, load_state_dict_file, save_state_dict, shipped_dir
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..config import ModelsConfig
+
+REFERENCE_FILE = "reference.json"
+REFERENCE_SIZE = (256, 256)
+REFERENCE_CODEC_IMAGES = 4
+REFERENCE_SCENES = 200
+
+
+def ship_run(run_dir: Path, weights_name: str, preset: str, dest_name: str, *, half: bool = False) -> Path:
+    """Copies ``run_dir/weights_name`` to ``licsearch/shipped/PRESET/dest_name`` with its provenance beside it."""
+    src = run_dir / weights_name
+    prov = run_dir / "provenance.json"
+    if not src.is_file() or not prov.is_file():
+        raise InputError(
+            f"{run_dir} holds no finished training run", hint=f"expected {weights_name} and provenance.json"
+        )
+    out_dir = shipped_dir() / preset
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / dest_name
+    if half:
+        state = load_state_dict_file(src, what="weights")
+        save_state_dict({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, dest)
+    else:
+        shutil.copyfile(src, dest)
+    record = json.loads(prov.read_text(encoding="utf-8"))
+    record["shipped_as"] = {"file": dest_name, "float16": half, "bytes": dest.stat().st_size}
+    stem = dest_name.removesuffix(".safetensors")
+    atomic_write(out_dir / f"{stem}.provenance.json", (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    return dest
+
+
+def world_test_scenes(n: int, size: tuple[int, int] = REFERENCE_SIZE) -> tuple[list[str], list[np.ndarray]]:
+    """Captions and pixels of the first ``n`` scenes of the held-out test split (world seed 0)."""
+    from ..world import render, sample_specs
+
+    specs = sample_specs(n, seed=0, split="test")
+    return [s.caption() for s in specs], [render(s, size) for s in specs]
+
+
+def codec_figures(weights: str, arch: str, quality: int, images: list[np.ndarray]) -> dict[str, float]:
+    """Mean container bpp and PSNR of ``images`` round-tripped through real bitstreams."""
+    import numpy as np
+
+    from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig
+    from ..model.models import ModelSet
+
+    models = ModelSet(ModelsConfig(CodecConfig(arch, quality, weights), ClipConfig(), AdapterConfig()))
+    bpps, psnrs = [], []
+    for px in images:
+        data = models.encode_bitstream(px)
+        out = models.decode(data)
+        mse = float(np.mean((px.astype(np.float64) - out.astype(np.float64)) ** 2))
+        bpps.append(8.0 * len(data) / (px.shape[0] * px.shape[1]))
+        psnrs.append(10.0 * math.log10(255.0**2 / max(mse, 1e-12)))
+    return {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)), "images": float(len(images))}
+
+
+def semantic_figures(cfg: ModelsConfig, captions: list[str], images: list[np.ndarray]) -> dict[str, float]:
+    """Text-to-image hit@1/@5 over the distinct captions: adapter on compressed latents vs CLIP on the pixels.
+
+    Also the adapter-vs-teacher cosine and the bpp the adapter's latents were coded at.
+    """
+    import numpy as np
+
+    from ..eval.semantic import Teacher, hits_at_k
+    from ..model.models import ModelSet
+
+    models = ModelSet(cfg)
+    encoded = [e for i in range(0, len(images), 16) for e in models.encode_batch(images[i : i + 16])]
+    adapter = np.asarray([e.embedding for e in encoded], dtype=np.float32)
+    teacher = Teacher(models.text.model).embed(images)
+    texts = sorted(set(captions))
+    queries = models.embed_texts(texts).vectors.float().numpy()
+    relevant = [{i for i, c in enumerate(captions) if c == t} for t in texts]
+    ad, px = hits_at_k(queries, adapter, relevant, (1, 5)), hits_at_k(queries, teacher, relevant, (1, 5))
+    return {
+        "scenes": float(len(images)),
+        "queries": float(len(texts)),
+        "bpp": float(np.mean([e.bpp for e in encoded])),
+        "hit1_adapter": ad[1],
+        "hit5_adapter": ad[5],
+        "hit1_clip_pixels": px[1],
+        "hit5_clip_pixels": px[5],
+        "cos_mean": float(np.mean((adapter * teacher).sum(axis=1))),
+    }
+
+
+def reference_figures(
+    preset: str = "offline", *, n_codec: int = REFERENCE_CODEC_IMAGES, n_scenes: int = REFERENCE_SCENES
+) -> dict[str, Any]:
+    """The shipped preset's figures on world test scenes: every shipped codec quality, and the semantic task."""
+    from ..presets import PRESETS
+
+    models = PRESETS.get(preset).models
+    captions, images = world_test_scenes(max(n_codec, n_scenes))
+    codecs = {}
+    for path in sorted((shipped_dir() / preset).glob("codec-q*.safetensors")):
+        q = int(path.stem.removeprefix("codec-q"))
+        codecs[str(q)] = codec_figures(f"{SHIPPED_PREFIX}{preset}/{path.name}", models.codec.arch, q, images[:n_codec])
+    return {
+        "inputs": f"procedural world, held-out test split, seed 0, {REFERENCE_SIZE[0]}x{REFERENCE_SIZE[1]}",
+        "codec": codecs,
+        "semantic": semantic_figures(models, captions[:n_scenes], images[:n_scenes]),
+    }
+
+
+def write_reference(preset: str = "offline") -> Path:
+    """Measures :func:`reference_figures` and records them as ``licsearch/shipped/PRESET/reference.json``."""
+    path = shipped_dir() / preset / REFERENCE_FILE
+    atomic_write(path, (json.dumps(reference_figures(preset), indent=2, sort_keys=True) + "\n").encode())
+    return path
