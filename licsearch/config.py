@@ -2,6 +2,8 @@
 
 A store records which models made its bitstreams and embeddings (with weight fingerprints) and the
 embedding space id; every command reads it, and loading models whose fingerprints differ is an error.
+Besides the active space (the one queries and ingest use), it records the spaces a re-index is building
+or has built, and retired ones, each with the models that produce it (``spaces``; absent in older files).
 """
 
 from __future__ import annotations
@@ -78,12 +80,54 @@ class QdrantConfig:
     collection: str = "licsearch"
 
 
+SPACE_STATES = ("building", "complete", "retired")
+"""States of a non-active space: being re-indexed, fully built (may be activated), formerly active."""
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """An embedding space besides the active one: the models that produce its vectors, and its state.
+
+    ``bundle``, when set, is the bundle whose adapter and text encoder produce the space; ``models`` then
+    records the bundle's source models. ``state`` is one of :data:`SPACE_STATES`.
+    """
+
+    models: ModelsConfig
+    dim: int
+    state: str = "building"
+    bundle: str | None = None
+    created_at: float = field(default_factory=time.time)
+    completed_at: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SpaceConfig:
+        state = str(d.get("state", "building"))
+        if state not in SPACE_STATES:
+            raise ValueError(f"unknown space state {state!r}")
+        done = d.get("completed_at")
+        return cls(
+            models=_models_from_dict(d["models"]),
+            dim=int(d["dim"]),
+            state=state,
+            bundle=d.get("bundle"),
+            created_at=float(d.get("created_at", 0.0)),
+            completed_at=None if done is None else float(done),
+        )
+
+
+def _models_from_dict(m: dict[str, Any]) -> ModelsConfig:
+    return ModelsConfig(
+        codec=CodecConfig(**m["codec"]), clip=ClipConfig(**m["clip"]), adapter=AdapterConfig(**m["adapter"])
+    )
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """The store's identity: models, embedding space, vector database and input limits.
 
     ``bundle``, when set, is the model bundle directory whose ONNX graphs run the models in place of eager
-    PyTorch; ``models`` then records the bundle's source models.
+    PyTorch; ``models`` then records the bundle's source models. ``models``, ``space_id`` and ``bundle``
+    describe the active space; ``spaces`` the others (see :class:`SpaceConfig`).
     """
 
     models: ModelsConfig
@@ -93,6 +137,7 @@ class StoreConfig:
     max_pixels: int = 40_000_000
     format: int = STORE_FORMAT
     created_at: float = field(default_factory=time.time)
+    spaces: dict[str, SpaceConfig] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,19 +147,17 @@ class StoreConfig:
         try:
             if d.get("format") != STORE_FORMAT:
                 raise StoreError(f"store format {d.get('format')} is not supported", hint=f"expected {STORE_FORMAT}")
-            m = d["models"]
             return cls(
-                models=ModelsConfig(
-                    codec=CodecConfig(**m["codec"]), clip=ClipConfig(**m["clip"]), adapter=AdapterConfig(**m["adapter"])
-                ),
+                models=_models_from_dict(d["models"]),
                 space_id=str(d["space_id"]),
                 qdrant=QdrantConfig(**d.get("qdrant", {})),
                 bundle=d.get("bundle"),
                 max_pixels=int(d.get("max_pixels", 40_000_000)),
                 format=int(d["format"]),
                 created_at=float(d.get("created_at", 0.0)),
+                spaces={str(k): SpaceConfig.from_dict(v) for k, v in d.get("spaces", {}).items()},
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise StoreError(f"store config is damaged: {e!r}") from e
 
     def save(self, root: Path) -> None:

@@ -127,7 +127,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     filters = [parse_filter(f) for f in args.filter]
     with _open(args) as store:
         rnd = warn_random(store.models)
-        result = search(store, text=args.text, image=args.image, like=args.like, top_k=args.top_k, filters=filters)
+        result = search(
+            store, text=args.text, image=args.image, like=args.like, top_k=args.top_k, filters=filters, space=args.space
+        )
         for n in result.notices:
             note(f"notice: {n}")
         lines = [
@@ -496,6 +498,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval_command(args)
 
 
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from .reindex import cmd_reindex as run_reindex_command
+
+    return run_reindex_command(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train.cli import run_train
 
@@ -521,4 +529,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "eval": cmd_eval,
     "train": cmd_train,
+    "reindex": cmd_reindex,
 }

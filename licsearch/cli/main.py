@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--like", metavar="ID")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="payload filter (repeatable)")
+    p.add_argument("--space", metavar="ID", help="embedding space to search (default: the active one; see reindex)")
 
     p = sub.add_parser("get", help="decode a stored image to a file (PNG/JPEG/WebP by suffix)")
     _add_store(p)
@@ -191,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_parser as add_eval_parser
 
     add_eval_parser(sub)
+
+    from .reindex import add_parser as add_reindex_parser
+
+    add_reindex_parser(sub)
 
     from ..train.cli import add_train_parser
 

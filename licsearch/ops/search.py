@@ -33,29 +33,44 @@ class SearchResult:
 
 
 def query_vector(
-    store: Store, *, text: str | None = None, image: str | Path | None = None, like: str | None = None
+    store: Store,
+    *,
+    text: str | None = None,
+    image: str | Path | None = None,
+    like: str | None = None,
+    space: str | None = None,
 ) -> tuple[list[float], list[str]]:
-    """The query's vector in the store's space, and notices (e.g. text truncated)."""
+    """The query's vector in ``space`` (default: the store's active space), and notices (e.g. text truncated).
+
+    A space other than the active one is embedded by the models recorded for it, and must be complete.
+    """
     given = [x is not None for x in (text, image, like)]
     if sum(given) != 1:
         raise InputError("give exactly one of --text, --image, --like")
+    space_id = space or store.space_id
+    models = store.models
+    if space_id != store.space_id:
+        from .spaces import check_queryable, plane_for_space
+
+        check_queryable(store, space_id)
+        models = plane_for_space(store, space_id)
     if text is not None:
-        emb = store.models.embed_texts([text])
+        emb = models.embed_texts([text])
         notices = []
         if emb.truncated[0]:
-            ctx = store.models.text.context_length  # 0 when the encoder runs on a server that does not say
+            ctx = models.text.context_length  # 0 when the encoder runs on a server that does not say
             notices.append(f"text truncated to the encoder's {ctx} tokens" if ctx else "text truncated")
         return list(emb.vectors[0].tolist()), notices
     if image is not None:
         loaded = load_image(image, max_pixels=store.config.max_pixels)
-        return store.models.encode(loaded.pixels).embedding, []
+        return models.encode(loaded.pixels).embedding, []
     assert like is not None
-    rec = store.index.retrieve([like], with_vectors=[store.space_id])
+    rec = store.index.retrieve([like], with_vectors=[space_id])
     if not rec:
         raise InputError(f"no stored image with id {like}", hint="ids are listed by `licsearch search --json`")
-    vec = rec[0][2].get(store.space_id)
+    vec = rec[0][2].get(space_id)
     if vec is None:
-        raise InputError(f"image {like} has no vector in space {store.space_id}")
+        raise InputError(f"image {like} has no vector in space {space_id}")
     return vec, []
 
 
@@ -67,16 +82,22 @@ def search(
     like: str | None = None,
     top_k: int = 10,
     filters: Sequence[FieldFilter] = (),
+    space: str | None = None,
 ) -> SearchResult:
-    """Nearest stored images to a text, an image file or a stored image (which is left out of its own hits)."""
+    """Nearest stored images to a text, an image file or a stored image (which is left out of its own hits).
+
+    The search runs in one embedding space only: ``space``, or by default the store's active space. A space that
+    is still building is refused (:class:`~licsearch.ops.spaces.SpaceNotReadyError`) with its progress.
+    """
     if not 1 <= top_k <= 1000:
         raise InputError(f"top-k {top_k} is out of range", hint="use 1..1000")
-    vector, notices = query_vector(store, text=text, image=image, like=like)
+    space_id = space or store.space_id
+    vector, notices = query_vector(store, text=text, image=image, like=like, space=space_id)
     k = min(top_k + 1, 1000) if like else top_k
-    hits = store.index.search(store.space_id, vector, top_k=k, filters=filters)
+    hits = store.index.search(space_id, vector, top_k=k, filters=filters)
     if like:
         hits = [h for h in hits if h.id != _norm(like)][:top_k]
-    return SearchResult(hits=hits, space_id=store.space_id, notices=notices)
+    return SearchResult(hits=hits, space_id=space_id, notices=notices)
 
 
 def fetch_bitstream(store: Store, image_id: str) -> tuple[bytes, dict[str, Any]]:
