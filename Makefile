@@ -50,3 +50,18 @@ demo: setup
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
+
+# Prometheus for real: TorchServe (`licsearch serve`, tiny random-weight models) scraped every second by a local
+# Prometheus (Debian's package: apt-get install prometheus) with deploy/prometheus's rules; real encode, decode and
+# embed traffic; then every query of the Grafana dashboard and of the rules evaluated and printed. Bounded; both
+# servers are stopped at the end (OBSERVE_HOLD=120 keeps Prometheus up that many seconds to look at it).
+OBSERVE_DIR := .demo-observe
+OBSERVE_HOLD ?= 0
+.PHONY: demo-observe
+demo-observe: setup
+	rm -rf $(OBSERVE_DIR)
+	$(BIN)/licsearch export --out $(OBSERVE_DIR)/bundle --codec bmshj2018-hyperprior:1 --codec-weights random \
+		--clip licsearch-tiny --clip-weights random --adapter-weights random
+	$(BIN)/licsearch archive --bundle $(OBSERVE_DIR)/bundle --out $(OBSERVE_DIR)/model_store
+	$(BIN)/python -m licsearch.ops.observe --model-store $(OBSERVE_DIR)/model_store --work $(OBSERVE_DIR) \
+		--hold $(OBSERVE_HOLD)
