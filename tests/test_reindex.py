@@ -119,11 +119,15 @@ def cli_inprocess(*args: str) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-def test_adapter_reindex_matches_ingest_time_embedding_and_leaves_the_old_space(world: World, store_dir: Path) -> None:
+def test_adapter_reindex_matches_ingest_time_embedding_and_leaves_the_old_space(
+    world: World, store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with Store.open(store_dir) as store:
         old_space = store.space_id
         old_vectors = _vectors(store, old_space)
-    report = reindex(store_dir, adapter_weights=str(world.adapter), batch=4, progress=False)
+    report = reindex(store_dir, adapter_weights=str(world.adapter), batch=4, progress=True)
+    bar = capsys.readouterr().err
+    assert f"reindex {report.space_id}" in bar and "6/6" in bar  # the progress bar counted every point
     assert (report.state, report.points, report.already, report.reembedded, report.failed) == ("complete", 6, 0, 6, 0)
     assert report.space_id != old_space and report.active_space == old_space and not report.activated
     cfg = StoreConfig.load(store_dir)

@@ -61,6 +61,7 @@ class ReindexReport:
         already: points that carried the space's vector before this run (done by an earlier run).
         reembedded: points whose vector this run wrote.
         failures: ``{"id", "error"}`` of points whose bitstream could not be read or decoded.
+        seconds: wall time of the rebuild (read, entropy decode, adapter, write), loading the models excluded.
     """
 
     space_id: str
