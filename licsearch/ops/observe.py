@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -255,8 +256,13 @@ def exercise(prom: Prometheus, url: str, *, rounds: int = 4, token: str | None =
     return sent
 
 
-def serve(model_store: Path, run_dir: Path, *, timeout_s: float = 300.0) -> dict[str, Any]:
-    """``licsearch serve`` on free 127.0.0.1 ports; its ``--json`` document (stop it with :func:`unserve`)."""
+def serve(
+    model_store: Path, run_dir: Path, *, timeout_s: float = 300.0, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``licsearch serve`` on free 127.0.0.1 ports (``env`` added to its environment); its ``--json`` document.
+
+    Stop it with :func:`unserve`.
+    """
     flags = [
         arg
         for name in ("inference", "management", "metrics", "grpc-inference", "grpc-management")
@@ -269,6 +275,7 @@ def serve(model_store: Path, run_dir: Path, *, timeout_s: float = 300.0) -> dict
         text=True,
         timeout=timeout_s + 60,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     if proc.returncode != 0:
         raise ObserveError(f"`licsearch serve` failed ({proc.returncode}): {proc.stderr.strip()}")
