@@ -256,6 +256,22 @@ def test_reindex_killed_resumes_with_exact_counts_and_picks_up_points_ingested_m
         assert search(store, text="a red circle", space=space, top_k=7).space_id == space
 
 
+@pytest.mark.slow
+def test_reindex_killed_before_its_vector_exists_is_resumed_from_the_record(world: World, store_dir: Path) -> None:
+    killed = run_cli(
+        "reindex", "--store", str(store_dir), "--adapter-weights", str(world.adapter), "--no-progress",
+        env={"LICSEARCH_CRASH_AT": "reindex_recorded"},
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    ((space, recorded),) = StoreConfig.load(store_dir).spaces.items()
+    assert recorded.state == "building" and recorded.models.adapter.weights == str(world.adapter.resolve())
+    with Store.open(store_dir) as store:
+        row = next(r for r in space_status(store) if r.space_id == space)
+        assert (row.state, row.dim, row.with_vector, row.points) == ("building", None, 0, 6)
+    report = reindex(store_dir, space_id=space, progress=False)
+    assert (report.state, report.already, report.reembedded, report.points) == ("complete", 0, 6, 6)
+
+
 def test_remove_refuses_the_active_space_and_drops_an_old_one_only_on_request(world: World, store_dir: Path) -> None:
     report = reindex(store_dir, adapter_weights=str(world.adapter), progress=False)
     with Store.open(store_dir) as store:
