@@ -504,6 +504,14 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return run_reindex_command(args)
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from .rollout import cmd_rollout as run_rollout_command
+
+    doc, human, code = run_rollout_command(args)
+    emit(args, doc, human)
+    return code
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train.cli import run_train
 
@@ -529,5 +537,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "eval": cmd_eval,
     "train": cmd_train,
+    "rollout": cmd_rollout,
     "reindex": cmd_reindex,
 }

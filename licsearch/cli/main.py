@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reindex_parser(sub)
 
+    from .rollout import add_parser as add_rollout_parser
+
+    add_rollout_parser(sub)
+
     from ..train.cli import add_train_parser
 
     add_train_parser(sub)

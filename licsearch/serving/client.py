@@ -72,10 +72,19 @@ class ServingClient:
         self.timeout_s = timeout_s
 
     def post(self, model: str, body: bytes, content_type: str, accept: str = JSON) -> Answer:
-        """POSTs ``body`` to ``model``; raises on anything but a 2xx."""
+        """POSTs ``body`` to ``model`` (``NAME`` or ``NAME/VERSION``); raises on anything but a 2xx.
+
+        For a bare ``NAME``, ``$LICSEARCH_ROUTING_FILE`` (written by ``licsearch rollout --canary``) may send the
+        request to a candidate version instead (:mod:`licsearch.rollout.routing`).
+        """
         headers = {"Content-Type": content_type, "Accept": accept}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        if "/" not in model:  # a rollout's canary may route a share of requests to the candidate version
+            from ..rollout.routing import pick_version
+
+            version = pick_version(model)
+            model = f"{model}/{version}" if version else model
         endpoint = f"{self.url}/predictions/{model}"
         req = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")  # noqa: S310 (http/https checked)
         try:

@@ -1,0 +1,262 @@
+"""The canary: the same replay set sent to the live and the candidate version on the server, compared.
+
+For every replay image, both versions encode it (``/predictions/encode/VERSION``, requests interleaved so neither
+side is always first), each bitstream is decoded by both decode versions (it must decode exactly, i.e. pass the
+decoder's latent-hash check, under each: *cross-decode*) and embedded by both embed versions; the text queries
+are embedded by both. Compared: PSNR of each version's own round trip (candidate minus live), bpp (candidate over
+live, percent), cosine of image embeddings (encode answers), of bitstream embeddings and of text embeddings, the
+latency ratio (candidate over live, summed over every request), request errors, and the candidate's worker pids
+before and after (a worker that died and was restarted during the canary fails it).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LicsearchError
+from ..ops.gate import DEFAULT_TEXTS, psnr
+from ..serving.client import JSON, OCTET, ServerUnavailable, ServingClient
+
+if TYPE_CHECKING:
+    import numpy as np
+
+MODELS = ("encode", "decode", "embed")
+
+
+@dataclass(frozen=True)
+class CanaryThresholds:
+    """Pass conditions of the canary (``licsearch rollout`` flags)."""
+
+    psnr_delta_min: float = -0.1  # dB, candidate minus live
+    bpp_delta_max_pct: float = 1.0  # percent, candidate over live
+    cos_mean_min: float = 0.99  # image, bitstream and text embeddings (skipped across embedding spaces)
+    latency_ratio_max: float = 1.5  # candidate time over live time
+
+
+@dataclass
+class CanaryReport:
+    """Measured figures, per-check failures (with the model each concerns) and the verdict."""
+
+    images: int
+    texts: int
+    requests: int
+    errors: list[str]
+    cross_decode_failures: int
+    cross_decode_pixels_equal: int
+    psnr_live: float
+    psnr_candidate: float
+    psnr_delta: float
+    bpp_live: float
+    bpp_candidate: float
+    bpp_delta_pct: float
+    image_cos_mean: float | None
+    image_cos_min: float | None
+    bitstream_cos_mean: float | None
+    text_cos_mean: float | None
+    text_cos_min: float | None
+    latency_live_s: dict[str, float]
+    latency_candidate_s: dict[str, float]
+    latency_ratio: float
+    worker_restarts: list[str]
+    thresholds: CanaryThresholds
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failures"] = [msg for _, msg in self.failures]
+        d["failed_models"] = sorted({m for m, _ in self.failures})
+        d["passed"] = self.passed
+        return d
+
+
+class _Timed:
+    """Requests to one server, timed per (version, model)."""
+
+    def __init__(self, client: ServingClient) -> None:
+        self.client = client
+        self.seconds: dict[tuple[str, str], float] = {}
+        self.errors: list[str] = []
+        self.requests = 0
+
+    def post(self, model: str, version: str, body: bytes, ctype: str, accept: str = JSON) -> bytes | None:
+        self.requests += 1
+        t = time.perf_counter()
+        try:
+            answer = self.client.post(f"{model}/{version}", body, ctype, accept=accept)
+        except ServerUnavailable as e:
+            if "cannot reach" in str(e):
+                raise  # the server is gone: the rollout stops and resumes later, the candidate is not judged
+            self.errors.append(f"{model}/{version}: {e}")
+            return None
+        except LicsearchError as e:
+            self.errors.append(f"{model}/{version}: {e}")
+            return None
+        finally:
+            key = (version, model)
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t
+        return answer.body
+
+
+def run_canary(
+    client: ServingClient,
+    live: str,
+    candidate: str,
+    images: list[np.ndarray],
+    *,
+    same_space: bool,
+    thresholds: CanaryThresholds | None = None,
+    worker_pids: Callable[[], dict[str, list[int]]],
+    texts: tuple[str, ...] = DEFAULT_TEXTS,
+    on_round: Callable[[int], None] = lambda _: None,
+) -> CanaryReport:
+    """Sends the replay set to both versions and compares them (see the module docstring).
+
+    Args:
+        client: the inference API.
+        live, candidate: the two versions (of each of encode, decode and embed).
+        images: the replay images.
+        same_space: whether the candidate embeds into the live space (else cosines are not compared).
+        thresholds: pass conditions.
+        worker_pids: the candidate's worker pids per model, read before and after.
+        texts: text queries for the embed comparison.
+        on_round: called after each replay image (progress; tests interrupt the canary there).
+    """
+    import numpy as np
+    from PIL import Image
+
+    th = thresholds or CanaryThresholds()
+    before = worker_pids()
+    http = _Timed(client)
+    versions = (live, candidate)
+    ps: dict[str, list[float]] = {live: [], candidate: []}
+    bpp: dict[str, list[float]] = {live: [], candidate: []}
+    img_cos: list[float] = []
+    bs_cos: list[float] = []
+    cross_fail = pixels_equal = 0
+    for i, img in enumerate(images):
+        body = _png(img)
+        order = versions if i % 2 == 0 else versions[::-1]
+        enc: dict[str, dict[str, Any]] = {}
+        for v in order:
+            raw = http.post("encode", v, body, OCTET)
+            if raw is not None:
+                enc[v] = json.loads(raw)
+        if len(enc) < 2:
+            continue
+        emb = {v: np.asarray(enc[v]["embedding"], np.float64) for v in versions}
+        img_cos.append(_cos(emb[live], emb[candidate]))
+        for v in versions:
+            bpp[v].append(float(enc[v]["bpp"]))
+        for src in versions:
+            data = base64.b64decode(enc[src]["bitstream"])
+            decoded: dict[str, np.ndarray] = {}
+            for dec in versions:
+                raw = http.post("decode", dec, data, OCTET, accept="image/png")
+                if raw is None:
+                    cross_fail += 1
+                    continue
+                with Image.open(io.BytesIO(raw)) as im:
+                    decoded[dec] = np.asarray(im.convert("RGB"))
+            if src in decoded:
+                ps[src].append(psnr(img, decoded[src]))
+            if len(decoded) == 2:
+                pixels_equal += int(np.array_equal(decoded[live], decoded[candidate]))
+            vec = {}
+            for ev in versions:
+                raw = http.post("embed", ev, data, OCTET)
+                if raw is not None:
+                    vec[ev] = np.asarray(json.loads(raw)["vectors"][0], np.float64)
+            if len(vec) == 2:
+                bs_cos.append(_cos(vec[live], vec[candidate]))
+        on_round(i)
+    tvec = {}
+    for v in versions:
+        raw = http.post("embed", v, json.dumps({"texts": list(texts)}).encode(), JSON)
+        if raw is not None:
+            tvec[v] = np.asarray(json.loads(raw)["vectors"], np.float64)
+    tcos = [_cos(a, b) for a, b in zip(tvec[live], tvec[candidate], strict=True)] if len(tvec) == 2 else []
+    after = worker_pids()
+    restarts = [f"{m}: worker pids {before.get(m)} -> {after.get(m)}" for m in MODELS if before.get(m) != after.get(m)]
+
+    def mean(xs: list[float]) -> float:
+        return float(np.mean(xs)) if xs else float("nan")
+
+    lat = {
+        side: {m: http.seconds.get((v, m), 0.0) for m in MODELS} for side, v in (("live", live), ("cand", candidate))
+    }
+    total_live, total_cand = sum(lat["live"].values()), sum(lat["cand"].values())
+    rep = CanaryReport(
+        images=len(images),
+        texts=len(texts),
+        requests=http.requests,
+        errors=http.errors,
+        cross_decode_failures=cross_fail,
+        cross_decode_pixels_equal=pixels_equal,
+        psnr_live=mean(ps[live]),
+        psnr_candidate=mean(ps[candidate]),
+        psnr_delta=mean(ps[candidate]) - mean(ps[live]),
+        bpp_live=mean(bpp[live]),
+        bpp_candidate=mean(bpp[candidate]),
+        bpp_delta_pct=100.0 * (mean(bpp[candidate]) - mean(bpp[live])) / mean(bpp[live]) if bpp[live] else float("nan"),
+        image_cos_mean=mean(img_cos) if same_space else None,
+        image_cos_min=min(img_cos) if same_space and img_cos else None,
+        bitstream_cos_mean=mean(bs_cos) if same_space else None,
+        text_cos_mean=mean(tcos) if same_space else None,
+        text_cos_min=min(tcos) if same_space and tcos else None,
+        latency_live_s=lat["live"],
+        latency_candidate_s=lat["cand"],
+        latency_ratio=total_cand / total_live if total_live > 0 else float("nan"),
+        worker_restarts=restarts,
+        thresholds=th,
+    )
+    rep.failures = _failures(rep, th)
+    return rep
+
+
+def _failures(r: CanaryReport, th: CanaryThresholds) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if r.errors:
+        models = sorted({e.split("/", 1)[0] for e in r.errors})
+        out += [(m, f"{m}: requests failed during the canary: {next(e for e in r.errors if e.startswith(m))}")
+                for m in models]  # fmt: skip
+    out += [(m.split(":")[0], f"candidate worker died during the canary ({m})") for m in r.worker_restarts]
+    if r.cross_decode_failures:
+        out.append(("decode", f"{r.cross_decode_failures} bitstreams did not decode exactly under both versions"))
+    checks = [
+        ("decode", r.psnr_delta >= th.psnr_delta_min, f"PSNR delta {r.psnr_delta:+.3f} dB < {th.psnr_delta_min} dB"),
+        ("encode", r.bpp_delta_pct <= th.bpp_delta_max_pct,
+         f"bpp delta {r.bpp_delta_pct:+.2f} % > {th.bpp_delta_max_pct} %"),
+        ("encode", r.latency_ratio <= th.latency_ratio_max,
+         f"latency ratio {r.latency_ratio:.2f} > {th.latency_ratio_max}"),
+    ]  # fmt: skip
+    for model, value in (("encode", r.image_cos_mean), ("embed", r.bitstream_cos_mean), ("embed", r.text_cos_mean)):
+        if value is not None:
+            what = {"encode": "image", "embed": "embedding"}[model]
+            checks.append((model, value >= th.cos_mean_min, f"{what} cosine mean {value:.4f} < {th.cos_mean_min}"))
+    # NaN compares false: a figure that could not be measured fails its check.
+    out += [(m, msg) for m, ok, msg in checks if not ok]
+    return out
+
+
+def _cos(a: Any, b: Any) -> float:
+    import numpy as np
+
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()

@@ -1,0 +1,500 @@
+"""``licsearch rollout --candidate BUNDLE``: one journalled pass from the live default to a promoted candidate.
+
+Steps (each journalled, idempotent, and skipped on a rerun once done):
+
+1. ``discover``: the live default version of encode, decode and embed (management API), and its bundle
+   (:mod:`licsearch.rollout.bundles`).
+2. ``gate``: the parity gate (:func:`licsearch.ops.gate.run_gate`) of the candidate against the live bundle on
+   the replay images. Passed: the candidate shares the live embedding space. Failed: it is a different space and
+   is rejected, unless ``--store DIR`` is given (then step ``space`` builds the candidate's space in that store
+   with :func:`licsearch.ops.reindex.reindex` and the candidate keeps its own space id).
+3. ``archive``: a staged copy of the candidate (live space id when the gate passed) archived as
+   ``<model>-<version>.mar`` in the model store.
+4. ``register``: each model's new version registered next to the live one with its own workers.
+5. ``canary``: :func:`licsearch.rollout.canary.run_canary` against both versions; with ``--canary PERCENT`` that
+   share of ``licsearch`` client traffic goes to the candidate meanwhile (:mod:`licsearch.rollout.routing`).
+6. ``promote`` (every check passed: set-default, decode first, then embed, then encode) or ``cleanup`` (the
+   candidate is unregistered, its archives removed; the live default is never touched).
+
+A refused candidate (damaged bundle, gate failure, a handler that cannot load, a failed canary) ends in
+``cleanup`` with outcome ``rejected`` and the reasons. An unreachable server stops the run where it is: the
+journal keeps the step as ``failed`` with the error, ``--status`` shows it, and the same command run again
+continues from there (``--rollback`` undoes it instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError, LicsearchError
+from ..faults import crash_point
+from ..ops.gate import GateThresholds
+from ..serving.client import ServerUnavailable, ServingClient
+from . import bundles
+from .canary import MODELS, CanaryThresholds, run_canary
+from .management import ManagementClient, ManagementRefused, ManagementUnavailable
+from .metrics import write_metrics
+from .routing import ROUTING_FILE, clear_routing, write_routing
+from .state import Journal, done_steps, locked
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PROMOTE_ORDER = ("decode", "embed", "encode")
+"""Decoders first: once the new encoder is the default, every decoder already reads what it writes."""
+
+GATE_MODELS = (("PSNR", "decode"), ("cross-decode", "decode"), ("bpp", "encode"), ("image", "encode"),
+               ("text", "embed"), ("recall", "embed"))  # fmt: skip
+"""The model a failed gate check concerns (the counter's ``model_name``), by a word of its message."""
+RETRY_HINT = "rerun the same command to continue, or `licsearch rollout --rollback` to undo it"
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    """Everything one rollout needs (``licsearch rollout`` flags).
+
+    Attributes:
+        candidate: the candidate bundle.
+        model_store: the server's model store (where the archives go).
+        state_dir: journal, staged bundles, routing file and metrics textfile.
+        server, management: inference and management addresses.
+        token, management_token: keys for token authorization.
+        version: the candidate's version (default: from its manifest, e.g. ``int8-1a2b3c4d``).
+        live_bundle: the live version's bundle, when neither the journal nor the live archive has it.
+        replay: the replay images (gate and canary).
+        canary_percent, canary_window_s: share of client traffic routed to the candidate, and for how long
+            after the replay (then the workers are checked again).
+        gate, canary: thresholds.
+        store: a store whose embedding space may be rebuilt for a candidate that fails the gate.
+        handlers: handler modules to archive (default: the checkout's).
+        workers: workers per model for the candidate.
+        pushgateway: Prometheus Pushgateway URL.
+    """
+
+    candidate: Path
+    model_store: Path
+    state_dir: Path
+    server: str
+    management: str
+    replay: list[np.ndarray]
+    token: str | None = None
+    management_token: str | None = None
+    version: str | None = None
+    live_bundle: Path | None = None
+    canary_percent: float = 0.0
+    canary_window_s: float = 0.0
+    gate: GateThresholds = field(default_factory=GateThresholds)
+    canary: CanaryThresholds = field(default_factory=CanaryThresholds)
+    store: Path | None = None
+    handlers: Path | None = None
+    workers: int = 1
+    pushgateway: str | None = None
+
+
+@dataclass
+class Hooks:
+    """Callbacks for progress (the CLI logs through ``log``; tests interrupt a canary through ``on_round``)."""
+
+    log: Callable[[str], None] = lambda _: None
+    on_round: Callable[[int], None] = lambda _: None
+
+
+class Rejected(LicsearchError):
+    """The candidate is refused; the run goes on to ``cleanup``."""
+
+
+def run_step(
+    journal: Journal,
+    op: dict[str, Any],
+    name: str,
+    fn: Callable[[], Any],
+    log: Callable[[str], None],
+    *,
+    on_start: Callable[[], None] = lambda: None,
+) -> None:
+    """Runs one journalled step unless it is done: ``running`` first, then ``done`` (or ``failed`` and re-raised).
+
+    A :class:`Rejected` candidate is a completed step: the decision becomes ``reject`` with the reason.
+    """
+    if name in done_steps(op):
+        return
+    entry = journal.begin(name, op)
+    log(f"rollout: {name} ...")
+    on_start()
+    try:
+        detail = fn()
+    except Rejected as e:
+        op["decision"] = "reject"
+        op.setdefault("reasons", []).append(str(e))
+        journal.end(entry, "done", {"rejected": str(e)})
+        log(f"rollout: {name}: candidate rejected: {e}")
+        return
+    except LicsearchError as e:
+        journal.end(entry, "failed", {"error": str(e)})
+        raise
+    journal.end(entry, "done", detail)
+    log(f"rollout: {name} done in {entry['duration_s']:.2f} s" + (f": {_short(detail)}" if detail else ""))
+    crash_point(f"rollout.{name}")
+
+
+class _Run:
+    def __init__(self, opts: RolloutOptions, journal: Journal, op: dict[str, Any], hooks: Hooks) -> None:
+        self.o, self.j, self.op, self.h = opts, journal, op, hooks
+        self.mgmt = ManagementClient(opts.management, token=opts.management_token)
+        self.client = ServingClient(opts.server, token=opts.token)
+        self.version: str = op["candidate_version"]
+
+    # -- journal plumbing ----------------------------------------------------------------------------------
+
+    def step(self, name: str, fn: Callable[[], Any]) -> None:
+        run_step(self.j, self.op, name, fn, self.h.log, on_start=self.metrics)
+
+    def metrics(self) -> None:
+        write_metrics(self.o.state_dir, self.j.doc, pushgateway=self.o.pushgateway, log=self.h.log)
+
+    @property
+    def rejected(self) -> bool:
+        return self.op.get("decision") == "reject"
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    def discover(self) -> dict[str, Any]:
+        described = {m: self.mgmt.default_version(m) for m in MODELS}
+        live = {m: d.version for m, d in described.items()}
+        if len(set(live.values())) != 1:
+            raise InputError(
+                f"the live default versions differ: {live}",
+                hint="finish or roll back the earlier rollout (`licsearch rollout --status`) before starting another",
+            )
+        version = live["encode"]
+        if version == self.version:
+            raise InputError(f"version {version} is the live default already", hint="nothing to roll out")
+        self.op["live"] = live
+        self.op["live_version"] = version
+        rec = self.j.doc["versions"].get(version)
+        path = Path(rec["bundle"]) if rec else None
+        if self.o.live_bundle is not None:
+            path = self.o.live_bundle.resolve()
+            self.j.doc["versions"][version] = _record(path, path, {m: d.url for m, d in described.items()})
+        elif path is None or not bundles.staged_ok(path, rec["space_id"]):
+            mar = self.o.model_store / described["encode"].url
+            path = bundles.extract_bundle(mar, version, self.o.state_dir / "bundles" / version)
+            self.j.doc["versions"][version] = _record(path, mar, {m: d.url for m, d in described.items()})
+        self.op["live_bundle"] = str(path)
+        stack = self.j.doc["stack"]
+        if not stack or stack[-1] != version:
+            self.j.push_default(version, "discovered")
+        return {"live": version, "live_bundle": str(path)}
+
+    def gate(self) -> dict[str, Any]:
+        from ..bundle.runtime import BundleModelSet
+        from ..ops.gate import run_gate
+
+        try:
+            ref = BundleModelSet(Path(self.op["live_bundle"]))
+            cand = BundleModelSet(self.o.candidate)
+            rep = run_gate(ref, cand, self.o.replay, thresholds=self.o.gate)
+        except LicsearchError as e:
+            raise Rejected(f"the candidate bundle cannot be used: {e}") from e
+        self.op["gate"] = rep.to_dict()
+        self.op["live_space"] = ref.space_id
+        if rep.passed:
+            self.op["space_id"] = ref.space_id
+            return {"passed": True, "space_id": ref.space_id}
+        models = sorted({next((m for word, m in GATE_MODELS if word in f), "encode") for f in rep.failures})
+        self.j.count_parity_failures(models, self.version)
+        own = cand.space_id if cand.space_id != ref.space_id else f"{ref.space_id}-x{self.version}"
+        self.op["space_id"] = own
+        reason = "parity gate failed (a different embedding space): " + "; ".join(rep.failures)
+        if self.o.store is None:
+            raise Rejected(
+                f"{reason}. Not promoted: rebuild the store's embeddings in the candidate's space first "
+                f"(`licsearch reindex --store DIR --bundle {self.o.candidate}`), then roll out with --store DIR"
+            )
+        return {"passed": False, "failures": rep.failures, "space_id": own}
+
+    def staged(self) -> Path:
+        path = self.o.state_dir / "bundles" / self.version
+        if not bundles.staged_ok(path, self.op["space_id"]):
+            bundles.stage_candidate(self.o.candidate, path, self.op["space_id"])
+        return path
+
+    def space(self) -> dict[str, Any]:
+        """The candidate's space in ``--store``: built (or completed) from the stored bitstreams."""
+        from ..ops.reindex import reindex
+
+        if self.o.store is None:  # only scheduled with a store
+            raise InputError("building a space needs --store DIR")
+        rep = reindex(self.o.store, bundle=self.staged(), progress=False)
+        if rep.state not in ("complete", "active"):
+            raise Rejected(
+                f"space {rep.space_id} in {self.o.store} is not complete ({rep.failed} points failed)",
+                hint=f"see `licsearch reindex --store {self.o.store} --space {rep.space_id}`",
+            )
+        return {"space_id": rep.space_id, "state": rep.state, "points": rep.points, "reembedded": rep.reembedded}
+
+    def archive(self) -> dict[str, Any]:
+        live_rec = self.j.doc["versions"][self.op["live_version"]]
+        live_mar = self.o.model_store / live_rec["archives"]["encode"]
+        staged = self.staged()
+        try:
+            files = bundles.archive_candidate(
+                staged, self.o.model_store, self.version, bundles.live_settings(live_mar), MODELS,
+                handlers=self.o.handlers,
+            )  # fmt: skip
+        except LicsearchError as e:
+            raise Rejected(f"the candidate cannot be archived: {e}") from e
+        self.j.doc["versions"][self.version] = _record(staged, self.o.candidate, files)
+        self.op["archived"] = files
+        return {"archives": files}
+
+    def register(self) -> dict[str, Any]:
+        """Registers each model's candidate version next to the live one, the three at once (workers load in
+        parallel); a version registered before this rollout (same archive) is reused."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        reused, todo, earlier = [], [], []
+        for m in MODELS:
+            existing = self.mgmt.describe(m, self.version)
+            if existing is None:
+                todo.append(m)
+            elif m in self.op["registered"]:
+                earlier.append(m)  # registered by an interrupted run of this rollout: its worker may still load
+            elif existing.ready:
+                reused.append(m)
+            else:
+                raise Rejected(f"{m} version {self.version} is registered already without a ready worker")
+        # journalled before the calls: a kill during them leaves "maybe registered", which cleanup undoes alike
+        self.op["registered"] += [m for m in todo if m not in self.op["registered"]]
+        self.op["reused"] = reused
+        self.j.save()
+
+        def one(m: str) -> ManagementRefused | None:
+            try:
+                self.mgmt.register(self.op["archived"][m], m, workers=self.o.workers)
+            except ManagementRefused as e:
+                return e
+            crash_point("rollout.register.item")
+            return None
+
+        with ThreadPoolExecutor(max(1, len(todo))) as pool:
+            refused = dict(zip(todo, pool.map(one, todo), strict=True))
+        for m, e in refused.items():
+            if e is not None:
+                raise Rejected(f"{m}: the candidate's handler did not load: {e}")
+        for m in earlier:
+            self.wait_ready(m)
+        return {"registered": todo, "reused": reused, "resumed": earlier}
+
+    def wait_ready(self, model: str, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            d = self.mgmt.describe(model, self.version)
+            if d is not None and d.ready:
+                return
+            if d is None or not d.workers or time.monotonic() > deadline:
+                raise Rejected(f"{model}: the candidate's worker did not get ready ({d.workers if d else 'gone'})")
+            time.sleep(1.0)
+
+    def canary(self) -> dict[str, Any]:
+        same = self.op["space_id"] == self.op["live_space"]
+        routing = self.o.state_dir / ROUTING_FILE
+        if self.o.canary_percent > 0 and same:
+            write_routing(routing, self.op["id"], dict.fromkeys(MODELS, self.version), self.o.canary_percent,
+                          self.o.canary_window_s)  # fmt: skip
+            self.h.log(f"rollout: canary: {self.o.canary_percent:g} % of client traffic goes to {self.version}")
+        elif self.o.canary_percent > 0:
+            self.h.log("rollout: canary: no client traffic routed (the candidate embeds into another space)")
+        try:
+            rep = run_canary(
+                self.client, self.op["live_version"], self.version, self.o.replay, same_space=same,
+                thresholds=self.o.canary, worker_pids=self.pids, on_round=self.h.on_round,
+            )  # fmt: skip
+            if self.o.canary_window_s > 0 and not rep.failures:
+                before = self.pids()
+                time.sleep(self.o.canary_window_s)
+                after = self.pids()
+                rep.failures += [(m, f"candidate worker died in the canary window ({m}: {before[m]} -> {after[m]})")
+                                 for m in MODELS if before[m] != after[m]]  # fmt: skip
+        finally:
+            clear_routing(routing)
+        self.op["canary"] = rep.to_dict()
+        if rep.failures:
+            parity = [m for m, msg in rep.failures if _is_parity(msg)]
+            if parity:
+                self.j.count_parity_failures(sorted(set(parity)), self.version)
+            raise Rejected("canary failed: " + "; ".join(msg for _, msg in rep.failures))
+        self.op["decision"] = "promote"
+        return {"passed": True, "latency_ratio": round(rep.latency_ratio, 3)}
+
+    def pids(self) -> dict[str, list[int]]:
+        out = {}
+        for m in MODELS:
+            d = self.mgmt.describe(m, self.version)
+            out[m] = d.pids if d is not None and d.ready else []
+        return out
+
+    def promote(self) -> dict[str, Any]:
+        for m in PROMOTE_ORDER:
+            if m not in self.op["switched"]:
+                self.op["switched"].append(m)
+                self.j.save()
+            if self.mgmt.default_version(m).version != self.version:
+                self.mgmt.set_default(m, self.version)
+            crash_point("rollout.promote.item")
+        if "space" in done_steps(self.op) and self.o.store is not None:
+            from ..ops.reindex import reindex
+
+            reindex(self.o.store, bundle=self.staged(), progress=False, activate=True)
+        self.j.push_default(self.version, "promoted")
+        return {"default": self.version}
+
+    def cleanup(self) -> dict[str, Any]:
+        return undo(self.mgmt, self.j, self.op, self.o.model_store, self.o.state_dir)
+
+
+def undo(
+    mgmt: ManagementClient, journal: Journal, op: dict[str, Any], model_store: Path, state_dir: Path
+) -> dict[str, Any]:
+    """Puts back the live defaults an operation switched, unregisters what it registered, removes its files."""
+    import shutil
+
+    version = op["candidate_version"]
+    restored = []
+    for m in reversed(op.get("switched", [])):
+        live = op["live"][m]
+        if mgmt.default_version(m).version != live:
+            mgmt.set_default(m, live)
+        restored.append(m)
+    removed = [m for m in op.get("registered", []) if mgmt.unregister(m, version)]
+    if op.get("archived") and not op.get("reused"):  # a reused version stays registered: keep its files
+        for name in op["archived"].values():
+            (model_store / name).unlink(missing_ok=True)
+        journal.doc["versions"].pop(version, None)
+        shutil.rmtree(state_dir / "bundles" / version, ignore_errors=True)
+    clear_routing(state_dir / ROUTING_FILE)
+    return {"restored_defaults": restored, "unregistered": removed}
+
+
+def run_rollout(opts: RolloutOptions, hooks: Hooks | None = None) -> dict[str, Any]:
+    """Runs (or resumes) the rollout of ``opts.candidate``; returns the report (see :func:`report`)."""
+    from ..bundle.manifest import Manifest
+    from ..serving.archive import default_version
+
+    hooks = hooks or Hooks()
+    candidate = opts.candidate.resolve()
+    manifest = Manifest.load(candidate)
+    version = opts.version or default_version(manifest)
+    with locked(opts.state_dir):
+        journal = Journal.load(opts.state_dir)
+        op = journal.current
+        if op is not None and (op.get("kind") != "rollout" or op["candidate_version"] != version):
+            what = f"{op.get('kind')} of {op.get('candidate_version')}"
+            raise InputError(f"an unfinished {what} is in {opts.state_dir}", hint=RETRY_HINT)
+        if op is None:
+            op = new_operation("rollout", str(candidate), version)
+            op["version_flag"] = opts.version
+            journal.doc["current"] = op
+            journal.save()
+        else:
+            op.pop("error", None)
+            hooks.log(f"rollout: resuming {op['id']} at {op['phase']}")
+        run = _Run(dataclasses.replace(opts, candidate=candidate), journal, op, hooks)
+        try:
+            run.step("discover", run.discover)
+        except LicsearchError:
+            journal.doc["current"] = None  # nothing was done yet: nothing to resume or undo
+            journal.save()
+            run.metrics()
+            raise
+        try:
+            run.step("gate", run.gate)
+            if not run.rejected and op["space_id"] != op["live_space"]:
+                run.step("space", run.space)
+            for name, fn in (("archive", run.archive), ("register", run.register), ("canary", run.canary)):
+                if not run.rejected:
+                    run.step(name, fn)
+            if run.rejected:
+                run.step("cleanup", run.cleanup)
+                journal.finish(op, "rejected")
+            else:
+                run.step("promote", run.promote)
+                journal.finish(op, "promoted")
+        except (ManagementUnavailable, ServerUnavailable, ManagementRefused) as e:
+            op["error"] = {"type": type(e).__name__, "message": str(e)}
+            journal.save()
+            hooks.log(f"rollout: stopped: {e}; {RETRY_HINT}")
+        finally:
+            run.metrics()
+        return report(op, opts.state_dir)
+
+
+def new_operation(kind: str, candidate: str, version: str) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "kind": kind,
+        "id": f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{version}",
+        "candidate": candidate,
+        "candidate_version": version,
+        "started": now,
+        "phase": "start",
+        "decision": None,
+        "outcome": None,
+        "reasons": [],
+        "registered": [],
+        "switched": [],
+        "steps": [],
+    }
+
+
+def report(op: dict[str, Any], state_dir: Path) -> dict[str, Any]:
+    """The rollout's document: outcome, decision and reasons, the timeline of steps, gate and canary figures."""
+    outcome = op.get("outcome") or ("interrupted" if op.get("error") else "in progress")
+    steps = [{k: s.get(k) for k in ("name", "status", "started", "finished", "duration_s", "detail")}
+             for s in op["steps"]]  # fmt: skip
+    total = (steps[-1]["finished"] or time.time()) - steps[0]["started"] if steps else 0.0
+    doc = {
+        "rollout": op["id"],
+        "kind": op["kind"],
+        "candidate": op["candidate"],
+        "candidate_version": op["candidate_version"],
+        "live": op.get("live"),
+        "outcome": outcome,
+        "decision": op.get("decision"),
+        "reasons": op.get("reasons", []),
+        "timeline": {"steps": steps, "total_s": round(total, 3)},
+        "gate": op.get("gate"),
+        "canary": op.get("canary"),
+        "registered": op.get("registered", []),
+        "switched": op.get("switched", []),
+        "state_dir": str(state_dir),
+    }
+    if op.get("error"):
+        doc["error"] = op["error"]
+    return doc
+
+
+def _record(bundle: Path, source: Path, archives: dict[str, str]) -> dict[str, Any]:
+    from ..bundle.manifest import Manifest
+
+    return {
+        "bundle": str(bundle),
+        "source": str(source),
+        "manifest_sha256": bundles.manifest_digest(bundle),
+        "space_id": Manifest.load(bundle).space_id,
+        "archives": archives,
+    }
+
+
+def _is_parity(message: str) -> bool:
+    return any(k in message for k in ("PSNR", "bpp", "cosine", "decode exactly"))
+
+
+def _short(detail: Any) -> str:
+    text = str(detail)
+    return text if len(text) <= 160 else text[:157] + "..."
