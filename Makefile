@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR := .demo
 
-.PHONY: setup demo test lint typecheck clean
+.PHONY: setup demo test lint typecheck clean train-offline ship-offline
 
 setup: $(STAMP)
 
@@ -28,25 +28,61 @@ typecheck: setup
 test: setup lint typecheck
 	$(BIN)/python -m pytest -q
 
-# The offline demo on the embedded default (Qdrant local mode). No trained weights ship yet, so the demo runs
-# with seeded random weights, and every command says so loudly.
+# The offline demo on the embedded default (Qdrant local mode), with the models this project trained and ships
+# (licsearch/shipped/offline: codec trained on ../shared/data/photos, a CLIP trained on the procedural world, and
+# the adapter distilled from it). The text query is the caption of one sample; the demo prints what comes back.
+DEMO_QUERY := $(DEMO_DIR)/query.txt
 demo: setup
 	rm -rf $(DEMO_DIR)
 	$(BIN)/licsearch samples --out $(DEMO_DIR)/samples -n 16
-	$(BIN)/licsearch init --store $(DEMO_DIR)/store --codec bmshj2018-hyperprior:3 --codec-weights random \
-		--clip licsearch-tiny --clip-weights random --adapter-weights random
+	$(BIN)/licsearch init --store $(DEMO_DIR)/store --preset offline
 	$(BIN)/licsearch ingest --store $(DEMO_DIR)/store $(DEMO_DIR)/samples
 	$(BIN)/licsearch ingest --store $(DEMO_DIR)/store $(DEMO_DIR)/samples
-	$(BIN)/licsearch search --store $(DEMO_DIR)/store --text "two small red circles on the left" --top-k 3
+	$(BIN)/licsearch stats --store $(DEMO_DIR)/store
+	$(BIN)/python -c "import json; print(json.loads(open('$(DEMO_DIR)/samples/captions.jsonl').readlines()[5])['caption'])" \
+		> $(DEMO_QUERY)
+	@echo "text query (the caption of samples/00005.png): $$(cat $(DEMO_QUERY))"
+	$(BIN)/licsearch search --store $(DEMO_DIR)/store --text "$$(cat $(DEMO_QUERY))" --top-k 3
 	$(BIN)/licsearch search --store $(DEMO_DIR)/store --image $(DEMO_DIR)/samples/00003.png --top-k 3
-	$(BIN)/licsearch search --store $(DEMO_DIR)/store --image $(DEMO_DIR)/samples/00003.png --top-k 1 --json \
-		| $(BIN)/python -c "import json,sys; print(json.load(sys.stdin)['hits'][0]['id'])" > $(DEMO_DIR)/hit.txt
+	$(BIN)/licsearch search --store $(DEMO_DIR)/store --text "$$(cat $(DEMO_QUERY))" --top-k 1 --json \
+		| $(BIN)/python -c "import json,sys; h=json.load(sys.stdin)['hits'][0]; print(h['id']); \
+		print('text search top hit:', h['payload']['source_path'], file=sys.stderr)" > $(DEMO_DIR)/hit.txt
 	$(BIN)/licsearch get --store $(DEMO_DIR)/store "$$(cat $(DEMO_DIR)/hit.txt)" -o $(DEMO_DIR)/hit.png
 	$(BIN)/licsearch encode $(DEMO_DIR)/samples/00000.png -o $(DEMO_DIR)/00000.lics --store $(DEMO_DIR)/store
 	$(BIN)/licsearch decode $(DEMO_DIR)/00000.lics -o $(DEMO_DIR)/00000.decoded.png --store $(DEMO_DIR)/store
 	$(BIN)/licsearch fsck --store $(DEMO_DIR)/store
-	$(BIN)/licsearch stats --store $(DEMO_DIR)/store
-	@echo "demo done: decoded hit in $(DEMO_DIR)/hit.png"
+	@echo "demo done: decoded text-search hit in $(DEMO_DIR)/hit.png"
+
+# The recipe that trained licsearch/shipped/offline (CPU figures as shipped; on a GPU raise the steps, e.g.
+# make train-offline CODEC_STEPS=200000 CODEC_CROP=256 CODEC_BATCH=16 FT_STEPS=50000 CLIP_STEPS=20000).
+RUNS ?= .train-runs/offline
+PHOTOS ?= ../shared/data/photos
+TRAIN_DEVICE ?= auto
+CODEC_STEPS ?= 2400
+CODEC_CROP ?= 128
+CODEC_BATCH ?= 8
+FT_STEPS ?= 300
+CLIP_STEPS ?= 400
+ADAPTER_STEPS ?= 1500
+TRAIN := $(BIN)/licsearch train
+train-offline: setup
+	$(TRAIN) codec --images $(PHOTOS) --quality 3 --crop $(CODEC_CROP) --batch-size $(CODEC_BATCH) \
+		--steps $(CODEC_STEPS) --lr 3e-4 --schedule cosine --warmup 60 --device $(TRAIN_DEVICE) --out $(RUNS)/codec-q3
+	for q in 1 2 4; do $(TRAIN) codec --images $(PHOTOS) --quality $$q --init $(RUNS)/codec-q3/codec.safetensors \
+		--crop $(CODEC_CROP) --batch-size $(CODEC_BATCH) --steps $(FT_STEPS) --lr 1e-4 --aux-lr 1e-2 --schedule cosine \
+		--device $(TRAIN_DEVICE) --out $(RUNS)/codec-q$$q || exit 1; done
+	$(TRAIN) clip --world --steps $(CLIP_STEPS) --batch-size 128 --eval-every 200 --device $(TRAIN_DEVICE) \
+		--out $(RUNS)/clip-world
+	$(BIN)/python -m licsearch.train.crops --images $(PHOTOS) --out $(RUNS)/adapter-data/photos --per-image 16
+	$(BIN)/licsearch samples --split train --size 256x256 -n 3000 --seed 7 --out $(RUNS)/adapter-data/world
+	$(TRAIN) adapter --images $(RUNS)/adapter-data --codec bmshj2018-hyperprior:3 \
+		--codec-weights $(RUNS)/codec-q3/codec.safetensors --clip licsearch-world \
+		--clip-weights $(RUNS)/clip-world/clip.safetensors --no-augment --steps $(ADAPTER_STEPS) --batch-size 32 \
+		--device $(TRAIN_DEVICE) --out $(RUNS)/adapter-q3
+	$(MAKE) ship-offline
+
+ship-offline: setup
+	$(BIN)/python -m licsearch.train.ship --runs $(RUNS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

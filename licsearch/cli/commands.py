@@ -11,6 +11,7 @@ from typing import Any
 from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig, QdrantConfig, StoreConfig
 from ..errors import InputError
 from ..model.models import ModelPlane, ModelSet
+from ..model.weights import SHIPPED_PREFIX
 from ..storage.store import Store, default_store_dir
 from .main import MODEL_FLAGS, emit, note, parse_kv
 
@@ -27,7 +28,7 @@ def _store_dir(args: argparse.Namespace) -> Path:
 def _weights(value: str | None, default: str) -> str:
     if value is None:
         return default
-    if value in ("pretrained", "random"):
+    if value in ("pretrained", "random") or value.startswith(SHIPPED_PREFIX):
         return value
     return str(Path(value).expanduser().resolve())
 
@@ -78,6 +79,14 @@ def _open(args: argparse.Namespace) -> Store:
 
 def cmd_init(args: argparse.Namespace) -> int:
     models = models_from_flags(args) or ModelsConfig()
+    if args.preset:
+        from ..presets import preset_models
+
+        if models_from_flags(args) is not None or args.bundle:
+            raise InputError(
+                "--preset and model flags or --bundle exclude each other", hint="a preset names its models"
+            )
+        models = preset_models(args.preset)
     if args.max_pixels < 1:
         raise InputError("--max-pixels must be positive")
     qdrant = QdrantConfig(url=args.qdrant, collection=args.collection)
@@ -416,7 +425,10 @@ def cmd_samples(args: argparse.Namespace) -> int:
     from ..world import write_dataset
 
     out = Path(args.out)
-    captions = write_dataset(out, args.n, seed=args.seed, size=(320, 240))
+    w, sep, h = str(args.size).lower().partition("x")
+    if not (sep and w.isdigit() and h.isdigit()):
+        raise InputError(f"bad --size {args.size!r}", hint="write WIDTHxHEIGHT, e.g. 256x256")
+    captions = write_dataset(out, args.n, seed=args.seed, split=args.split, size=(int(w), int(h)))
     emit(args, {"out": str(out), "images": args.n, "captions": str(captions)}, f"wrote {args.n} images to {out}")
     return 0
 

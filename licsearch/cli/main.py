@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", default="licsearch", help="Qdrant collection name")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
     p.add_argument("--bundle", metavar="DIR", help="run the models from this exported bundle (ONNX Runtime)")
+    p.add_argument(
+        "--preset", metavar="NAME", help="a shipped model set: 'offline' (trained by this project, no network needed)"
+    )
 
     p = sub.add_parser("export", help="export the models to a bundle of ONNX graphs (optionally int8)")
     _add_store(p)
@@ -187,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("-n", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--split",
+        choices=["all", "train", "test"],
+        default="all",
+        help="scenes of every combination, or only the train or held-out test combinations (the benchmark's split)",
+    )
+    p.add_argument("--size", default="320x240", metavar="WxH", help="image size in pixels (default 320x240)")
     p.add_argument("--json", action="store_true")
 
     from .evaluate import add_parser as add_eval_parser

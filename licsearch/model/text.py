@@ -10,6 +10,9 @@ the model's context length is truncated to it and reported as truncated.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +70,9 @@ def load_clip_model(name: str, tag: str | None, weights: str, *, seed: int = 0) 
                 "or pass --clip-weights PATH (a checkpoint) or --clip-weights random",
             ) from e
     else:
-        with seeded(seed):
+        # open_clip logs "No pretrained weights loaded ... initialized randomly" here, which is untrue when a
+        # weights file is loaded next (and random weights are labelled by licsearch itself): silence that one line.
+        with seeded(seed), _quiet_root_warnings():
             model = open_clip.create_model(name, pretrained=None)
         if weights != RANDOM:
             state = load_state_dict_file(weights, what="CLIP")
@@ -79,6 +84,17 @@ def load_clip_model(name: str, tag: str | None, weights: str, *, seed: int = 0) 
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+@contextlib.contextmanager
+def _quiet_root_warnings() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def check_query(text: str, tokenizer: Any, context_length: int) -> bool:

@@ -137,3 +137,90 @@ def write_reference(preset: str = "offline") -> Path:
     path = shipped_dir() / preset / REFERENCE_FILE
     atomic_write(path, (json.dumps(reference_figures(preset), indent=2, sort_keys=True) + "\n").encode())
     return path
+
+
+def ship_offline(runs: Path, qualities: tuple[int, ...] = (1, 2, 3, 4)) -> list[Path]:
+    """Ships the runs of ``make train-offline``: ``RUNS/codec-qN``, ``RUNS/clip-world`` and ``RUNS/adapter-qN``.
+
+    The preset's own quality needs its adapter; other qualities ship theirs when they were trained (``licsearch
+    eval`` measures the semantic task at every quality that has one).
+    """
+    from ..presets import OFFLINE_QUALITY
+
+    if not (runs / f"adapter-q{OFFLINE_QUALITY}").is_dir():
+        raise InputError(f"{runs} has no adapter-q{OFFLINE_QUALITY} run", hint="run `make train-offline` first")
+    written = [
+        ship_run(runs / f"codec-q{q}", "codec.safetensors", "offline", f"codec-q{q}.safetensors") for q in qualities
+    ]
+    written.append(ship_run(runs / "clip-world", "clip.safetensors", "offline", "clip-world.safetensors", half=True))
+    for q in qualities:
+        if (runs / f"adapter-q{q}").is_dir():
+            written.append(
+                ship_run(runs / f"adapter-q{q}", "adapter.safetensors", "offline", f"adapter-q{q}.safetensors")
+            )
+    written.append(write_reference("offline"))
+    written.append(write_summary("offline"))
+    return written
+
+
+def write_summary(preset: str) -> Path:
+    """``PROVENANCE.md``: one line per shipped file (what, data, steps, time, hardware, command) and the figures."""
+    folder = shipped_dir() / preset
+    rows = ["| file | data | steps | seconds | hardware | command |", "|---|---|---|---|---|---|"]
+    for prov_path in sorted(folder.glob("*.provenance.json")):
+        p = json.loads(prov_path.read_text(encoding="utf-8"))
+        env = p.get("environment", {})
+        data = p.get("data", {})
+        where = data.get("images_dir") or f"procedural world ({data.get('splits', '')})"
+        gpus = ", ".join(env.get("gpus") or []) or "no GPU"
+        hardware = (
+            f"{env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores, {env.get('torch_threads')} threads, {gpus}"
+        )
+        cmd = " ".join(str(c) for c in p.get("command", []))
+        rows.append(
+            f"| {p['shipped_as']['file']} | {Path(str(where)).name if data.get('images_dir') else where} "
+            f"| {p.get('steps')} | {p.get('seconds')} | {hardware} | `{cmd}` |"
+        )
+    ref = json.loads((folder / REFERENCE_FILE).read_text(encoding="utf-8"))
+    lines = [
+        f"# Shipped models: preset `{preset}`",
+        "",
+        "Trained by this project's own code (`make train-offline`); never trained on Kodak. Each file's full record",
+        "(options, seed, data, environment, final metrics) is in the `.provenance.json` beside it.",
+        "",
+        *rows,
+        "",
+        f"Reference figures ({ref['inputs']}; `tests/test_shipped.py` reproduces them):",
+        "",
+        "```json",
+        json.dumps(ref, indent=2, sort_keys=True),
+        "```",
+        "",
+    ]
+    path = folder / "PROVENANCE.md"
+    atomic_write(path, "\n".join(lines).encode())
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m licsearch.train.ship", description="ship the offline preset")
+    p.add_argument("--runs", type=Path, required=True, help="the folder of `make train-offline`'s runs")
+    p.add_argument("--reference-only", action="store_true", help="only re-measure reference.json and PROVENANCE.md")
+    args = p.parse_args(argv)
+    try:
+        written = (
+            [write_reference("offline"), write_summary("offline")] if args.reference_only else ship_offline(args.runs)
+        )
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
