@@ -34,7 +34,8 @@ from licsearch.rollout import routing
 from licsearch.rollout.canary import MODELS, CanaryThresholds
 from licsearch.rollout.management import ManagementClient
 from licsearch.rollout.metrics import TEXTFILE
-from licsearch.rollout.orchestrator import Hooks, RolloutOptions, run_rollout
+from licsearch.rollout.operation import Hooks
+from licsearch.rollout.orchestrator import RolloutOptions, run_rollout
 from licsearch.rollout.rollback import rollout_status, run_rollback
 from licsearch.rollout.state import Journal
 from licsearch.serving import server as ts_server
@@ -66,6 +67,7 @@ class Env:
     model_store: Path
     state_dir: Path
     live: str
+    fp32: Path
     int8: Path
     int8_version: str
     other_seed: Path
@@ -132,8 +134,8 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     srv, _ = ts_server.start(options)
     try:
         yield Env(
-            srv.inference_url, srv.management_url, srv.metrics_url, store, store / ".rollout",
-            archived[0].version, bundles.int8, default_version(Manifest.load(bundles.int8)), other, replay, base,
+            srv.inference_url, srv.management_url, srv.metrics_url, store, store / ".rollout", archived[0].version,
+            bundles.fp32, bundles.int8, default_version(Manifest.load(bundles.int8)), other, replay, base,
         )  # fmt: skip
     finally:
         ts_server.stop(run)
@@ -207,17 +209,13 @@ def test_int8_candidate_passes_and_is_promoted(env: Env) -> None:
     # set-default observed through the management API, and the live space is kept (no re-index needed)
     assert env.defaults() == dict.fromkeys(MODELS, env.int8_version)
     answer = ServingClient(env.inference).post("embed", b'{"text": "a red circle"}', "application/json").json()
-    assert answer["space_id"] == Manifest.load(tiny_bundles_fp32(env)).space_id
+    assert answer["space_id"] == Manifest.load(env.fp32).space_id
     assert all(env.mgmt.describe(m, env.live) is not None for m in MODELS), "the old version stays for rollback"
     assert textfile(env)[STATE] == 2
     consistent_status(env)
     journal = Journal.load(env.state_dir).doc
     assert journal["stack"] == [env.live, env.int8_version] and journal["current"] is None
     print("TIMELINE", json.dumps(doc["timeline"]), "CANARY", json.dumps(c))  # for the report (pytest -s)
-
-
-def tiny_bundles_fp32(env: Env) -> Path:
-    return Path(Journal.load(env.state_dir).doc["versions"][env.live]["bundle"])
 
 
 @needs_java
@@ -273,14 +271,13 @@ def test_rollback_returns_to_the_previous_default(env: Env, capsys: pytest.Captu
 @needs_java
 def test_candidate_failing_the_gate_is_not_promoted(env: Env) -> None:
     version = default_version(Manifest.load(env.other_seed))
-    code, doc, err = cli("--candidate", str(env.other_seed), *env.flags(), "--pushgateway", "http://127.0.0.1:9")
+    code, doc, err = cli("--candidate", str(env.other_seed), *env.flags())
     assert code == 1 and doc["outcome"] == "rejected", err
     assert doc["gate"]["passed"] is False
     reason = doc["reasons"][0]
     assert "parity gate failed" in reason and "image cosine" in reason
     assert f"licsearch reindex --store DIR --bundle {env.other_seed}" in reason
     assert [s["name"] for s in doc["timeline"]["steps"]] == ["discover", "gate", "cleanup"]
-    assert "could not push metrics" in err, "an unreachable Pushgateway is a warning, not a failure"
     assert_live_untouched(env, version)
     metrics = textfile(env)
     assert metrics[STATE] == 4
@@ -288,18 +285,103 @@ def test_candidate_failing_the_gate_is_not_promoted(env: Env) -> None:
 
 
 @needs_java
-def test_damaged_candidate_is_refused(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+def test_candidate_in_another_space_is_promoted_once_the_store_has_its_space(
+    env: Env, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from licsearch.config import StoreConfig
+
+    store = tmp_path / "store"
+    assert main(["init", "--store", str(store), "--bundle", str(env.fp32)]) == 0
+    assert main(["ingest", str(env.replay), "--store", str(store), "--no-progress"]) == 0
+    capsys.readouterr()
+    live_space = StoreConfig.load(store).space_id
+    other_space = Manifest.load(env.other_seed).space_id
+    version = default_version(Manifest.load(env.other_seed))
+    code, doc, err = cli("--candidate", str(env.other_seed), "--store", str(store), *env.flags(), *LOOSE)
+    assert code == 0 and doc["outcome"] == "promoted", (doc, err)
+    assert doc["gate"]["passed"] is False, "a different space: the gate fails, the re-indexed store lets it through"
+    steps = [s["name"] for s in doc["timeline"]["steps"]]
+    assert steps == ["discover", "gate", "space", "archive", "register", "canary", "promote"]
+    space_step = next(s for s in doc["timeline"]["steps"] if s["name"] == "space")
+    assert space_step["detail"]["space_id"] == other_space and space_step["detail"]["points"] == REPLAY
+    assert doc["canary"]["image_cos_mean"] is None, "embeddings of two spaces are not compared"
+    assert env.defaults() == dict.fromkeys(MODELS, version)
+    assert StoreConfig.load(store).space_id == other_space, "the store's queries switched with the promotion"
+    answer = ServingClient(env.inference).post_json("embed", {"text": "a red circle"})
+    assert answer["space_id"] == other_space
+
+    rolled = run_rollback(env.state_dir, env.model_store, env.management)
+    assert rolled["outcome"] == "rolled back" and env.defaults() == dict.fromkeys(MODELS, env.live)
+    assert StoreConfig.load(store).space_id == live_space, "and back with the rollback"
+    consistent_status(env)
+
+
+def damaged_copy(env: Env) -> Path:
     damaged = env.tmp / "damaged"
-    shutil.rmtree(damaged, ignore_errors=True)
-    shutil.copytree(env.int8, damaged)
-    onnx = next((damaged / "codec").glob("g_s*.onnx"))
-    data = bytearray(onnx.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    onnx.write_bytes(bytes(data))
-    code, doc, _ = in_process(capsys, "--candidate", str(damaged), "--version", "int8-damaged", *env.flags())
+    if not damaged.is_dir():
+        shutil.copytree(env.int8, damaged)
+        onnx = next((damaged / "codec").glob("g_s*.onnx"))
+        data = bytearray(onnx.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        onnx.write_bytes(bytes(data))
+    return damaged
+
+
+@needs_java
+def test_damaged_candidate_is_refused(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["--candidate", str(damaged_copy(env)), "--version", "int8-damaged", "--pushgateway", "http://127.0.0.1:9"]
+    code, doc, err = in_process(capsys, *flags, *env.flags())
     assert code == 1 and doc["outcome"] == "rejected"
     assert "does not match its manifest hash" in doc["reasons"][0]
+    assert "could not push metrics" in err, "an unreachable Pushgateway is a warning, not a failure"
     assert_live_untouched(env, "int8-damaged")
+
+
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Iterator[str]:
+    """Debian's Prometheus Pushgateway on a free port (started and stopped by the test)."""
+    import subprocess
+    import urllib.request
+
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    if binary is None:
+        pytest.skip("no Pushgateway installed (apt-get install prometheus-pushgateway)")
+    port = free_ports(1)[0]
+    cmd = [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tmp_path / 'pushgateway.data'}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@needs_java
+def test_rollout_metrics_reach_a_pushgateway(env: Env, capsys: pytest.CaptureFixture[str], pushgateway: str) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    flags = ["--candidate", str(damaged_copy(env)), "--version", "int8-damaged", "--pushgateway", pushgateway]
+    code, doc, err = in_process(capsys, *flags, *env.flags())
+    assert code == 1 and doc["outcome"] == "rejected" and "could not push" not in err
+    with urllib.request.urlopen(f"{pushgateway}/metrics", timeout=10) as r:
+        samples = [s for f in text_string_to_metric_families(r.read().decode()) for s in f.samples]
+    state = [s for s in samples if s.name == "licsearch_rollout_state"]
+    assert [(s.labels["job"], s.value) for s in state] == [("licsearch_rollout", 4.0)]
+    pushed = {(s.labels["model_name"], s.labels["candidate_version"]): s.value
+              for s in samples if s.name == "licsearch_rollout_parity_failures_total"}  # fmt: skip
+    assert pushed == {k[1:]: v for k, v in textfile(env).items() if k[0] == "licsearch_rollout_parity_failures_total"}
+    assert pushed, "the gate failure above was counted"
 
 
 @needs_java
@@ -331,7 +413,7 @@ def test_worker_killed_during_canary_fails_clearly(env: Env) -> None:
             killed.append(pid)
 
     doc = run_rollout(env.options(env.int8, version="int8-kill"), Hooks(on_round=kill_candidate_worker))
-    assert killed
+    assert killed, doc["reasons"]
     assert doc["outcome"] == "rejected"
     reasons = " ".join(doc["reasons"])
     assert "canary failed" in reasons and "worker died during the canary" in reasons

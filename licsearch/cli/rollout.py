@@ -44,6 +44,9 @@ def add_parser(sub: Any) -> None:
     )
     c.add_argument("--handlers", metavar="DIR", help="handler modules to archive (default: the checkout's handlers/)")
     c.add_argument("--workers", type=int, default=1, help="workers per model for the candidate (default 1)")
+    c.add_argument(
+        "--startup-timeout", type=int, default=300, metavar="S", help="wait for a candidate worker to load (300 s)"
+    )
     c.add_argument("--pushgateway", metavar="URL", help="also push the rollout metrics to this Pushgateway")
     t = p.add_argument_group("thresholds (gate and canary)")
     t.add_argument("--psnr-delta-min", type=float, default=-0.1, help="dB (default -0.1)")
@@ -82,7 +85,8 @@ def cmd_rollout(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     """Runs the subcommand; returns (JSON document, human text, exit status)."""
     from ..ops.gate import GateThresholds
     from ..rollout.canary import CanaryThresholds
-    from ..rollout.orchestrator import Hooks, RolloutOptions, run_rollout
+    from ..rollout.operation import Hooks
+    from ..rollout.orchestrator import RolloutOptions, run_rollout
     from ..rollout.rollback import rollout_status, run_rollback
     from .main import note
 
@@ -99,8 +103,8 @@ def cmd_rollout(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         return doc, format_report(doc), 0 if doc["outcome"] in ("rolled back", "aborted") else 1
     if not 0 <= args.canary <= 100:
         raise InputError(f"--canary must be a percentage from 0 to 100, got {args.canary}")
-    if args.workers < 1:
-        raise InputError("--workers must be at least 1")
+    if args.workers < 1 or args.startup_timeout < 1:
+        raise InputError("--workers and --startup-timeout must be at least 1")
     candidate = Path(args.candidate)
     if not candidate.is_dir():
         raise InputError(f"candidate bundle {candidate} is not a directory", hint="give an exported bundle")
@@ -123,6 +127,7 @@ def cmd_rollout(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         store=Path(args.store) if args.store else None,
         handlers=Path(args.handlers) if args.handlers else None,
         workers=args.workers,
+        startup_timeout_s=args.startup_timeout,
         pushgateway=args.pushgateway,
     )
     doc = run_rollout(opts, hooks)

@@ -20,6 +20,7 @@ import json
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,24 +74,36 @@ def extract_bundle(mar: Path, version: str, dest: Path) -> Path:
     return dest
 
 
-def live_settings(mar: Path) -> ArchiveSettings:
+@dataclass(frozen=True)
+class CandidateSettings(ArchiveSettings):
+    """The live archive's settings plus TorchServe's ``startupTimeout``: a candidate's workers load next to the
+    live ones, on a busy host, and a worker that is not up within it fails the registration."""
+
+    startup_timeout_s: int = 300
+
+    def model_config(self) -> str:
+        return super().model_config().replace("handler:\n", f"startupTimeout: {self.startup_timeout_s}\nhandler:\n", 1)
+
+
+def live_settings(mar: Path, startup_timeout_s: int = 300) -> CandidateSettings:
     """The batching, workers, timeout and limits of a live archive's ``model-config.yaml`` (defaults if absent)."""
     try:
         with zipfile.ZipFile(mar) as z:
             cfg = _simple_yaml(z.read(MODEL_CONFIG).decode("utf-8"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return ArchiveSettings()
+        return CandidateSettings(startup_timeout_s=startup_timeout_s)
     d = ArchiveSettings()
     section = cfg.get("handler")
     handler: dict[str, Any] = section if isinstance(section, dict) else {}
     limits = {k: v for k, v in handler.items() if k in {f.name for f in dataclasses.fields(Limits)}}
-    return ArchiveSettings(
+    return CandidateSettings(
         batch_size=int(cfg.get("batchSize", d.batch_size)),
         max_batch_delay_ms=int(cfg.get("maxBatchDelay", d.max_batch_delay_ms)),
         min_workers=int(cfg.get("minWorkers", d.min_workers)),
         max_workers=int(cfg.get("maxWorkers", d.max_workers)),
         response_timeout_s=int(cfg.get("responseTimeout", d.response_timeout_s)),
         limits=Limits(**limits),
+        startup_timeout_s=startup_timeout_s,
     )
 
 

@@ -7,7 +7,8 @@ Steps (each journalled, idempotent, and skipped on a rerun once done):
 2. ``gate``: the parity gate (:func:`licsearch.ops.gate.run_gate`) of the candidate against the live bundle on
    the replay images. Passed: the candidate shares the live embedding space. Failed: it is a different space and
    is rejected, unless ``--store DIR`` is given (then step ``space`` builds the candidate's space in that store
-   with :func:`licsearch.ops.reindex.reindex` and the candidate keeps its own space id).
+   with :func:`licsearch.ops.reindex.reindex`, the candidate keeps its own space id, and the store's queries
+   switch to that space at promotion).
 3. ``archive``: a staged copy of the candidate (live space id when the gate passed) archived as
    ``<model>-<version>.mar`` in the model store.
 4. ``register``: each model's new version registered next to the live one with its own workers.
@@ -39,19 +40,17 @@ from . import bundles
 from .canary import MODELS, CanaryThresholds, run_canary
 from .management import ManagementClient, ManagementRefused, ManagementUnavailable
 from .metrics import write_metrics
+from .operation import PROMOTE_ORDER, RETRY_HINT, Hooks, Rejected, new_operation, report, run_step, undo
 from .routing import ROUTING_FILE, clear_routing, write_routing
 from .state import Journal, done_steps, locked
 
 if TYPE_CHECKING:
     import numpy as np
 
-PROMOTE_ORDER = ("decode", "embed", "encode")
-"""Decoders first: once the new encoder is the default, every decoder already reads what it writes."""
 
 GATE_MODELS = (("PSNR", "decode"), ("cross-decode", "decode"), ("bpp", "encode"), ("image", "encode"),
                ("text", "embed"), ("recall", "embed"))  # fmt: skip
 """The model a failed gate check concerns (the counter's ``model_name``), by a word of its message."""
-RETRY_HINT = "rerun the same command to continue, or `licsearch rollout --rollback` to undo it"
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,7 @@ class RolloutOptions:
         store: a store whose embedding space may be rebuilt for a candidate that fails the gate.
         handlers: handler modules to archive (default: the checkout's).
         workers: workers per model for the candidate.
+        startup_timeout_s: how long TorchServe waits for a candidate worker to load (its ``startupTimeout``).
         pushgateway: Prometheus Pushgateway URL.
     """
 
@@ -93,53 +93,8 @@ class RolloutOptions:
     store: Path | None = None
     handlers: Path | None = None
     workers: int = 1
+    startup_timeout_s: int = 300
     pushgateway: str | None = None
-
-
-@dataclass
-class Hooks:
-    """Callbacks for progress (the CLI logs through ``log``; tests interrupt a canary through ``on_round``)."""
-
-    log: Callable[[str], None] = lambda _: None
-    on_round: Callable[[int], None] = lambda _: None
-
-
-class Rejected(LicsearchError):
-    """The candidate is refused; the run goes on to ``cleanup``."""
-
-
-def run_step(
-    journal: Journal,
-    op: dict[str, Any],
-    name: str,
-    fn: Callable[[], Any],
-    log: Callable[[str], None],
-    *,
-    on_start: Callable[[], None] = lambda: None,
-) -> None:
-    """Runs one journalled step unless it is done: ``running`` first, then ``done`` (or ``failed`` and re-raised).
-
-    A :class:`Rejected` candidate is a completed step: the decision becomes ``reject`` with the reason.
-    """
-    if name in done_steps(op):
-        return
-    entry = journal.begin(name, op)
-    log(f"rollout: {name} ...")
-    on_start()
-    try:
-        detail = fn()
-    except Rejected as e:
-        op["decision"] = "reject"
-        op.setdefault("reasons", []).append(str(e))
-        journal.end(entry, "done", {"rejected": str(e)})
-        log(f"rollout: {name}: candidate rejected: {e}")
-        return
-    except LicsearchError as e:
-        journal.end(entry, "failed", {"error": str(e)})
-        raise
-    journal.end(entry, "done", detail)
-    log(f"rollout: {name} done in {entry['duration_s']:.2f} s" + (f": {_short(detail)}" if detail else ""))
-    crash_point(f"rollout.{name}")
 
 
 class _Run:
@@ -242,11 +197,11 @@ class _Run:
         live_rec = self.j.doc["versions"][self.op["live_version"]]
         live_mar = self.o.model_store / live_rec["archives"]["encode"]
         staged = self.staged()
+        settings = bundles.live_settings(live_mar, self.o.startup_timeout_s)
         try:
             files = bundles.archive_candidate(
-                staged, self.o.model_store, self.version, bundles.live_settings(live_mar), MODELS,
-                handlers=self.o.handlers,
-            )  # fmt: skip
+                staged, self.o.model_store, self.version, settings, MODELS, handlers=self.o.handlers
+            )
         except LicsearchError as e:
             raise Rejected(f"the candidate cannot be archived: {e}") from e
         self.j.doc["versions"][self.version] = _record(staged, self.o.candidate, files)
@@ -350,35 +305,15 @@ class _Run:
         if "space" in done_steps(self.op) and self.o.store is not None:
             from ..ops.reindex import reindex
 
-            reindex(self.o.store, bundle=self.staged(), progress=False, activate=True)
+            self.op["store"] = str(self.o.store.resolve())
+            self.j.save()
+            reindex(self.o.store, bundle=self.staged(), progress=False, activate=True)  # queries switch now
+            self.op["space_activated"] = True
         self.j.push_default(self.version, "promoted")
         return {"default": self.version}
 
     def cleanup(self) -> dict[str, Any]:
         return undo(self.mgmt, self.j, self.op, self.o.model_store, self.o.state_dir)
-
-
-def undo(
-    mgmt: ManagementClient, journal: Journal, op: dict[str, Any], model_store: Path, state_dir: Path
-) -> dict[str, Any]:
-    """Puts back the live defaults an operation switched, unregisters what it registered, removes its files."""
-    import shutil
-
-    version = op["candidate_version"]
-    restored = []
-    for m in reversed(op.get("switched", [])):
-        live = op["live"][m]
-        if mgmt.default_version(m).version != live:
-            mgmt.set_default(m, live)
-        restored.append(m)
-    removed = [m for m in op.get("registered", []) if mgmt.unregister(m, version)]
-    if op.get("archived") and not op.get("reused"):  # a reused version stays registered: keep its files
-        for name in op["archived"].values():
-            (model_store / name).unlink(missing_ok=True)
-        journal.doc["versions"].pop(version, None)
-        shutil.rmtree(state_dir / "bundles" / version, ignore_errors=True)
-    clear_routing(state_dir / ROUTING_FILE)
-    return {"restored_defaults": restored, "unregistered": removed}
 
 
 def run_rollout(opts: RolloutOptions, hooks: Hooks | None = None) -> dict[str, Any]:
@@ -434,51 +369,6 @@ def run_rollout(opts: RolloutOptions, hooks: Hooks | None = None) -> dict[str, A
         return report(op, opts.state_dir)
 
 
-def new_operation(kind: str, candidate: str, version: str) -> dict[str, Any]:
-    now = time.time()
-    return {
-        "kind": kind,
-        "id": f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{version}",
-        "candidate": candidate,
-        "candidate_version": version,
-        "started": now,
-        "phase": "start",
-        "decision": None,
-        "outcome": None,
-        "reasons": [],
-        "registered": [],
-        "switched": [],
-        "steps": [],
-    }
-
-
-def report(op: dict[str, Any], state_dir: Path) -> dict[str, Any]:
-    """The rollout's document: outcome, decision and reasons, the timeline of steps, gate and canary figures."""
-    outcome = op.get("outcome") or ("interrupted" if op.get("error") else "in progress")
-    steps = [{k: s.get(k) for k in ("name", "status", "started", "finished", "duration_s", "detail")}
-             for s in op["steps"]]  # fmt: skip
-    total = (steps[-1]["finished"] or time.time()) - steps[0]["started"] if steps else 0.0
-    doc = {
-        "rollout": op["id"],
-        "kind": op["kind"],
-        "candidate": op["candidate"],
-        "candidate_version": op["candidate_version"],
-        "live": op.get("live"),
-        "outcome": outcome,
-        "decision": op.get("decision"),
-        "reasons": op.get("reasons", []),
-        "timeline": {"steps": steps, "total_s": round(total, 3)},
-        "gate": op.get("gate"),
-        "canary": op.get("canary"),
-        "registered": op.get("registered", []),
-        "switched": op.get("switched", []),
-        "state_dir": str(state_dir),
-    }
-    if op.get("error"):
-        doc["error"] = op["error"]
-    return doc
-
-
 def _record(bundle: Path, source: Path, archives: dict[str, str]) -> dict[str, Any]:
     from ..bundle.manifest import Manifest
 
@@ -493,8 +383,3 @@ def _record(bundle: Path, source: Path, archives: dict[str, str]) -> dict[str, A
 
 def _is_parity(message: str) -> bool:
     return any(k in message for k in ("PSNR", "bpp", "cosine", "decode exactly"))
-
-
-def _short(detail: Any) -> str:
-    text = str(detail)
-    return text if len(text) <= 160 else text[:157] + "..."

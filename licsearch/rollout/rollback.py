@@ -3,7 +3,9 @@
 Rollback: with an unfinished rollout in the journal, undo it (defaults put back, the candidate unregistered;
 outcome ``aborted``). Otherwise make the previous default (one below the top of the journal's default stack)
 the default again: registered anew from its archives if the server no longer has it, then set-default for each
-model, encode first (the reverse of promotion). The history of defaults keeps every switch.
+model, encode first (the reverse of promotion); when that promotion had switched a store to the candidate's
+embedding space (``--store``), the store's previous space is activated again. The history of defaults keeps every
+switch.
 
 Status: the journal (current operation with its timeline, default stack, recent history) next to what the
 management API says, and whether the two agree: every model's server default must be the live version or, for the
@@ -20,7 +22,7 @@ from ..errors import InputError
 from .canary import MODELS
 from .management import ManagementClient, ManagementRefused, ManagementUnavailable
 from .metrics import rollout_state, write_metrics
-from .orchestrator import PROMOTE_ORDER, Hooks, new_operation, report, run_step, undo
+from .operation import PROMOTE_ORDER, Hooks, new_operation, reactivate_space, report, run_step, undo
 from .state import Journal, lock_held, locked
 
 
@@ -56,6 +58,7 @@ def run_rollback(
                 target, current = stack[-2], stack[-1]
                 op = new_operation("rollback", str(j.doc["versions"].get(target, {}).get("bundle", "")), target)
                 op["live"] = dict.fromkeys(MODELS, current)
+                op["from_version"] = current
                 j.doc["current"] = op
                 j.save()
             op.pop("error", None)
@@ -82,8 +85,17 @@ def run_rollback(
                 j.push_default(target, "rollback")
                 return {"default": target}
 
+            def space() -> dict[str, Any]:
+                """The store the rolled-back promotion had switched to the candidate's space goes back too."""
+                promoted = _promotion_of(j.doc, op["from_version"])
+                if not promoted or not promoted.get("space_activated"):
+                    return {"store": None}
+                reactivate_space(Path(promoted["store"]), promoted["live_space"])
+                return {"store": promoted["store"], "space_id": promoted["live_space"]}
+
             run_step(j, op, "ensure", ensure, hooks.log)
             run_step(j, op, "switch", switch, hooks.log)
+            run_step(j, op, "space", space, hooks.log)
             j.finish(op, "rolled back")
         except (ManagementUnavailable, ManagementRefused) as e:
             if op is None:
@@ -94,6 +106,14 @@ def run_rollback(
         finally:
             write_metrics(state_dir, j.doc, pushgateway=pushgateway, log=hooks.log)
         return report(op, state_dir)
+
+
+def _promotion_of(doc: dict[str, Any], version: str) -> dict[str, Any] | None:
+    """The latest rollout that promoted ``version``."""
+    for h in reversed(doc["history"]):
+        if h.get("kind") == "rollout" and h.get("outcome") == "promoted" and h.get("candidate_version") == version:
+            return h
+    return None
 
 
 def rollout_status(state_dir: Path, management: str | None, *, token: str | None = None) -> dict[str, Any]:

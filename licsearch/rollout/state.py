@@ -12,15 +12,20 @@
 
     OPERATION = {"kind": "rollout" | "rollback", "id", "candidate", "candidate_version", "live": {MODEL: VERSION},
                  "phase", "decision": null | "promote" | "reject", "outcome": null | "promoted" | "rejected" |
-                 "rolled back" | "aborted", "reasons": [...], "registered": [MODEL], "switched": [MODEL],
+                 "rolled back" | "aborted", "reasons": [...], "error": null | {"type", "message"},
+                 "live_space", "space_id", "archived": {MODEL: FILE},
+                 "registered": [MODEL],   # registered by this operation (journalled *before* each call)
+                 "reused": [MODEL],       # the version was registered already (same archive): left registered
+                 "switched": [MODEL],     # defaults this operation switched (journalled before each call)
+                 "store", "space_activated",   # --store: whose queries were switched to the candidate's space
                  "gate": {...}, "canary": {...}, "steps": [STEP]}
     STEP = {"name", "status": "running" | "done" | "failed" | "interrupted", "started", "finished",
             "duration_s", "detail"}
 
 A step is journalled as ``running`` before it does anything and ``done`` (or ``failed``, with the error) after; a
 ``running`` step found by the next run was interrupted, is marked so, and is done again (every step is idempotent).
-One process at a time holds ``state.lock`` (``flock``); another rollout on the same state waits for nothing and
-is refused.
+One process at a time holds ``state.lock`` (``flock``); another rollout or rollback on the same state dir is refused
+at once.
 """
 
 from __future__ import annotations
