@@ -1,0 +1,111 @@
+"""The models this project trained and ships (``licsearch/shipped/offline``) and the ``offline`` preset.
+
+These tests reload the shipped files and reproduce the figures recorded next to them (reference.json) on the
+procedural world's held-out test scenes, which every checkout can render: no development data needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from licsearch.errors import LicsearchError, ModelError
+from licsearch.model.weights import SHIPPED_PREFIX, load_state_dict_file, resolve_source, shipped_dir
+from licsearch.presets import PRESETS, preset_models
+from licsearch.train.ship import REFERENCE_FILE, reference_figures
+from tests.conftest import run_cli
+
+OFFLINE = shipped_dir() / "offline"
+MAX_FILE_BYTES = 25 * 1024 * 1024
+
+
+def test_shipped_files_exist_are_small_and_have_provenance() -> None:
+    preset = PRESETS.get("offline")
+    preset.check_present()
+    files = sorted(OFFLINE.glob("*.safetensors"))
+    assert {p.name for p in files} >= {"codec-q3.safetensors", "clip-world.safetensors", "adapter-q3.safetensors"}
+    for path in files:
+        assert path.stat().st_size <= MAX_FILE_BYTES, f"{path.name} is over 25 MB"
+        prov = json.loads(path.with_name(path.name.replace(".safetensors", ".provenance.json")).read_text())
+        for key in ("command", "data", "steps", "environment", "options"):
+            assert key in prov, f"{path.name}: provenance lacks {key}"
+        assert prov["steps"] > 0
+        # Never trained on the Kodak evaluation set.
+        assert "kodak" not in json.dumps(prov["data"]).lower()
+
+
+def test_shipped_models_reproduce_their_recorded_figures() -> None:
+    recorded = json.loads((OFFLINE / REFERENCE_FILE).read_text())
+    measured = reference_figures("offline")
+    assert set(measured["codec"]) == set(recorded["codec"])
+    for q, rec in recorded["codec"].items():
+        got = measured["codec"][q]
+        assert got["bpp"] == pytest.approx(rec["bpp"], rel=0.01), f"quality {q} bpp"
+        assert got["psnr"] == pytest.approx(rec["psnr"], abs=0.05), f"quality {q} PSNR"
+    rec_s, got_s = recorded["semantic"], measured["semantic"]
+    for key in ("hit1_adapter", "hit1_clip_pixels", "hit5_adapter", "hit5_clip_pixels"):
+        assert got_s[key] == pytest.approx(rec_s[key], abs=0.02), key
+    assert got_s["cos_mean"] == pytest.approx(rec_s["cos_mean"], abs=0.005)
+
+
+def test_shipped_codec_qualities_are_ordered_by_rate() -> None:
+    recorded = json.loads((OFFLINE / REFERENCE_FILE).read_text())["codec"]
+    qs = sorted(recorded, key=int)
+    bpps = [recorded[q]["bpp"] for q in qs]
+    psnrs = [recorded[q]["psnr"] for q in qs]
+    assert bpps == sorted(bpps) and psnrs == sorted(psnrs), (bpps, psnrs)
+
+
+def test_shipped_semantics_beat_chance_by_far() -> None:
+    s = json.loads((OFFLINE / REFERENCE_FILE).read_text())["semantic"]
+    chance = 1.0 / s["scenes"]
+    assert s["hit1_clip_pixels"] > 20 * chance
+    assert s["hit1_adapter"] > 20 * chance
+
+
+def test_init_with_the_offline_preset_makes_a_store_of_shipped_models(tmp_path: Path) -> None:
+    proc = run_cli("init", "--store", str(tmp_path / "s"), "--preset", "offline", "--json", check=True)
+    doc = json.loads(proc.stdout)
+    assert doc["random_weights"] == []
+    assert "RANDOM WEIGHTS" not in proc.stderr
+    models = doc["models"]
+    assert models["codec"]["weights"] == f"{SHIPPED_PREFIX}offline/codec-q3.safetensors"
+    assert models["clip"]["model"] == "licsearch-world"
+    assert all(models[m]["sha256"] for m in ("codec", "clip", "adapter"))
+
+
+def test_preset_excludes_model_flags_and_unknown_presets_are_named(tmp_path: Path) -> None:
+    proc = run_cli("init", "--store", str(tmp_path / "a"), "--preset", "offline", "--codec-weights", "random")
+    assert proc.returncode != 0 and "--preset" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("init", "--store", str(tmp_path / "b"), "--preset", "nope", "--json")
+    assert proc.returncode != 0
+    doc = json.loads(proc.stdout)
+    assert "offline" in json.dumps(doc)
+    assert not (tmp_path / "b" / "store.json").exists()
+
+
+def test_preset_models_are_the_registered_ones() -> None:
+    m = preset_models("offline")
+    assert m.clip.tag is None and m.codec.quality == 3
+
+
+@pytest.mark.parametrize(
+    "name", ["shipped:", "shipped:../weights.py", "shipped:/etc/passwd", "shipped:offline/../../x"]
+)
+def test_shipped_names_cannot_escape_the_shipped_folder(name: str) -> None:
+    with pytest.raises(ModelError, match="shipped"):
+        resolve_source(name)
+
+
+def test_a_missing_shipped_file_is_a_clear_error() -> None:
+    with pytest.raises(LicsearchError, match="not found"):
+        load_state_dict_file("shipped:offline/nothing.safetensors", what="codec")
+
+
+def test_shipped_clip_is_float16_and_codec_float32() -> None:
+    clip = load_state_dict_file("shipped:offline/clip-world.safetensors", what="CLIP")
+    codec = load_state_dict_file("shipped:offline/codec-q3.safetensors", what="codec")
+    assert {str(v.dtype) for v in clip.values() if v.is_floating_point()} == {"torch.float16"}
+    assert {str(v.dtype) for v in codec.values() if v.is_floating_point()} == {"torch.float32"}
