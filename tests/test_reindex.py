@@ -8,14 +8,10 @@ and copied for each test; Qdrant's local mode lets one client hold a store, so s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
-import logging
 import shutil
 import signal
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +35,7 @@ from licsearch.storage import space_vectors
 from licsearch.storage.store import Store, point_id
 
 from .conftest import make_image, run_cli, tiny_models, write_png
+from .test_bundle import cli_inprocess as bundle_cli_inprocess
 
 N_IMAGES = 6
 
@@ -106,17 +103,9 @@ def _vectors(store: Store, space: str) -> dict[str, list[float]]:
 
 
 def cli_inprocess(*args: str) -> tuple[int, str, str]:
-    """Runs the CLI's ``main`` in this process, restoring the logging it changes."""
-    from licsearch.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    root, level = logging.getLogger(), logging.getLogger().level
-    with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(args))
-        finally:
-            root.setLevel(level)
-    return rc, out.getvalue(), err.getvalue()
+    """Runs the CLI's ``main`` in this process: (exit status, stdout, stderr)."""
+    r = bundle_cli_inprocess(*args)
+    return r.returncode, r.stdout, r.stderr
 
 
 def test_adapter_reindex_matches_ingest_time_embedding_and_leaves_the_old_space(

@@ -44,6 +44,7 @@ from licsearch.serving.client import ServingClient
 
 from .conftest import make_image, run_cli, tiny_models, write_png
 from .test_bundle import tiny_bundles
+from .test_serving import free_ports
 
 pytestmark = pytest.mark.slow
 needs_java = pytest.mark.skipif(
@@ -99,17 +100,6 @@ class Env:
             "canary": CanaryThresholds(cos_mean_min=0.9, latency_ratio_max=100.0),
         }
         return RolloutOptions(**{**base, **kw})
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @pytest.fixture(scope="module")
