@@ -10,7 +10,7 @@ through real rANS bitstreams to report the actual rate and PSNR.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,13 +168,18 @@ def evaluate_codec(arch: str, quality: int, path: Path, folder: ImageFolder, n: 
 
     Returns the mean container bpp and PSNR of the decoded images (the real figures, not the training proxy).
     """
-    from ..bitstream import Bitstream
     from ..imageio import load_image
 
-    codec = Codec.load(arch, quality, str(path))
+    return round_trip_figures(arch, quality, str(path), [load_image(f).pixels for f in folder.files[: max(0, n)]])
+
+
+def round_trip_figures(arch: str, quality: int, weights: str, images: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Mean container bpp and PSNR of ``images`` through real ``.lics`` bitstreams of the codec ``weights``."""
+    from ..bitstream import Bitstream
+
+    codec = Codec.load(arch, quality, weights)
     bpps, psnrs = [], []
-    for f in folder.files[: max(0, n)]:
-        pixels = load_image(f).pixels
+    for pixels in images:
         comp = codec.compress(pixels)
         data = Bitstream(codec.profile_id, comp.width, comp.height, comp.latent_hash, comp.streams).to_bytes()
         bs = Bitstream.from_bytes(data)

@@ -14,7 +14,6 @@ figures within a tolerance without the development data.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,20 +66,10 @@ def world_test_scenes(n: int, size: tuple[int, int] = REFERENCE_SIZE) -> tuple[l
 
 def codec_figures(weights: str, arch: str, quality: int, images: list[np.ndarray]) -> dict[str, float]:
     """Mean container bpp and PSNR of ``images`` round-tripped through real bitstreams."""
-    import numpy as np
+    from .codec import round_trip_figures
 
-    from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig
-    from ..model.models import ModelSet
-
-    models = ModelSet(ModelsConfig(CodecConfig(arch, quality, weights), ClipConfig(), AdapterConfig()))
-    bpps, psnrs = [], []
-    for px in images:
-        data = models.encode_bitstream(px)
-        out = models.decode(data)
-        mse = float(np.mean((px.astype(np.float64) - out.astype(np.float64)) ** 2))
-        bpps.append(8.0 * len(data) / (px.shape[0] * px.shape[1]))
-        psnrs.append(10.0 * math.log10(255.0**2 / max(mse, 1e-12)))
-    return {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)), "images": float(len(images))}
+    r = round_trip_figures(arch, quality, weights, images)
+    return {"bpp": float(r["bpp"]), "psnr": float(r["psnr"]), "images": float(r["images"])}
 
 
 def semantic_figures(cfg: ModelsConfig, captions: list[str], images: list[np.ndarray]) -> dict[str, float]:
@@ -171,15 +160,14 @@ def write_summary(preset: str) -> Path:
         p = json.loads(prov_path.read_text(encoding="utf-8"))
         env = p.get("environment", {})
         data = p.get("data", {})
-        where = data.get("images_dir") or f"procedural world ({data.get('splits', '')})"
+        where = Path(data["images_dir"]).name if data.get("images_dir") else f"procedural world ({data.get('splits')})"
         gpus = ", ".join(env.get("gpus") or []) or "no GPU"
         hardware = (
             f"{env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores, {env.get('torch_threads')} threads, {gpus}"
         )
         cmd = " ".join(str(c) for c in p.get("command", []))
         rows.append(
-            f"| {p['shipped_as']['file']} | {Path(str(where)).name if data.get('images_dir') else where} "
-            f"| {p.get('steps')} | {p.get('seconds')} | {hardware} | `{cmd}` |"
+            f"| {p['shipped_as']['file']} | {where} | {p.get('steps')} | {p.get('seconds')} | {hardware} | `{cmd}` |"
         )
     ref = json.loads((folder / REFERENCE_FILE).read_text(encoding="utf-8"))
     lines = [
