@@ -78,11 +78,12 @@ def _open(args: argparse.Namespace) -> Store:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    models = models_from_flags(args) or ModelsConfig()
+    flags = models_from_flags(args)
+    models = flags or ModelsConfig()
     if args.preset:
         from ..presets import preset_models
 
-        if models_from_flags(args) is not None or args.bundle:
+        if flags is not None or args.bundle:
             raise InputError(
                 "--preset and model flags or --bundle exclude each other", hint="a preset names its models"
             )
@@ -91,7 +92,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise InputError("--max-pixels must be positive")
     qdrant = QdrantConfig(url=args.qdrant, collection=args.collection)
     root = _store_dir(args)
-    if args.bundle and models_from_flags(args) is not None:
+    if args.bundle and flags is not None:
         raise InputError("--bundle and model flags exclude each other", hint="a bundle names its own models")
     bundle = Path(args.bundle) if args.bundle else None
     with Store.create(
