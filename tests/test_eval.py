@@ -15,9 +15,9 @@ from licsearch.errors import InputError
 from licsearch.eval.baselines import PILLOW_CODECS
 from licsearch.eval.bdrate import METHODS, bd_psnr, bd_rate
 from licsearch.eval.planes import eager_planes, parse_qualities, weights_for_quality
-from licsearch.eval.quality import ms_ssim, ms_ssim_reference
 from licsearch.eval.rd import load_anchor, load_anchors, sweep_pillow
-from licsearch.eval.semantic import caption_queries, hits_at_k, near_duplicate_recall
+from licsearch.eval.semantic import caption_queries, near_duplicate_recall
+from licsearch.metrics import hits_at_k, ms_ssim, ms_ssim_reference
 
 from .conftest import TINY_FLAGS, make_image, run_cli, tiny_models
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from licsearch.errors import InputError
+from licsearch.metrics import psnr, recall_overlap
 from licsearch.model.adapter import Adapter, AdapterShape
 from licsearch.model.models import ModelSet
 from licsearch.model.weights import save_state_dict
-from licsearch.ops.gate import GateThresholds, psnr, recall_overlap, run_gate
+from licsearch.ops.gate import GateThresholds, run_gate
 
 from .conftest import make_image, tiny_models
 

@@ -1,8 +1,8 @@
 """Evaluation: rate-distortion, BD-rate and semantic fidelity of the codec and its adapter (``licsearch eval``).
 
-Modules, one concept each:
+Modules, one concept each (the metrics themselves, PSNR, MS-SSIM, recall overlap and hit@k, are
+:mod:`licsearch.metrics`):
 
-- :mod:`.quality`: distortion metrics (PSNR, MS-SSIM).
 - :mod:`.baselines`: JPEG, WebP and AVIF through Pillow, swept over their quality settings.
 - :mod:`.rd`: rate-distortion points and curves, measured or loaded from published anchors.
 - :mod:`.bdrate`: Bjøntegaard delta rate and delta PSNR between two curves.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .quality import ms_ssim_db
+from ..metrics import ms_ssim_db
 
 
 def _finite(xs: list[Any], ys: list[Any]) -> tuple[list[float], list[float]]:

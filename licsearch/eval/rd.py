@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import InputError
-from .quality import ms_ssim, ms_ssim_db, psnr
+from ..metrics import ms_ssim, ms_ssim_db, psnr
 
 if TYPE_CHECKING:
     import numpy as np

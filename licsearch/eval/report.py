@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..bitstream import Bitstream
 from ..errors import InputError, LicsearchError
+from ..metrics import hits_at_k
 from .baselines import PILLOW_CODECS
 from .bdrate import Method, bd_psnr, bd_rate
 from .planes import EvalPlane
@@ -46,7 +47,6 @@ from .semantic import (
     Teacher,
     agreement,
     caption_queries,
-    hits_at_k,
     load_captions,
     near_duplicate_recall,
 )

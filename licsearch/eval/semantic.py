@@ -5,7 +5,7 @@ original pixels; it is what the adapter is trained to imitate. Measured per code
 
 - **cosine** between the adapter's embedding of an image's latent and the teacher's embedding of the image;
 - **recall@10 overlap**: how far the image-to-image neighbour lists under the adapter agree with the teacher's
-  (:func:`licsearch.ops.gate.recall_overlap`; k shrinks to n - 1 for fewer than 11 images);
+  (:func:`licsearch.metrics.recall_overlap`; k shrinks to n - 1 for fewer than 11 images);
 - **text-to-image hit@k** with captions: each distinct caption is a query over the captioned images, and is a hit
   when an image with that caption is among the top k. Three image sides are compared: the adapter on the
   compressed latents (what a store searches), the CLIP image tower on the decoded pixels (decode, then embed),
@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from ..ops.gate import recall_overlap
+from ..metrics import HIT_KS, hits_at_k, recall_overlap
 from ..registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
 
-HIT_KS = (1, 5)
 EDITS: Registry[Callable[[np.ndarray], np.ndarray]] = Registry("near-duplicate edit")
 
 
@@ -152,16 +151,6 @@ def caption_queries(image_paths: Sequence[Path], captions: dict[str, str], root:
     distinct = sorted(set(texts))
     relevant = [{g for g, t in enumerate(texts) if t == q} for q in distinct]
     return CaptionQueries(distinct, relevant, gallery)
-
-
-def hits_at_k(
-    queries: np.ndarray, gallery: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int] = HIT_KS
-) -> dict[int, float]:
-    """Fraction of queries with a relevant gallery item among their top k, for each k (cosine of unit vectors)."""
-    import numpy as np
-
-    order = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
-    return {k: float(np.mean([bool(rel & set(order[i, :k].tolist())) for i, rel in enumerate(relevant)])) for k in ks}
 
 
 def near_duplicate_recall(originals: np.ndarray, edited: np.ndarray, ks: Sequence[int] = HIT_KS) -> dict[str, float]:

@@ -8,12 +8,12 @@ candidate passes when every threshold holds; only then may it share the referenc
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, LicsearchError
+from ..metrics import psnr, recall_overlap
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,33 +72,6 @@ class GateReport:
         d = asdict(self)
         d["passed"] = self.passed
         return d
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images (capped at 100 dB for identical images)."""
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def recall_overlap(ref: np.ndarray, cand: np.ndarray, k: int = 10) -> float:
-    """Mean overlap of each item's top-k neighbours (itself excluded) under two sets of unit embeddings."""
-    import numpy as np
-
-    n = ref.shape[0]
-    if n < 2:
-        return 1.0
-    k = min(k, n - 1)
-    total = 0.0
-    rs, cs = ref @ ref.T, cand @ cand.T
-    np.fill_diagonal(rs, -np.inf)
-    np.fill_diagonal(cs, -np.inf)
-    for i in range(n):
-        a = set(np.argsort(-rs[i], kind="stable")[:k].tolist())
-        b = set(np.argsort(-cs[i], kind="stable")[:k].tolist())
-        total += len(a & b) / k
-    return total / n
 
 
 def run_gate(

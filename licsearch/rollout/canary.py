@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LicsearchError
-from ..ops.gate import DEFAULT_TEXTS, psnr
+from ..metrics import psnr
+from ..ops.gate import DEFAULT_TEXTS
 from ..serving.client import JSON, OCTET, ServerUnavailable, ServingClient
 
 if TYPE_CHECKING:

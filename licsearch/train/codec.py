@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+from ..metrics import psnr
 from ..model.codec import CODEC_ARCHS, Codec
 from .data import Augment, ImageFolder, SmallPolicy, batch_source, default_workers
 from .latent import build_trainable_codec, check_crop
@@ -186,7 +187,7 @@ def round_trip_figures(arch: str, quality: int, weights: str, images: Sequence[n
         y_hat = codec.entropy_decode(bs.streams, bs.width, bs.height, bs.latent_hash)
         decoded = codec.synthesize(y_hat, bs.width, bs.height)
         bpps.append(8.0 * len(data) / (comp.width * comp.height))
-        psnrs.append(_psnr(pixels, decoded))
+        psnrs.append(psnr(pixels, decoded))
     if not bpps:
         return {"images": 0}
     return {
@@ -195,10 +196,3 @@ def round_trip_figures(arch: str, quality: int, weights: str, images: Sequence[n
         "psnr": sum(psnrs) / len(psnrs),
         "profile": codec.profile_id,
     }
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10.0 * math.log10(255.0**2 / max(mse, 1e-12))

@@ -1,30 +1,75 @@
-"""Distortion metrics of decoded images: PSNR and MS-SSIM, computed the way CompressAI reports them.
+"""Quality metrics, defined once: PSNR, MS-SSIM, recall overlap of rankings and hit@k of searches.
 
-PSNR is :func:`licsearch.ops.gate.psnr` on the 8-bit RGB pixels. MS-SSIM is Wang et al. 2003 on RGB with a data
-range of 255: an 11-tap Gaussian window (sigma 1.5), constants K = (0.01, 0.03), five scales with the weights
-:data:`MS_SSIM_WEIGHTS`, 2x2 average pooling between scales, and the per-channel results averaged. It comes from
-``pytorch_msssim`` (the package CompressAI itself uses) when that is installed, else from :func:`ms_ssim_reference`,
-a plain re-implementation of the same definition that the tests hold to ``pytorch_msssim``.
+Used by the parity gate, the canary, evaluation and training. Only the standard library is imported here at module
+level (numpy and torch load inside the functions), so the gate never pulls in evaluation's plotting stack.
 
-With five scales and an 11-pixel window, MS-SSIM is defined only for images whose shorter side exceeds
-:data:`MS_SSIM_MIN_SIDE` pixels; smaller images get NaN (written ``null`` in JSON) rather than a number from some
-other definition.
+- **PSNR** is on the 8-bit RGB pixels, peak 255. Identical images have no finite PSNR; they get
+  :data:`PSNR_IDENTICAL_DB` (100 dB, above any lossy codec's figure), so averages stay finite and an exact round trip
+  reads as such rather than as an arbitrary huge number.
+- **MS-SSIM** is Wang et al. 2003 on RGB with a data range of 255: an 11-tap Gaussian window (sigma 1.5), constants
+  K = (0.01, 0.03), five scales with the weights :data:`MS_SSIM_WEIGHTS`, 2x2 average pooling between scales, and the
+  per-channel results averaged. It comes from ``pytorch_msssim`` (the package CompressAI itself uses) when that is
+  installed, else from :func:`ms_ssim_reference`, a plain re-implementation of the same definition that the tests hold
+  to ``pytorch_msssim``. With five scales and an 11-pixel window, MS-SSIM is defined only for images whose shorter
+  side exceeds :data:`MS_SSIM_MIN_SIDE` pixels; smaller images get NaN (written ``null`` in JSON).
+- **Recall overlap**: how far the top-k neighbour lists of every item under two sets of embeddings agree.
+- **hit@k**: the fraction of queries with a relevant gallery item among their top k.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
-
-from ..ops.gate import psnr
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["MS_SSIM_MIN_SIDE", "MS_SSIM_WEIGHTS", "ms_ssim", "ms_ssim_db", "ms_ssim_reference", "psnr"]
+PSNR_IDENTICAL_DB = 100.0
+HIT_KS = (1, 5)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images of one shape; :data:`PSNR_IDENTICAL_DB` for identical images."""
+    import numpy as np
+
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return PSNR_IDENTICAL_DB if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def recall_overlap(ref: np.ndarray, cand: np.ndarray, k: int = 10) -> float:
+    """Mean overlap of each item's top-k neighbours (itself excluded) under two sets of unit embeddings.
+
+    k shrinks to n - 1 for fewer than k + 1 items; a single item overlaps fully.
+    """
+    import numpy as np
+
+    n = ref.shape[0]
+    if n < 2:
+        return 1.0
+    k = min(k, n - 1)
+    total = 0.0
+    rs, cs = ref @ ref.T, cand @ cand.T
+    np.fill_diagonal(rs, -np.inf)
+    np.fill_diagonal(cs, -np.inf)
+    for i in range(n):
+        a = set(np.argsort(-rs[i], kind="stable")[:k].tolist())
+        b = set(np.argsort(-cs[i], kind="stable")[:k].tolist())
+        total += len(a & b) / k
+    return total / n
+
+
+def hits_at_k(
+    queries: np.ndarray, gallery: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int] = HIT_KS
+) -> dict[int, float]:
+    """Fraction of queries with a relevant gallery item among their top k, for each k (cosine of unit vectors)."""
+    import numpy as np
+
+    order = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
+    return {k: float(np.mean([bool(rel & set(order[i, :k].tolist())) for i, rel in enumerate(relevant)])) for k in ks}
+
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 WINDOW, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
