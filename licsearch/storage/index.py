@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from licsearch.errors import ConfigMismatchError, InputError, StoreError
 
+from .local import LocalIndex, open_local
+from .readonly import read_only_error
+
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
     from qdrant_client import models as qm
@@ -41,9 +44,15 @@ INDEXED_FIELDS: dict[str, str] = {
 }
 """Payload fields that get a server-side payload index, with their Qdrant index type."""
 
-_FILTER_HINT = "write filters as KEY=VALUE, KEY>=N, KEY<=N, KEY>N or KEY<N, e.g. codec_profile=mbt2018-q3 or width>=512"
-_FILTER_RE = re.compile(r"\s*(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)\s*(?P<op>>=|<=|==|=|>|<)\s*(?P<value>.*?)\s*")
+_FILTER_HINT = (
+    "write filters as KEY=VALUE, KEY>=N, KEY<=N, KEY>N or KEY<N, where KEY is a payload field such as width or "
+    'meta.album (names of letters, digits, "_" and "-", joined by single dots), e.g. codec_profile=mbt2018-q3 or '
+    "width>=512"
+)
+_FILTER_RE = re.compile(r"(?P<key>[^<>=!~]*)(?P<op>[<>=!~]+)(?P<value>.*)", re.DOTALL)
+_KEY_PART_RE = re.compile(r"[A-Za-z0-9_\-]+")
 _SYMBOL_OPS: dict[str, FilterOp] = {"=": "eq", "==": "eq", ">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
+MAX_FILTER_KEY = 256
 _INT_RE = re.compile(r"[+-]?\d+")
 _FLOAT_RE = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
 _BATCH = 256
@@ -78,11 +87,15 @@ class FieldFilter:
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
             raise InputError(f"a filter needs a payload field name, got {self.key!r}", hint=_FILTER_HINT)
+        if problem := key_problem(self.key):
+            raise InputError(f"filter field name {_clip(self.key)} {problem}", hint=_FILTER_HINT)
         if self.op not in get_args(FilterOp):
             raise InputError(f"unknown filter operator {self.op!r} on {self.key!r}", hint=_FILTER_HINT)
         numeric = isinstance(self.value, int | float) and not isinstance(self.value, bool)
         if self.op != "eq" and not numeric:
-            raise InputError(f"range filter {self.key} {self.op} needs a number, got {self.value!r}", hint=_FILTER_HINT)
+            raise InputError(
+                f"a range ({self.op}) on {self.key!r} needs a number, got {self.value!r}", hint=_FILTER_HINT
+            )
         if not (numeric or isinstance(self.value, str | bool)):
             raise InputError(f"filter value of {self.key!r} must be a string, number or boolean", hint=_FILTER_HINT)
         if isinstance(self.value, float) and not math.isfinite(self.value):
@@ -92,7 +105,7 @@ class FieldFilter:
 def _parse_value(text: str) -> str | int | float | bool:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         return text[1:-1]  # quoted: always a string, e.g. codec_profile="3"
-    if _INT_RE.fullmatch(text):
+    if _INT_RE.fullmatch(text) and len(text.lstrip("+-")) <= 18:  # beyond int64 it is compared as a float
         return int(text)
     if _FLOAT_RE.fullmatch(text):
         return float(text)
@@ -101,21 +114,61 @@ def _parse_value(text: str) -> str | int | float | bool:
     return text
 
 
+def _clip(text: str) -> str:
+    return repr(text) if len(text) <= 80 else repr(text[:77] + "...")
+
+
+def key_problem(key: str) -> str | None:
+    """What is wrong with a payload field name for a filter, or None when it is a valid dotted path.
+
+    Qdrant reads a key as a JSON path (``meta.album``); an empty part (``a..b``, ``meta.``), brackets, quotes or
+    spaces would make it fail, or match another field than meant.
+    """
+    if len(key) > MAX_FILTER_KEY:
+        return f"is longer than {MAX_FILTER_KEY} characters"
+    parts = key.split(".")
+    if any(not part for part in parts):
+        return "has an empty part (a dot at its start or end, or two dots in a row)"
+    bad = [part for part in parts if not _KEY_PART_RE.fullmatch(part)]
+    if bad:
+        return f"has characters a field name cannot hold in {bad[0]!r}"
+    if parts[0][0].isdigit() or parts[0][0] == "-":
+        return "must start with a letter or '_'"
+    return None
+
+
 def parse_filter(expr: str) -> FieldFilter:
     """Parse a filter expression such as ``width>=512`` or ``codec_profile=mbt2018-q3``.
 
-    The value is read as an int, else a float, else ``true``/``false``, else a string; quote it to force a string.
+    The value is read as an int, else a float, else ``true``/``false``, else a string; quote it to force a string
+    (``KEY=""`` matches the empty string).
 
     Raises:
-        InputError: the expression is malformed or a range has a non-numeric value.
+        InputError: the expression is malformed (no operator, an unknown one, no field name or value, a bad field
+            name) or a range has a non-numeric value; the message quotes the expression and the accepted forms.
     """
-    match = _FILTER_RE.fullmatch(expr) if isinstance(expr, str) else None
-    if match is None or not match["value"]:
-        raise InputError(f"cannot parse filter {expr!r}", hint=_FILTER_HINT)
-    if match["value"][0] in "<>=":
-        # "width=>80" or "width==>80": almost surely a misspelt range, never a value anyone stores.
-        raise InputError(f"cannot parse filter {expr!r}: operator written twice", hint=_FILTER_HINT)
-    return FieldFilter(key=match["key"], op=_SYMBOL_OPS[match["op"]], value=_parse_value(match["value"]))
+    if not isinstance(expr, str):
+        raise InputError(
+            f"a filter must be a string such as 'width>=512', got {type(expr).__name__}", hint=_FILTER_HINT
+        )
+    shown = _clip(expr)
+    match = _FILTER_RE.fullmatch(expr)
+    if match is None:
+        raise InputError(f"cannot parse filter {shown}: it has no operator", hint=_FILTER_HINT)
+    key, op, value = match["key"].strip(), match["op"], match["value"].strip()
+    if op not in _SYMBOL_OPS:
+        # "width=>80", "width!=3": a misspelt or unsupported operator, never a value anyone stores.
+        raise InputError(f"cannot parse filter {shown}: unknown operator {op!r}", hint=_FILTER_HINT)
+    if not key:
+        raise InputError(f"cannot parse filter {shown}: it has no field name before {op!r}", hint=_FILTER_HINT)
+    if problem := key_problem(key):
+        raise InputError(f"cannot parse filter {shown}: the field name {_clip(key)} {problem}", hint=_FILTER_HINT)
+    if not value:
+        raise InputError(f"cannot parse filter {shown}: it has no value after {op!r}", hint=_FILTER_HINT)
+    try:
+        return FieldFilter(key=key, op=_SYMBOL_OPS[op], value=_parse_value(value))
+    except InputError as exc:
+        raise InputError(f"cannot parse filter {shown}: {exc.message}", hint=_FILTER_HINT) from None
 
 
 def _normalise_id(point_id: object) -> str:
@@ -188,24 +241,25 @@ class VectorIndex:
         self._local = path is not None
         self._spaces: dict[str, int] | None = None
         self._client: QdrantClient | None
+        self._local_index: LocalIndex | None = None
         if path is not None:
-            try:
-                self._client = QdrantClient(path=str(path))
-            except RuntimeError as exc:
-                if "already accessed" not in str(exc):
-                    raise
-                raise StoreError(
-                    f"{self._where} is held by another licsearch process (the embedded index allows one at a time)",
-                    hint="wait for that process to finish, or keep the index on a Qdrant server (--qdrant URL), "
-                    "which allows concurrent access",
-                ) from exc
-            except OSError as exc:
-                raise StoreError(f"cannot open {self._where}: {exc}", hint="check the store path") from exc
+            self._local_index = open_local(path)
+            self._client = self._local_index.client
         else:
             try:
                 self._client = QdrantClient(url=url, api_key=api_key)
             except ValueError as exc:
                 raise InputError(f"invalid Qdrant URL {url!r}: {exc}", hint="use e.g. http://localhost:6333") from exc
+
+    @property
+    def read_only(self) -> bool:
+        """True when the embedded index was opened as a read-only view (see :mod:`licsearch.storage.local`)."""
+        return self._local_index is not None and self._local_index.read_only
+
+    def require_writable(self, action: str) -> None:
+        """Refuses ``action`` (a change) on a read-only index with a StoreError that says what still works."""
+        if self.read_only:
+            raise read_only_error(self._where, action)
 
     def __enter__(self) -> VectorIndex:
         return self
@@ -217,9 +271,12 @@ class VectorIndex:
 
     def close(self) -> None:
         """Release the index (and, in local mode, its lock); further calls raise StoreError."""
-        if self._client is not None:
+        if self._local_index is not None:
+            self._local_index.close()
+            self._local_index = None
+        elif self._client is not None:
             self._client.close()
-            self._client = None
+        self._client = None
 
     @property
     def client(self) -> QdrantClient:
@@ -303,6 +360,7 @@ class VectorIndex:
         with self._calling("checking the collection"):
             exists = self.client.collection_exists(self.collection)
         if not exists:
+            self.require_writable("create the collection")
             config = {sid: qm.VectorParams(size=dim, distance=qm.Distance.COSINE) for sid, dim in wanted.items()}
             try:
                 with self._calling("creating the collection"):
@@ -363,6 +421,7 @@ class VectorIndex:
                     hint="use a new space id for the new models",
                 )
             return
+        self.require_writable(f"add embedding space {space_id!r}")
         if not hasattr(self.client, "create_vector_name"):
             raise StoreError(
                 "the installed qdrant-client cannot add an embedding space to an existing collection",
@@ -400,6 +459,7 @@ class VectorIndex:
         """
         from qdrant_client import models as qm
 
+        self.require_writable(f"write {len(points)} points")
         structs = [
             qm.PointStruct(
                 id=_normalise_id(point.id),
@@ -493,6 +553,7 @@ class VectorIndex:
         """Delete points by id; ids that are absent are ignored."""
         from qdrant_client import models as qm
 
+        self.require_writable(f"delete {len(ids)} points")
         wanted = [_normalise_id(point_id) for point_id in ids]
         for start in range(0, len(wanted), _BATCH):
             selector = qm.PointIdsList(points=list(wanted[start : start + _BATCH]))

@@ -72,6 +72,7 @@ def write_vectors(index: VectorIndex, space_id: str, vectors: Mapping[str, Seque
     """
     from qdrant_client import models as qm
 
+    index.require_writable(f"write vectors of space {space_id!r}")
     points = [
         qm.PointVectors(id=_normalise_id(pid), vector={space_id: index._check_vector(space_id, vec)})
         for pid, vec in vectors.items()
@@ -90,6 +91,7 @@ def drop_space(index: VectorIndex, space_id: str) -> None:
     """Deletes the named vector ``space_id`` from the collection and from every point (a no-op if absent)."""
     if space_id not in index.spaces():
         return
+    index.require_writable(f"remove embedding space {space_id!r}")
     with index._calling(f"removing embedding space {space_id!r}"):
         index.client.delete_vector_name(index.collection, space_id, wait=True)
     index._spaces = None
