@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-from licsearch.bundle import quantize
-from licsearch.bundle.export import export_bundle
+from licsearch.bundle import accuracy, quantize
+from licsearch.bundle.export import export_bundle, graph_specs
 from licsearch.bundle.manifest import GRAPHS, MANIFEST, Manifest, file_sha256
 from licsearch.bundle.runtime import BundleModelSet, make_session
 from licsearch.config import ModelsConfig
 from licsearch.errors import InputError, StoreError
+from licsearch.metrics import psnr
 from licsearch.model.models import ModelSet, space_id_for
 
 from .conftest import TINY_FLAGS, make_image, run_cli, tiny_models, write_png
@@ -41,6 +42,7 @@ DYNAMIC_AXES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "adapter": ((0, 2, 3), (0,)),  # any latent size -> one embedding per image
     "text": ((0, 1), (0,)),  # batch, sequence (queries run only up to their end-of-text token)
 }
+CALIBRATION_SEEDS = range(100, 104)  # the int8 bundle's calibration images
 TEXTS = [
     "a",
     "a photo of a red circle",
@@ -73,7 +75,7 @@ def export_bundles(models: ModelsConfig, base: Path) -> TinyBundles:
     eager = ModelSet(models)
     space = space_id_for(eager.fingerprinted())
     export_bundle(models, base / "fp32", space_id=space)
-    calibration = [make_image(100 + i) for i in range(4)]
+    calibration = [make_image(seed) for seed in CALIBRATION_SEEDS]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quantize, "KEEP_IF_FASTER_BY", float("inf"))
         export_bundle(models, base / "int8", space_id=space, int8="static", calibration=calibration)
@@ -125,6 +127,13 @@ def fresh_case(ms: ModelSet, name: str) -> tuple[np.ndarray, torch.Tensor]:
             "adapter": (ms.adapter.module, y),
         }[name]
         return inp.numpy(), module(inp).float()
+
+
+def export_check_case(ms: ModelSet, name: str) -> tuple[np.ndarray, torch.Tensor]:
+    """The input the export checked graph ``name`` on, and torch's output for it."""
+    spec = next(s for s in graph_specs(ms) if s.name == name)
+    with torch.inference_mode():
+        return spec.check.numpy(), spec.module(spec.check).float()
 
 
 def ort_vs_torch(bundles: TinyBundles, kind: str, name: str) -> tuple[float, float]:
@@ -199,10 +208,14 @@ def test_fixed_axes_of_each_graph_are_the_manifests(bundles: TinyBundles, kind: 
 
 
 @pytest.mark.parametrize("name", GRAPHS)
-def test_recorded_parity_is_within_the_recorded_tolerance(bundles: TinyBundles, name: str) -> None:
+def test_recorded_parity_is_reproduced_by_a_fresh_measurement(bundles: TinyBundles, name: str) -> None:
+    """The manifest's ONNX-vs-torch figure is what measuring the graph on the export's own check input gives."""
     info = Manifest.load(bundles.fp32).graphs[name]
-    assert info.parity_tolerance >= 1e-3  # 1e-3 relative to the output scale, at least 1e-3
-    assert 0.0 <= info.parity_max_abs <= info.parity_tolerance
+    inp, ref = export_check_case(bundles.eager, name)
+    sess = make_session(bundles.fp32 / info.file)
+    diff = float(np.abs(sess.run(None, {sess.get_inputs()[0].name: inp})[0] - ref.numpy()).max())
+    assert info.parity_max_abs == pytest.approx(diff, rel=1e-5, abs=1e-9)
+    assert info.parity_tolerance == pytest.approx(1e-3 * max(1.0, float(ref.abs().max())))
 
 
 @pytest.mark.parametrize("name", GRAPHS)
@@ -211,16 +224,76 @@ def test_fp32_graphs_match_torch_on_a_shape_not_used_by_the_export(bundles: Tiny
     assert diff < tol, f"{name}: ONNX Runtime differs from torch by {diff:.3g} (tolerance {tol:.3g})"
 
 
-def test_int8_parity_figures_describe_the_int8_graphs(bundles: TinyBundles) -> None:
-    manifest = Manifest.load(bundles.int8)
-    wrong = {}
-    for name in ("g_a", "h_a", "g_s", "adapter"):
-        info = manifest.graphs[name]
-        assert info.precision == "int8"
-        diff, _ = ort_vs_torch(bundles, "int8", name)
-        if info.parity_max_abs <= info.parity_tolerance < diff:
-            wrong[name] = (info.parity_max_abs, info.parity_tolerance, diff)
-    assert wrong == {}, f"recorded (max_abs, tolerance) vs measured difference: {wrong}"
+@pytest.mark.parametrize("name", GRAPHS)
+def test_int8_accuracy_recorded_at_export_is_reproduced(bundles: TinyBundles, name: str) -> None:
+    """Every int8 graph records its figures and bounds; measuring again on the calibration set gives the same."""
+    info, fp32 = Manifest.load(bundles.int8).graphs[name], Manifest.load(bundles.fp32)
+    assert info.precision == "int8"
+    assert {b.metric: b.bound for b in info.int8_bounds} == accuracy.INT8_BOUNDS[name]
+    assert all(b.ok for b in info.int8_bounds), info.int8_bounds
+    calibration = [make_image(seed) for seed in CALIBRATION_SEEDS]
+    files = {n: bundles.fp32 / g.file for n, g in fp32.graphs.items()}
+    codec = bundles.eager.codec
+    samples = quantize._samples(bundles.fp32, fp32.graphs, calibration, codec.arch.downsampling)[name]
+    fresh = accuracy.measure(name, files, bundles.int8 / info.file, codec, calibration, samples)
+    assert fresh == pytest.approx({b.metric: b.measured for b in info.int8_bounds}, rel=1e-6, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def fresh_images() -> list[np.ndarray]:
+    """Images of a size and content the export never saw."""
+    return [make_image(300 + i, 80, 112) for i in range(3)]
+
+
+def one_int8_graph(bundles: TinyBundles, name: str, tmp_path: Path) -> tuple[BundleModelSet, BundleModelSet]:
+    """(the fp32 bundle, a copy of it whose graph ``name`` is the int8 bundle's), loaded."""
+    root = tmp_path / f"fp32-but-{name}"
+    shutil.copytree(bundles.fp32, root)
+    m, int8 = Manifest.load(root), Manifest.load(bundles.int8).graphs[name]
+    shutil.copyfile(bundles.int8 / int8.file, root / int8.file)
+    replace(m, graphs={**m.graphs, name: int8}).save(root)
+    return BundleModelSet(bundles.fp32), BundleModelSet(root, verify=False)
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_int8_graphs_hold_their_bounds_on_inputs_the_export_never_saw(
+    bundles: TinyBundles, fresh_images: list[np.ndarray], name: str, tmp_path: Path
+) -> None:
+    """Measured through the runtime's own encode, decode and embed with only graph ``name`` in int8."""
+    bounds = {b.metric: b for b in Manifest.load(bundles.int8).graphs[name].int8_bounds}
+    ref, cand = one_int8_graph(bundles, name, tmp_path)
+    if name == "text":
+        cos = cosine(ref.embed_texts(TEXTS).vectors, cand.embed_texts(TEXTS).vectors)
+        fresh = {"cosine_min": cos}
+    elif name == "adapter":
+        fresh = {"cosine_min": min(cosine(ref.encode(im).embedding, cand.encode(im).embedding) for im in fresh_images)}
+    elif name == "g_s":
+        pairs = [(ref.decode(d), cand.decode(d)) for d in (ref.encode_bitstream(im) for im in fresh_images)]
+        fresh = {"psnr_vs_fp32_db": float(np.mean([psnr(a, b) for a, b in pairs]))}
+    else:
+        e_ref, e_cand = [ref.encode(im) for im in fresh_images], [cand.encode(im) for im in fresh_images]
+        bpp_ref, bpp_cand = np.mean([e.bpp for e in e_ref]), np.mean([e.bpp for e in e_cand])
+        ps_ref = np.mean([psnr(im, ref.decode(e.data)) for im, e in zip(fresh_images, e_ref, strict=True)])
+        ps_cand = np.mean([psnr(im, cand.decode(e.data)) for im, e in zip(fresh_images, e_cand, strict=True)])
+        fresh = {"bpp_delta_pct": float(100 * (bpp_cand - bpp_ref) / bpp_ref), "psnr_delta_db": float(ps_cand - ps_ref)}
+    assert set(fresh) == set(bounds)
+    outside = {m: (v, bounds[m].bound) for m, v in fresh.items() if not bounds[m].holds(v)}
+    assert outside == {}, f"{name}: fresh figure outside its recorded bound: {outside}"
+
+
+def test_an_int8_graph_outside_its_bound_is_kept_fp32(
+    bundles: TinyBundles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "b"
+    shutil.copytree(bundles.fp32, root)
+    graphs = Manifest.load(root).graphs
+    monkeypatch.setattr(quantize, "KEEP_IF_FASTER_BY", float("inf"))
+    monkeypatch.setitem(accuracy.INT8_BOUNDS, "adapter", {"cosine_min": 1.5})  # no graph reaches it
+    out = quantize.quantize_bundle(root, graphs, "dynamic", [make_image(5, 64, 64)], codec=bundles.eager.codec)
+    assert out["adapter"].precision == "fp32" and out["adapter"].file == graphs["adapter"].file
+    assert out["adapter"].int8_note.startswith("kept fp32, int8 outside its accuracy bound (cosine_min)")
+    assert [b.ok for b in out["adapter"].int8_bounds] == [False]
+    assert out["text"].precision == "int8", "the text graph is within its own bound"
 
 
 # -- round trips and embeddings -----------------------------------------------------------------------------------
@@ -327,7 +400,7 @@ def test_int8_graphs_not_faster_are_kept_fp32_with_a_note(
     graphs = Manifest.load(root).graphs
     before = {p: file_sha256(p) for p in root.rglob("*.onnx")}
     monkeypatch.setattr(quantize, "KEEP_IF_FASTER_BY", 0.0)
-    out = quantize.quantize_bundle(root, graphs, "dynamic", [make_image(5, 64, 64)], codec_downsampling=64)
+    out = quantize.quantize_bundle(root, graphs, "dynamic", [make_image(5, 64, 64)], codec=bundles.eager.codec)
     for name in GRAPHS:
         assert out[name].file == graphs[name].file and out[name].precision == "fp32"
     for name in quantize.DYNAMIC_GRAPHS:

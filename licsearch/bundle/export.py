@@ -13,7 +13,7 @@ import io
 import shutil
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +76,47 @@ class _Call:
         return M().eval()
 
 
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph to export: its module, the sample it is traced on, the differently shaped input it is checked on
+    against torch, and its named inputs and outputs with their axes (str = dynamic)."""
+
+    name: str
+    module: nn.Module
+    sample: torch.Tensor
+    check: torch.Tensor
+    inputs: dict[str, list[int | str]]
+    outputs: dict[str, list[int | str]]
+
+    @property
+    def file(self) -> str:
+        """Path inside the bundle."""
+        return f"{self.name}.onnx" if self.name in ("adapter", "text") else f"codec/{self.name}.onnx"
+
+
+def graph_specs(ms: ModelSet) -> list[GraphSpec]:
+    """The five graphs of ``ms``, with seeded sample and check inputs (the same on every export)."""
+    import torch
+
+    codec, text = ms.codec, ms.text
+    rng = torch.Generator().manual_seed(0)
+    m, n = codec.latent_channels, int(codec.model.N)
+    x_a, x_b = torch.rand(1, 3, 128, 192, generator=rng), torch.rand(2, 3, 192, 128, generator=rng)
+    y_a, y_b = torch.randn(1, m, 8, 12, generator=rng) * 3, torch.randn(2, m, 12, 8, generator=rng) * 3
+    tok = text.tokenizer(["a photo of a red circle", "two small blue squares at the bottom on a striped background"])
+    latent: dict[str, list[int | str]] = {"y": ["batch", m, "h16", "w16"]}
+    y_hat: dict[str, list[int | str]] = {"y_hat": ["batch", m, "h16", "w16"]}
+    text_out: dict[str, list[int | str]] = {"text_embedding": ["batch", ms.embed_dim]}
+    return [
+        GraphSpec("g_a", codec.model.g_a.eval(), x_a, x_b, {"x": ["batch", 3, "height", "width"]}, latent),
+        GraphSpec("h_a", _Call(codec.transforms.h_a), y_a, y_b, latent, {"z": ["batch", n, "h64", "w64"]}),
+        GraphSpec("g_s", codec.model.g_s.eval(), y_a, y_b, y_hat, {"x_hat": ["batch", 3, "height", "width"]}),
+        GraphSpec("adapter", ms.adapter.module.eval(), y_a, y_b, y_hat, {"image_embedding": ["batch", ms.embed_dim]}),
+        # batch 2 as the sample: the dynamo exporter specialises a sample dimension of 1
+        GraphSpec("text", _text_module(text.model), tok[:, :12], tok[:1], {"tokens": ["batch", "sequence"]}, text_out),
+    ]
+
+
 def export_bundle(
     models: ModelsConfig,
     out: Path,
@@ -93,73 +134,19 @@ def export_bundle(
         space_id: the embedding space of the source store (kept by fp32 bundles, whose parity is checked here).
         opset: ONNX opset.
         int8: ``none``, ``dynamic`` (MatMul-heavy graphs) or ``static`` (dynamic plus QDQ convolutions where
-            they are faster than fp32 on this CPU, calibrated on ``calibration`` images).
+            they are faster than fp32 on this CPU and within their accuracy bounds, calibrated on ``calibration``
+            images).
         calibration: RGB uint8 images for static quantization.
     """
-    import torch
-
-    if int8 not in ("none", "dynamic", "static"):
-        raise InputError(f"unknown --int8 mode {int8!r}", hint="use none, dynamic or static")
-    if int8 == "static" and not calibration:
-        raise InputError("--int8 static needs calibration images", hint="pass --calibration DIR")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"bundle output {out} is a file", hint="give --out a new directory")
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"bundle directory {out} is not empty", hint="choose a new --out directory")
+    _check_arguments(out, int8, calibration)
     ms = ModelSet(models)
     fp = ms.fingerprinted()
-    codec, adapter, text = ms.codec, ms.adapter, ms.text
+    codec = ms.codec
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "codec").mkdir(parents=True)
     (tmp / "tokenizer").mkdir()
-    rng = torch.Generator().manual_seed(0)
-    m = codec.latent_channels
-    n = int(codec.model.N)
-    x_a, x_b = torch.rand(1, 3, 128, 192, generator=rng), torch.rand(2, 3, 192, 128, generator=rng)
-    y_a, y_b = torch.randn(1, m, 8, 12, generator=rng) * 3, torch.randn(2, m, 12, 8, generator=rng) * 3
-    tok = text.tokenizer(["a photo of a red circle", "two small blue squares at the bottom on a striped background"])
-    specs: list[
-        tuple[str, nn.Module, torch.Tensor, torch.Tensor, dict[str, list[int | str]], dict[str, list[int | str]]]
-    ] = [
-        ("g_a", codec.model.g_a, x_a, x_b, {"x": ["batch", 3, "height", "width"]}, {"y": ["batch", m, "h16", "w16"]}),
-        (
-            "h_a",
-            _Call(codec.transforms.h_a),
-            y_a,
-            y_b,
-            {"y": ["batch", m, "h16", "w16"]},
-            {"z": ["batch", n, "h64", "w64"]},
-        ),
-        (
-            "g_s",
-            codec.model.g_s,
-            y_a,
-            y_b,
-            {"y_hat": ["batch", m, "h16", "w16"]},
-            {"x_hat": ["batch", 3, "height", "width"]},
-        ),
-        (
-            "adapter",
-            adapter.module,
-            y_a,
-            y_b,
-            {"y_hat": ["batch", m, "h16", "w16"]},
-            {"image_embedding": ["batch", ms.embed_dim]},
-        ),
-        (
-            "text",
-            _text_module(text.model),
-            tok[:, :12],  # batch 2: the dynamo exporter specialises a sample dimension of 1
-            tok[:1],
-            {"tokens": ["batch", "sequence"]},
-            {"text_embedding": ["batch", ms.embed_dim]},
-        ),
-    ]
-    graphs: dict[str, GraphInfo] = {}
-    for name, module, sample, check, ins, outs in specs:
-        rel = f"{name}.onnx" if name in ("adapter", "text") else f"codec/{name}.onnx"
-        graphs[name] = _export_graph(module.eval(), sample, check, tmp / rel, rel, ins, outs, opset)
+    graphs = {s.name: _export_graph(s, tmp / s.file, opset) for s in graph_specs(ms)}
     save_state_dict(
         codec.model.state_dict(), tmp / CODEC_FILE, {"arch": codec.arch.name, "quality": str(codec.quality)}
     )
@@ -170,19 +157,18 @@ def export_bundle(
     if int8 != "none":
         from .quantize import quantize_bundle
 
-        graphs = quantize_bundle(tmp, graphs, int8, calibration or [], codec_downsampling=codec.arch.downsampling)
+        graphs = quantize_bundle(tmp, graphs, int8, calibration or [], codec=codec)
         space = f"{space_id}-int8-{int(time.time()):x}"  # its own space until a parity gate says otherwise
     files = {rel: file_sha256(tmp / rel) for rel in sorted(_relfiles(tmp))}
-    graphs = {k: replace(g, sha256=files[g.file]) for k, g in graphs.items()}
     manifest = Manifest(
         models=fp,
         codec_profile=codec.profile_id,
         space_id=space,
         embed_dim=ms.embed_dim,
-        latent_channels=m,
-        context_length=text.context_length,
+        latent_channels=codec.latent_channels,
+        context_length=ms.text.context_length,
         opset=opset,
-        graphs=graphs,
+        graphs={k: replace(g, sha256=files[g.file]) for k, g in graphs.items()},
         files=files,
         int8=int8,
         extra={"source_space_id": space_id, "random_weights": ms.random_components()},
@@ -193,6 +179,18 @@ def export_bundle(
         out.rmdir()
     tmp.rename(out)
     return manifest
+
+
+def _check_arguments(out: Path, int8: str, calibration: list[np.ndarray] | None) -> None:
+    """Refuses bad arguments before any work."""
+    if int8 not in ("none", "dynamic", "static"):
+        raise InputError(f"unknown --int8 mode {int8!r}", hint="use none, dynamic or static")
+    if int8 == "static" and not calibration:
+        raise InputError("--int8 static needs calibration images", hint="pass --calibration DIR")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"bundle output {out} is a file", hint="give --out a new directory")
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"bundle directory {out} is not empty", hint="choose a new --out directory")
 
 
 def _relfiles(root: Path) -> list[str]:
@@ -216,28 +214,20 @@ def _pin_fixed_axes(path: Path, axes: dict[str, list[int | str]]) -> None:
     onnx.save(model, str(path))
 
 
-def _export_graph(
-    module: nn.Module,
-    sample: torch.Tensor,
-    check: torch.Tensor,
-    path: Path,
-    rel: str,
-    inputs: dict[str, list[int | str]],
-    outputs: dict[str, list[int | str]],
-    opset: int,
-) -> GraphInfo:
+def _export_graph(spec: GraphSpec, path: Path, opset: int) -> GraphInfo:
     """Exports one graph, runs ``onnx.checker`` and compares ONNX Runtime with torch on a differently shaped input."""
     import numpy as np
     import onnx
     import torch
 
+    module, sample, check, inputs, outputs = spec.module, spec.sample, spec.check, spec.inputs, spec.outputs
     dyn = {
         name: {i: ax for i, ax in enumerate(axes) if isinstance(ax, str)}
         for name, axes in {**inputs, **outputs}.items()
     }
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        if rel.startswith("text"):
+        if spec.name == "text":
             dims = {
                 i: torch.export.Dim(f"{ax}", min=2 if ax == "sequence" else 1, max=4096 if ax == "batch" else 77)
                 for i, ax in dyn[next(iter(inputs))].items()
@@ -276,5 +266,7 @@ def _export_graph(
     diff = float(np.abs(got - ref).max())
     tol = 1e-3 * max(1.0, float(np.abs(ref).max()))
     if not diff <= tol:
-        raise ModelError(f"ONNX Runtime output of {rel} differs from torch by {diff:.3g} (tolerance {tol:.3g})")
-    return GraphInfo(file=rel, sha256="", inputs=inputs, outputs=outputs, parity_max_abs=diff, parity_tolerance=tol)
+        raise ModelError(f"ONNX Runtime output of {spec.file} differs from torch by {diff:.3g} (tolerance {tol:.3g})")
+    return GraphInfo(
+        file=spec.file, sha256="", inputs=inputs, outputs=outputs, parity_max_abs=diff, parity_tolerance=tol
+    )

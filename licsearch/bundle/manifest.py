@@ -11,6 +11,7 @@ from typing import Any
 from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig
 from ..errors import StoreError
 from ..fsutil import atomic_write
+from .accuracy import Int8Bound
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -19,7 +20,16 @@ GRAPHS = ("g_a", "h_a", "g_s", "adapter", "text")
 
 @dataclass(frozen=True)
 class GraphInfo:
-    """One ONNX graph: file, hash, named inputs/outputs with their axes (str = dynamic), precision."""
+    """One ONNX graph: file, hash, named inputs/outputs with their axes (str = dynamic), precision.
+
+    Attributes:
+        parity_max_abs, parity_tolerance: an fp32 graph's largest difference from eager torch at export and the
+            tolerance it was held to; an int8 graph's largest difference from its fp32 graph, tolerance 0 (it is
+            held to ``int8_bounds`` instead).
+        int8_bounds: accuracy of the int8 version against the fp32 graph and the bounds it is held to
+            (:mod:`licsearch.bundle.accuracy`); also recorded when the int8 version was not kept.
+        int8_note: what quantization did and why.
+    """
 
     file: str
     sha256: str
@@ -29,6 +39,13 @@ class GraphInfo:
     parity_max_abs: float = 0.0
     parity_tolerance: float = 0.0
     int8_note: str = ""
+    int8_bounds: tuple[Int8Bound, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphInfo:
+        """Reads a manifest entry (bundles written before ``int8_bounds`` existed have none)."""
+        bounds = tuple(Int8Bound.from_dict(b) for b in d.get("int8_bounds", ()))
+        return cls(**{**d, "int8_bounds": bounds})
 
 
 @dataclass(frozen=True)
@@ -80,7 +97,7 @@ class Manifest:
                 latent_channels=int(d["latent_channels"]),
                 context_length=int(d["context_length"]),
                 opset=int(d["opset"]),
-                graphs={k: GraphInfo(**v) for k, v in d["graphs"].items()},
+                graphs={k: GraphInfo.from_dict(v) for k, v in d["graphs"].items()},
                 files=dict(d["files"]),
                 int8=str(d.get("int8", "none")),
                 format=int(d["format"]),

@@ -4,9 +4,10 @@
   quantized on the fly.
 - ``static``: ``dynamic`` plus QDQ int8 convolutions in ``g_a``, ``h_a`` and ``g_s``, calibrated on images.
 
-Every quantized graph is timed against its fp32 version on this machine, side by side; where int8 is not
-faster, the fp32 graph is kept and the manifest says why. Whether int8 preserves quality is the parity
-gate's job (``licsearch gate``), not this module's.
+Every quantized graph is timed against its fp32 version on this machine, side by side, and its accuracy is
+measured against the fp32 graph (:mod:`.accuracy`); where int8 is not faster, or is outside its accuracy bounds,
+the fp32 graph is kept and the manifest says why. Whether the bundle as a whole may share the fp32 bundle's
+embedding space is still the parity gate's question (``licsearch gate``).
 """
 
 from __future__ import annotations
@@ -18,26 +19,37 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import accuracy
+from .accuracy import Int8Bound
 from .manifest import GraphInfo
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..model.codec import Codec
+
 DYNAMIC_GRAPHS = ("text", "adapter")
 STATIC_GRAPHS = ("g_a", "h_a", "g_s")
 KEEP_IF_FASTER_BY = 0.95  # int8 must take at most 95 % of fp32's time to be kept
+ACCURACY_IMAGES = 8  # calibration images the accuracy of the codec graphs is measured on
 
 
-def quantize_bundle(
-    root: Path, graphs: dict[str, GraphInfo], mode: str, calibration: list[np.ndarray], *, codec_downsampling: int
-) -> dict[str, GraphInfo]:
-    """Quantizes graphs of the bundle being written in ``root`` in place; returns the updated graph infos."""
-    samples = _samples(root, graphs, calibration, codec_downsampling)
-    out = dict(graphs)
+def quantize_bundle(root: Path, graphs: dict[str, GraphInfo], mode: str, calibration: list[np.ndarray], *,
+                    codec: Codec) -> dict[str, GraphInfo]:  # fmt: skip
+    """Quantizes graphs of the bundle being written in ``root`` in place; returns the updated graph infos.
+
+    Every candidate int8 graph is timed and measured (:mod:`.accuracy`) while all fp32 graphs are still there, each
+    against the others in fp32; then each is kept where it is faster and within its accuracy bounds, else dropped.
+    """
+    import numpy as np
+
+    samples = _samples(root, graphs, calibration, codec.arch.downsampling)
+    images = calibration[:ACCURACY_IMAGES] or [np.full((256, 384, 3), 128, np.uint8)]
+    fp32 = {name: root / info.file for name, info in graphs.items()}
     names = DYNAMIC_GRAPHS + (STATIC_GRAPHS if mode == "static" else ())
+    candidates: dict[str, tuple[Path, str, tuple[Int8Bound, ...], float, bool]] = {}
     for name in names:
-        info = graphs[name]
-        src = root / info.file
+        src = fp32[name]
         dst = src.with_name(src.stem + ".int8.onnx")
         if name in DYNAMIC_GRAPHS:
             _dynamic(src, dst)
@@ -47,10 +59,16 @@ def quantize_bundle(
         t_int8 = _latency(dst, samples[name][0])
         ratio = t_int8 / t_fp32
         note = f"int8 {t_int8 * 1e3:.1f} ms vs fp32 {t_fp32 * 1e3:.1f} ms (ratio {ratio:.2f})"
-        if ratio <= KEEP_IF_FASTER_BY:
-            # An int8 graph is not held to the fp32 graph's per-graph tolerance (its quality is the parity gate's
-            # question), so its recorded parity is its measured deviation from the fp32 graph, tolerance 0.
-            dev = _max_deviation(src, dst, samples[name][0])
+        bounds = accuracy.bounds_for(name, accuracy.measure(name, fp32, dst, codec, images, samples[name]))
+        candidates[name] = (dst, note, bounds, _max_deviation(src, dst, samples[name][0]), ratio <= KEEP_IF_FASTER_BY)
+    out = dict(graphs)
+    for name, (dst, note, bounds, dev, faster) in candidates.items():
+        info, src = graphs[name], fp32[name]
+        figures = ", ".join(f"{b.metric} {b.measured:.4g} (bound {b.bound:g})" for b in bounds)
+        outside = [b.metric for b in bounds if not b.ok]
+        if faster and not outside:
+            # The int8 graph is held to its accuracy bounds, not to the fp32 graph's ONNX-vs-torch tolerance: its
+            # recorded parity is its measured deviation from the fp32 graph, tolerance 0.
             src.unlink()
             dst.rename(src.with_name(src.stem + "_int8.onnx"))
             rel = str(Path(info.file).with_name(src.stem + "_int8.onnx"))
@@ -60,11 +78,13 @@ def quantize_bundle(
                 precision="int8",
                 parity_max_abs=dev,
                 parity_tolerance=0.0,
-                int8_note=f"kept int8: {note}; max abs deviation from fp32 {dev:.3g}",
+                int8_bounds=bounds,
+                int8_note=f"kept int8: {note}; {figures}; max abs deviation from fp32 {dev:.3g}",
             )
-        else:
-            dst.unlink()
-            out[name] = replace(info, int8_note=f"kept fp32, int8 not faster on this CPU: {note}")
+            continue
+        dst.unlink()
+        why = "int8 not faster on this CPU" if not faster else f"int8 outside its accuracy bound ({', '.join(outside)})"
+        out[name] = replace(info, int8_bounds=bounds, int8_note=f"kept fp32, {why}: {note}; {figures}")
     return out
 
 
