@@ -3,7 +3,9 @@
 Both encode and decode the same images and embed the same texts. Reported: PSNR and bpp deltas, image and
 text embedding cosine (mean and minimum), recall@10 overlap of image-to-image rankings over the image set,
 cross-decoding (each side's bitstreams entropy-decode exactly on the other), and the latency ratio. A
-candidate passes when every threshold holds; only then may it share the reference's embedding space id.
+candidate passes when every threshold holds; only then may it share the reference's embedding space id. Failed
+checks are data (:class:`CheckFailure`: check, model, measured, threshold, message), so callers such as the
+rollout decide from fields, never from message text.
 """
 
 from __future__ import annotations
@@ -34,17 +36,61 @@ DEFAULT_TEXTS = (
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """Pass conditions (defaults from the project's rollout policy)."""
+    """Pass conditions (defaults from the project's rollout policy; ``None``: measured and reported, not held)."""
 
     psnr_delta_min: float = -0.1  # dB, candidate minus reference
     bpp_delta_max_pct: float = 1.0  # percent, candidate over reference
     cos_mean_min: float = 0.99  # mean cosine of image and of text embeddings
     recall_overlap_min: float = 0.95  # recall@10 overlap of image rankings
+    cos_min_min: float | None = None  # the least cosine of any one image's embeddings
+    latency_ratio_max: float | None = None  # candidate time over reference time, in-process
+
+
+PARITY_CHECKS = frozenset(
+    {"psnr_delta", "bpp_delta", "image_cos_mean", "image_cos_min", "text_cos_mean", "bitstream_cos_mean",
+     "recall_overlap", "cross_decode"}
+)  # fmt: skip
+"""Checks of quality (the rollout's parity-failure counter), as opposed to latency, errors and dead workers."""
+
+
+@dataclass(frozen=True)
+class CheckFailure:
+    """One failed check of the gate or the canary, as data.
+
+    Attributes:
+        check: which check (e.g. ``psnr_delta``, ``cross_decode``, ``latency_ratio``; see :data:`PARITY_CHECKS`).
+        model: the served model the check concerns (``encode``, ``decode`` or ``embed``).
+        measured: the measured figure (NaN when it could not be measured; ``None`` for checks without one).
+        threshold: the bound it was held to (``None`` for checks without one).
+        message: the same in words.
+    """
+
+    check: str
+    model: str
+    measured: float | None
+    threshold: float | None
+    message: str
+
+    @property
+    def parity(self) -> bool:
+        """Whether this is a failure of quality (not of latency, requests or workers)."""
+        return self.check in PARITY_CHECKS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckFailure:
+        return cls(str(d["check"]), str(d["model"]), d.get("measured"), d.get("threshold"), str(d["message"]))
 
 
 @dataclass
 class GateReport:
-    """Measured figures, the thresholds they were held to, and the verdict."""
+    """Measured figures, the thresholds they were held to, and the verdict.
+
+    ``to_dict`` gives every field, ``failures`` as messages (as always) and ``failed_checks`` as
+    :class:`CheckFailure` objects.
+    """
 
     images: int
     texts: int
@@ -62,14 +108,20 @@ class GateReport:
     cross_decode_failures: int
     latency_ratio: float
     thresholds: GateThresholds
-    failures: list[str] = field(default_factory=list)
+    failed_checks: list[CheckFailure] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        """The failed checks' messages."""
+        return [f.message for f in self.failed_checks]
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        return not self.failed_checks
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["failures"] = self.failures
         d["passed"] = self.passed
         return d
 
@@ -135,7 +187,7 @@ def run_gate(
         latency_ratio=t_cand / t_ref if t_ref > 0 else float("nan"),
         thresholds=th,
     )
-    rep.failures = _failures(rep, th)
+    rep.failed_checks = _failures(rep, th)
     return rep
 
 
@@ -153,16 +205,29 @@ def _cross_decode_failures(reference: ModelPlane, candidate: ModelPlane, data_r:
     return failures
 
 
-def _failures(r: GateReport, th: GateThresholds) -> list[str]:
-    checks = [
-        (r.psnr_delta >= th.psnr_delta_min, f"PSNR delta {r.psnr_delta:+.3f} dB < {th.psnr_delta_min} dB"),
-        (r.bpp_delta_pct <= th.bpp_delta_max_pct, f"bpp delta {r.bpp_delta_pct:+.2f} % > {th.bpp_delta_max_pct} %"),
-        (r.image_cos_mean >= th.cos_mean_min, f"image cosine mean {r.image_cos_mean:.4f} < {th.cos_mean_min}"),
-        (r.text_cos_mean >= th.cos_mean_min, f"text cosine mean {r.text_cos_mean:.4f} < {th.cos_mean_min}"),
-        (
-            r.recall_at_10_overlap >= th.recall_overlap_min,
-            f"recall@10 overlap {r.recall_at_10_overlap:.3f} < {th.recall_overlap_min}",
-        ),
-        (r.cross_decode_failures == 0, f"{r.cross_decode_failures} bitstreams did not cross-decode exactly"),
-    ]
-    return [msg for ok, msg in checks if not ok]
+def _failures(r: GateReport, th: GateThresholds) -> list[CheckFailure]:
+    """Every check that does not hold; a NaN figure compares false, so what could not be measured fails."""
+    checks: list[tuple[str, str, float, float | None, bool, str]] = [
+        ("psnr_delta", "decode", r.psnr_delta, th.psnr_delta_min, r.psnr_delta >= th.psnr_delta_min,
+         f"PSNR delta {r.psnr_delta:+.3f} dB < {th.psnr_delta_min} dB"),
+        ("bpp_delta", "encode", r.bpp_delta_pct, th.bpp_delta_max_pct, r.bpp_delta_pct <= th.bpp_delta_max_pct,
+         f"bpp delta {r.bpp_delta_pct:+.2f} % > {th.bpp_delta_max_pct} %"),
+        ("image_cos_mean", "encode", r.image_cos_mean, th.cos_mean_min, r.image_cos_mean >= th.cos_mean_min,
+         f"image cosine mean {r.image_cos_mean:.4f} < {th.cos_mean_min}"),
+        ("text_cos_mean", "embed", r.text_cos_mean, th.cos_mean_min, r.text_cos_mean >= th.cos_mean_min,
+         f"text cosine mean {r.text_cos_mean:.4f} < {th.cos_mean_min}"),
+        ("recall_overlap", "embed", r.recall_at_10_overlap, th.recall_overlap_min,
+         r.recall_at_10_overlap >= th.recall_overlap_min,
+         f"recall@10 overlap {r.recall_at_10_overlap:.3f} < {th.recall_overlap_min}"),
+        ("cross_decode", "decode", float(r.cross_decode_failures), 0.0, r.cross_decode_failures == 0,
+         f"{r.cross_decode_failures} bitstreams did not cross-decode exactly"),
+    ]  # fmt: skip
+    if th.cos_min_min is not None:
+        checks.append(("image_cos_min", "encode", r.image_cos_min, th.cos_min_min, r.image_cos_min >= th.cos_min_min,
+                       f"image cosine min {r.image_cos_min:.4f} < {th.cos_min_min}"))  # fmt: skip
+    if th.latency_ratio_max is not None:
+        checks.append(("latency_ratio", "encode", r.latency_ratio, th.latency_ratio_max,
+                       r.latency_ratio <= th.latency_ratio_max,
+                       f"latency ratio {r.latency_ratio:.2f} > {th.latency_ratio_max}"))  # fmt: skip
+    return [CheckFailure(check, model, measured, bound, msg) for check, model, measured, bound, ok, msg in checks
+            if not ok]  # fmt: skip

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LicsearchError
 from ..metrics import psnr
-from ..ops.gate import DEFAULT_TEXTS
+from ..ops.gate import DEFAULT_TEXTS, CheckFailure
 from ..serving.client import JSON, OCTET, ServerUnavailable, ServingClient
 
 if TYPE_CHECKING:
@@ -66,16 +66,21 @@ class CanaryReport:
     latency_ratio: float
     worker_restarts: list[str]
     thresholds: CanaryThresholds
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    failed_checks: list[CheckFailure] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        """The failed checks' messages."""
+        return [f.message for f in self.failed_checks]
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        return not self.failed_checks
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["failures"] = [msg for _, msg in self.failures]
-        d["failed_models"] = sorted({m for m, _ in self.failures})
+        d["failures"] = self.failures
+        d["failed_models"] = sorted({f.model for f in self.failed_checks})
         d["passed"] = self.passed
         return d
 
@@ -220,33 +225,42 @@ def run_canary(
         worker_restarts=restarts,
         thresholds=th,
     )
-    rep.failures = _failures(rep, th)
+    rep.failed_checks = _failures(rep, th)
     return rep
 
 
-def _failures(r: CanaryReport, th: CanaryThresholds) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    if r.errors:
-        models = sorted({e.split("/", 1)[0] for e in r.errors})
-        out += [(m, f"{m}: requests failed during the canary: {next(e for e in r.errors if e.startswith(m))}")
-                for m in models]  # fmt: skip
-    out += [(m.split(":")[0], f"candidate worker died during the canary ({m})") for m in r.worker_restarts]
+def _failures(r: CanaryReport, th: CanaryThresholds) -> list[CheckFailure]:
+    out: list[CheckFailure] = []
+    for m in sorted({e.split("/", 1)[0] for e in r.errors}):
+        first = next(e for e in r.errors if e.startswith(m))
+        out.append(CheckFailure("request_errors", m, None, None, f"{m}: requests failed during the canary: {first}"))
+    out += [worker_died(m.split(":")[0], f"candidate worker died during the canary ({m})") for m in r.worker_restarts]
     if r.cross_decode_failures:
-        out.append(("decode", f"{r.cross_decode_failures} bitstreams did not decode exactly under both versions"))
-    checks = [
-        ("decode", r.psnr_delta >= th.psnr_delta_min, f"PSNR delta {r.psnr_delta:+.3f} dB < {th.psnr_delta_min} dB"),
-        ("encode", r.bpp_delta_pct <= th.bpp_delta_max_pct,
+        msg = f"{r.cross_decode_failures} bitstreams did not decode exactly under both versions"
+        out.append(CheckFailure("cross_decode", "decode", float(r.cross_decode_failures), 0.0, msg))
+    checks: list[tuple[str, str, float, float, bool, str]] = [
+        ("psnr_delta", "decode", r.psnr_delta, th.psnr_delta_min, r.psnr_delta >= th.psnr_delta_min,
+         f"PSNR delta {r.psnr_delta:+.3f} dB < {th.psnr_delta_min} dB"),
+        ("bpp_delta", "encode", r.bpp_delta_pct, th.bpp_delta_max_pct, r.bpp_delta_pct <= th.bpp_delta_max_pct,
          f"bpp delta {r.bpp_delta_pct:+.2f} % > {th.bpp_delta_max_pct} %"),
-        ("encode", r.latency_ratio <= th.latency_ratio_max,
+        ("latency_ratio", "encode", r.latency_ratio, th.latency_ratio_max, r.latency_ratio <= th.latency_ratio_max,
          f"latency ratio {r.latency_ratio:.2f} > {th.latency_ratio_max}"),
     ]  # fmt: skip
-    for model, value in (("encode", r.image_cos_mean), ("embed", r.bitstream_cos_mean), ("embed", r.text_cos_mean)):
+    cosines = (("image_cos_mean", "encode", "image", r.image_cos_mean),
+               ("bitstream_cos_mean", "embed", "embedding", r.bitstream_cos_mean),
+               ("text_cos_mean", "embed", "embedding", r.text_cos_mean))  # fmt: skip
+    for check, model, what, value in cosines:
         if value is not None:
-            what = {"encode": "image", "embed": "embedding"}[model]
-            checks.append((model, value >= th.cos_mean_min, f"{what} cosine mean {value:.4f} < {th.cos_mean_min}"))
+            checks.append((check, model, value, th.cos_mean_min, value >= th.cos_mean_min,
+                           f"{what} cosine mean {value:.4f} < {th.cos_mean_min}"))  # fmt: skip
     # NaN compares false: a figure that could not be measured fails its check.
-    out += [(m, msg) for m, ok, msg in checks if not ok]
+    out += [CheckFailure(check, m, measured, bound, msg) for check, m, measured, bound, ok, msg in checks if not ok]
     return out
+
+
+def worker_died(model: str, message: str) -> CheckFailure:
+    """The failure of a candidate worker that was restarted while it was being judged."""
+    return CheckFailure("worker_restart", model, None, None, message)
 
 
 def _cos(a: Any, b: Any) -> float:

@@ -37,7 +37,7 @@ from ..faults import crash_point
 from ..ops.gate import GateThresholds
 from ..serving.client import ServerUnavailable, ServingClient
 from . import bundles
-from .canary import MODELS, CanaryThresholds, run_canary
+from .canary import MODELS, CanaryThresholds, run_canary, worker_died
 from .management import ManagementClient, ManagementRefused, ManagementUnavailable
 from .metrics import write_metrics
 from .operation import PROMOTE_ORDER, RETRY_HINT, Hooks, Rejected, new_operation, report, run_step, undo
@@ -46,11 +46,6 @@ from .state import Journal, done_steps, locked
 
 if TYPE_CHECKING:
     import numpy as np
-
-
-GATE_MODELS = (("PSNR", "decode"), ("cross-decode", "decode"), ("bpp", "encode"), ("image", "encode"),
-               ("text", "embed"), ("recall", "embed"))  # fmt: skip
-"""The model a failed gate check concerns (the counter's ``model_name``), by a word of its message."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +94,7 @@ class RolloutOptions:
 
 class _Run:
     def __init__(self, opts: RolloutOptions, journal: Journal, op: dict[str, Any], hooks: Hooks) -> None:
-        self.o, self.j, self.op, self.h = opts, journal, op, hooks
+        self.opts, self.journal, self.op, self.hooks = opts, journal, op, hooks
         self.mgmt = ManagementClient(opts.management, token=opts.management_token)
         self.client = ServingClient(opts.server, token=opts.token)
         self.version: str = op["candidate_version"]
@@ -107,10 +102,10 @@ class _Run:
     # -- journal plumbing ----------------------------------------------------------------------------------
 
     def step(self, name: str, fn: Callable[[], Any]) -> None:
-        run_step(self.j, self.op, name, fn, self.h.log, on_start=self.metrics)
+        run_step(self.journal, self.op, name, fn, self.hooks.log, on_start=self.metrics)
 
     def metrics(self) -> None:
-        write_metrics(self.o.state_dir, self.j.doc, pushgateway=self.o.pushgateway, log=self.h.log)
+        write_metrics(self.opts.state_dir, self.journal.doc, pushgateway=self.opts.pushgateway, log=self.hooks.log)
 
     @property
     def rejected(self) -> bool:
@@ -131,19 +126,19 @@ class _Run:
             raise InputError(f"version {version} is the live default already", hint="nothing to roll out")
         self.op["live"] = live
         self.op["live_version"] = version
-        rec = self.j.doc["versions"].get(version)
+        rec = self.journal.doc["versions"].get(version)
         path = Path(rec["bundle"]) if rec else None
-        if self.o.live_bundle is not None:
-            path = self.o.live_bundle.resolve()
-            self.j.doc["versions"][version] = _record(path, path, {m: d.url for m, d in described.items()})
+        if self.opts.live_bundle is not None:
+            path = self.opts.live_bundle.resolve()
+            self.journal.doc["versions"][version] = _record(path, path, {m: d.url for m, d in described.items()})
         elif path is None or not bundles.staged_ok(path, rec["space_id"]):
-            mar = self.o.model_store / described["encode"].url
-            path = bundles.extract_bundle(mar, version, self.o.state_dir / "bundles" / version)
-            self.j.doc["versions"][version] = _record(path, mar, {m: d.url for m, d in described.items()})
+            mar = self.opts.model_store / described["encode"].url
+            path = bundles.extract_bundle(mar, version, self.opts.state_dir / "bundles" / version)
+            self.journal.doc["versions"][version] = _record(path, mar, {m: d.url for m, d in described.items()})
         self.op["live_bundle"] = str(path)
-        stack = self.j.doc["stack"]
+        stack = self.journal.doc["stack"]
         if not stack or stack[-1] != version:
-            self.j.push_default(version, "discovered")
+            self.journal.push_default(version, "discovered")
         return {"live": version, "live_bundle": str(path)}
 
     def gate(self) -> dict[str, Any]:
@@ -152,8 +147,8 @@ class _Run:
 
         try:
             ref = BundleModelSet(Path(self.op["live_bundle"]))
-            cand = BundleModelSet(self.o.candidate)
-            rep = run_gate(ref, cand, self.o.replay, thresholds=self.o.gate)
+            cand = BundleModelSet(self.opts.candidate)
+            rep = run_gate(ref, cand, self.opts.replay, thresholds=self.opts.gate)
         except LicsearchError as e:
             raise Rejected(f"the candidate bundle cannot be used: {e}") from e
         self.op["gate"] = rep.to_dict()
@@ -161,50 +156,49 @@ class _Run:
         if rep.passed:
             self.op["space_id"] = ref.space_id
             return {"passed": True, "space_id": ref.space_id}
-        models = sorted({next((m for word, m in GATE_MODELS if word in f), "encode") for f in rep.failures})
-        self.j.count_parity_failures(models, self.version)
+        self.journal.count_parity_failures(sorted({f.model for f in rep.failed_checks if f.parity}), self.version)
         own = cand.space_id if cand.space_id != ref.space_id else f"{ref.space_id}-x{self.version}"
         self.op["space_id"] = own
         reason = "parity gate failed (a different embedding space): " + "; ".join(rep.failures)
-        if self.o.store is None:
+        if self.opts.store is None:
             raise Rejected(
                 f"{reason}. Not promoted: rebuild the store's embeddings in the candidate's space first "
-                f"(`licsearch reindex --store DIR --bundle {self.o.candidate}`), then roll out with --store DIR"
+                f"(`licsearch reindex --store DIR --bundle {self.opts.candidate}`), then roll out with --store DIR"
             )
         return {"passed": False, "failures": rep.failures, "space_id": own}
 
     def staged(self) -> Path:
-        path = self.o.state_dir / "bundles" / self.version
+        path = self.opts.state_dir / "bundles" / self.version
         if not bundles.staged_ok(path, self.op["space_id"]):
-            bundles.stage_candidate(self.o.candidate, path, self.op["space_id"])
+            bundles.stage_candidate(self.opts.candidate, path, self.op["space_id"])
         return path
 
     def space(self) -> dict[str, Any]:
         """The candidate's space in ``--store``: built (or completed) from the stored bitstreams."""
         from ..ops.reindex import reindex
 
-        if self.o.store is None:  # only scheduled with a store
+        if self.opts.store is None:  # only scheduled with a store
             raise InputError("building a space needs --store DIR")
-        rep = reindex(self.o.store, bundle=self.staged(), progress=False)
+        rep = reindex(self.opts.store, bundle=self.staged(), progress=False)
         if rep.state not in ("complete", "active"):
             raise Rejected(
-                f"space {rep.space_id} in {self.o.store} is not complete ({rep.failed} points failed)",
-                hint=f"see `licsearch reindex --store {self.o.store} --space {rep.space_id}`",
+                f"space {rep.space_id} in {self.opts.store} is not complete ({rep.failed} points failed)",
+                hint=f"see `licsearch reindex --store {self.opts.store} --space {rep.space_id}`",
             )
         return {"space_id": rep.space_id, "state": rep.state, "points": rep.points, "reembedded": rep.reembedded}
 
     def archive(self) -> dict[str, Any]:
-        live_rec = self.j.doc["versions"][self.op["live_version"]]
-        live_mar = self.o.model_store / live_rec["archives"]["encode"]
+        live_rec = self.journal.doc["versions"][self.op["live_version"]]
+        live_mar = self.opts.model_store / live_rec["archives"]["encode"]
         staged = self.staged()
-        settings = bundles.live_settings(live_mar, self.o.startup_timeout_s)
+        settings = bundles.live_settings(live_mar, self.opts.startup_timeout_s)
         try:
             files = bundles.archive_candidate(
-                staged, self.o.model_store, self.version, settings, MODELS, handlers=self.o.handlers
+                staged, self.opts.model_store, self.version, settings, MODELS, handlers=self.opts.handlers
             )
         except LicsearchError as e:
             raise Rejected(f"the candidate cannot be archived: {e}") from e
-        self.j.doc["versions"][self.version] = _record(staged, self.o.candidate, files)
+        self.journal.doc["versions"][self.version] = _record(staged, self.opts.candidate, files)
         self.op["archived"] = files
         return {"archives": files}
 
@@ -227,11 +221,11 @@ class _Run:
         # journalled before the calls: a kill during them leaves "maybe registered", which cleanup undoes alike
         self.op["registered"] += [m for m in todo if m not in self.op["registered"]]
         self.op["reused"] = reused
-        self.j.save()
+        self.journal.save()
 
         def one(m: str) -> ManagementRefused | None:
             try:
-                self.mgmt.register(self.op["archived"][m], m, workers=self.o.workers)
+                self.mgmt.register(self.op["archived"][m], m, workers=self.opts.workers)
             except ManagementRefused as e:
                 return e
             crash_point("rollout.register.item")
@@ -258,32 +252,35 @@ class _Run:
 
     def canary(self) -> dict[str, Any]:
         same = self.op["space_id"] == self.op["live_space"]
-        routing = self.o.state_dir / ROUTING_FILE
-        if self.o.canary_percent > 0 and same:
-            write_routing(routing, self.op["id"], dict.fromkeys(MODELS, self.version), self.o.canary_percent,
-                          self.o.canary_window_s)  # fmt: skip
-            self.h.log(f"rollout: canary: {self.o.canary_percent:g} % of client traffic goes to {self.version}")
-        elif self.o.canary_percent > 0:
-            self.h.log("rollout: canary: no client traffic routed (the candidate embeds into another space)")
+        routing = self.opts.state_dir / ROUTING_FILE
+        if self.opts.canary_percent > 0 and same:
+            write_routing(routing, self.op["id"], dict.fromkeys(MODELS, self.version), self.opts.canary_percent,
+                          self.opts.canary_window_s)  # fmt: skip
+            self.hooks.log(f"rollout: canary: {self.opts.canary_percent:g} % of client traffic goes to {self.version}")
+        elif self.opts.canary_percent > 0:
+            self.hooks.log("rollout: canary: no client traffic routed (the candidate embeds into another space)")
         try:
             rep = run_canary(
-                self.client, self.op["live_version"], self.version, self.o.replay, same_space=same,
-                thresholds=self.o.canary, worker_pids=self.pids, on_round=self.h.on_round,
+                self.client, self.op["live_version"], self.version, self.opts.replay, same_space=same,
+                thresholds=self.opts.canary, worker_pids=self.pids, on_round=self.hooks.on_round,
             )  # fmt: skip
-            if self.o.canary_window_s > 0 and not rep.failures:
+            if self.opts.canary_window_s > 0 and not rep.failures:
                 before = self.pids()
-                time.sleep(self.o.canary_window_s)
+                time.sleep(self.opts.canary_window_s)
                 after = self.pids()
-                rep.failures += [(m, f"candidate worker died in the canary window ({m}: {before[m]} -> {after[m]})")
-                                 for m in MODELS if before[m] != after[m]]  # fmt: skip
+                rep.failed_checks += [
+                    worker_died(m, f"candidate worker died in the canary window ({m}: {before[m]} -> {after[m]})")
+                    for m in MODELS
+                    if before[m] != after[m]
+                ]
         finally:
             clear_routing(routing)
         self.op["canary"] = rep.to_dict()
         if rep.failures:
-            parity = [m for m, msg in rep.failures if _is_parity(msg)]
+            parity = sorted({f.model for f in rep.failed_checks if f.parity})
             if parity:
-                self.j.count_parity_failures(sorted(set(parity)), self.version)
-            raise Rejected("canary failed: " + "; ".join(msg for _, msg in rep.failures))
+                self.journal.count_parity_failures(parity, self.version)
+            raise Rejected("canary failed: " + "; ".join(rep.failures))
         self.op["decision"] = "promote"
         return {"passed": True, "latency_ratio": round(rep.latency_ratio, 3)}
 
@@ -298,22 +295,22 @@ class _Run:
         for m in PROMOTE_ORDER:
             if m not in self.op["switched"]:
                 self.op["switched"].append(m)
-                self.j.save()
+                self.journal.save()
             if self.mgmt.default_version(m).version != self.version:
                 self.mgmt.set_default(m, self.version)
             crash_point("rollout.promote.item")
-        if "space" in done_steps(self.op) and self.o.store is not None:
+        if "space" in done_steps(self.op) and self.opts.store is not None:
             from ..ops.reindex import reindex
 
-            self.op["store"] = str(self.o.store.resolve())
-            self.j.save()
-            reindex(self.o.store, bundle=self.staged(), progress=False, activate=True)  # queries switch now
+            self.op["store"] = str(self.opts.store.resolve())
+            self.journal.save()
+            reindex(self.opts.store, bundle=self.staged(), progress=False, activate=True)  # queries switch now
             self.op["space_activated"] = True
-        self.j.push_default(self.version, "promoted")
+        self.journal.push_default(self.version, "promoted")
         return {"default": self.version}
 
     def cleanup(self) -> dict[str, Any]:
-        return undo(self.mgmt, self.j, self.op, self.o.model_store, self.o.state_dir)
+        return undo(self.mgmt, self.journal, self.op, self.opts.model_store, self.opts.state_dir)
 
 
 def run_rollout(opts: RolloutOptions, hooks: Hooks | None = None) -> dict[str, Any]:
@@ -379,7 +376,3 @@ def _record(bundle: Path, source: Path, archives: dict[str, str]) -> dict[str, A
         "space_id": Manifest.load(bundle).space_id,
         "archives": archives,
     }
-
-
-def _is_parity(message: str) -> bool:
-    return any(k in message for k in ("PSNR", "bpp", "cosine", "decode exactly"))
