@@ -8,6 +8,11 @@ another space or bitstreams from another codec are refused, never mixed in.
 
 Errors: an unreachable server or a 5xx is a :class:`~licsearch.errors.LicsearchError` naming the URL; a 4xx JSON
 error from the endpoint is an :class:`~licsearch.errors.InputError` carrying the server's message.
+
+Retries: every endpoint is a pure function of its input, so a request the server could not answer for a passing
+reason is sent again, a bounded number of times with exponential backoff (:class:`RetryPolicy`): a 502/503/504 (a
+proxy without upstream, TorchServe's full job queue) and TorchServe's own 500 for the requests of a worker that
+died ("Worker died."); a new request waits in TorchServe's queue until the replacement worker is up.
 """
 
 from __future__ import annotations
@@ -15,16 +20,21 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..bitstream import Bitstream
 from ..errors import BitstreamError, ConfigMismatchError, InputError, LicsearchError
 from ..model.models import Encoded, ModelPlane
+from ..rollout.routing import ROUTING_ENV, pick_version
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,6 +65,67 @@ class Answer:
         return json.loads(self.body)
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how often an (idempotent) request is sent again.
+
+    Attributes:
+        attempts: tries in all, the first included (1: no retry).
+        backoff_s: wait before the first retry; doubled for each further one.
+        max_backoff_s: longest wait between two tries (also caps a server's ``Retry-After``).
+        statuses: HTTP statuses that are retried whatever the body says.
+        worker_gone: phrases of TorchServe's 500 for the requests of a worker that died or is restarting.
+    """
+
+    attempts: int = 3
+    backoff_s: float = 0.5
+    max_backoff_s: float = 4.0
+    statuses: tuple[int, ...] = (502, 503, 504)
+    worker_gone: tuple[str, ...] = ("Worker died", "worker is not ready", "no worker")
+
+    def retryable(self, status: int, body: bytes) -> bool:
+        if status in self.statuses:
+            return True
+        text = body[:500].decode("utf-8", "replace").lower()
+        return status == 500 and any(p.lower() in text for p in self.worker_gone)
+
+    def delay_s(self, retry: int, retry_after: str | None = None) -> float:
+        """The wait before retry number ``retry`` (1-based)."""
+        wait = self.backoff_s * 2 ** (retry - 1)
+        if retry_after and retry_after.strip().isdigit():
+            wait = max(wait, float(retry_after))
+        return min(wait, self.max_backoff_s)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Canary routing of bare model names, by the file ``licsearch rollout --canary`` writes.
+
+    The file's format and its reading are :mod:`licsearch.rollout.routing`'s.
+
+    Attributes:
+        path: the routing file; None routes nothing.
+    """
+
+    path: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> Routing:
+        """The routing file named by ``$LICSEARCH_ROUTING_FILE``, if any."""
+        env = os.environ.get(ROUTING_ENV)
+        return cls(Path(env) if env else None)
+
+    def target(self, model: str) -> str:
+        """``model``, or ``model/VERSION`` while a canary routes this request to a candidate version."""
+        if self.path is None or "/" in model:
+            return model
+        version = pick_version(model, path=str(self.path))
+        return f"{model}/{version}" if version else model
+
+
 class ServingClient:
     """HTTP calls to ``/predictions/<model>`` on one TorchServe inference address.
 
@@ -62,42 +133,62 @@ class ServingClient:
         url: the inference address, e.g. ``http://127.0.0.1:8080``.
         token: inference key sent as ``Authorization: Bearer``; default ``$LICSEARCH_SERVER_TOKEN``.
         timeout_s: per request (connect and read).
+        routing: canary routing of bare model names; default :meth:`Routing.from_env`, read once here.
+        retry: what is retried and how often (``NO_RETRY`` to send each request once).
+
+    Attributes:
+        retried: retries made so far, by the HTTP status that caused them (thread-safe; for reports and tests).
     """
 
-    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        routing: Routing | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         if not url.startswith(("http://", "https://")):
             raise InputError(f"bad server URL {url!r}", hint="give e.g. --server http://127.0.0.1:8080")
         self.url = url.rstrip("/")
         self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
         self.timeout_s = timeout_s
+        self.routing = routing if routing is not None else Routing.from_env()
+        self.retry = retry or RetryPolicy()
+        self.retried: Counter[int] = Counter()
+        self._lock = threading.Lock()
 
     def post(self, model: str, body: bytes, content_type: str, accept: str = JSON) -> Answer:
         """POSTs ``body`` to ``model`` (``NAME`` or ``NAME/VERSION``); raises on anything but a 2xx.
 
-        For a bare ``NAME``, ``$LICSEARCH_ROUTING_FILE`` (written by ``licsearch rollout --canary``) may send the
-        request to a candidate version instead (:mod:`licsearch.rollout.routing`).
+        A bare ``NAME`` may go to a candidate version while a rollout's canary routes traffic (:attr:`routing`).
+        Temporary failures are retried by :attr:`retry`; the last one is raised.
         """
         headers = {"Content-Type": content_type, "Accept": accept}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        if "/" not in model:  # a rollout's canary may route a share of requests to the candidate version
-            from ..rollout.routing import pick_version
-
-            version = pick_version(model)
-            model = f"{model}/{version}" if version else model
-        endpoint = f"{self.url}/predictions/{model}"
-        req = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")  # noqa: S310 (http/https checked)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:  # noqa: S310
-                return Answer(r.headers.get("Content-Type", ""), r.read())
-        except urllib.error.HTTPError as e:
-            raise _http_error(endpoint, e.code, e.read()) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-            reason = getattr(e, "reason", e)
-            raise ServerUnavailable(
-                f"cannot reach the model server at {endpoint}: {reason}",
-                hint="start one with `licsearch serve`, or check --server and the port",
-            ) from None
+        endpoint = f"{self.url}/predictions/{self.routing.target(model)}"
+        attempt = 1
+        while True:
+            req = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")  # noqa: S310 (http/https checked)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:  # noqa: S310
+                    return Answer(r.headers.get("Content-Type", ""), r.read())
+            except urllib.error.HTTPError as e:
+                payload = e.read()
+                if attempt >= self.retry.attempts or not self.retry.retryable(e.code, payload):
+                    raise _http_error(endpoint, e.code, payload) from None
+                with self._lock:
+                    self.retried[e.code] += 1
+                time.sleep(self.retry.delay_s(attempt, e.headers.get("Retry-After")))
+                attempt += 1
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                reason = getattr(e, "reason", e)
+                raise ServerUnavailable(
+                    f"cannot reach the model server at {endpoint}: {reason}",
+                    hint="start one with `licsearch serve`, or check --server and the port",
+                ) from None
 
     def post_json(self, model: str, doc: dict[str, Any]) -> Any:
         return self.post(model, json.dumps(doc).encode("utf-8"), JSON).json()
