@@ -5,6 +5,9 @@ goes through three steps, each per item unless it can be batched: ``parse`` (rea
 the ``preprocess`` stage), ``compute`` (the model plane, batched where shapes allow, falling back to one item
 at a time so that one failure cannot take its neighbours with it) and ``reply`` (serialise one result: the
 ``postprocess`` stage). Each request gets its own status, content type and body through the context.
+
+The batch in hand is journalled (:mod:`licsearch.serving.inflight`), so that if the worker dies under it, the next
+worker of the model counts its requests as errors.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..errors import BitstreamError, ModelError
 from ..imageio import DEFAULT_MAX_PIXELS
+from .inflight import JOURNAL_DIR, WORKER_DIED, WORKER_DIED_STATUS, InflightJournal
 from .metrics import (
     BATCH_SIZE,
     ERRORS,
@@ -91,6 +95,7 @@ class Endpoint(Generic[T, R]):
         self.clock = Stopwatch()
         self.limits = Limits()
         self.recorder = Recorder(None, "", "")
+        self.journal: InflightJournal | None = None
 
     # -- TorchServe's interface ---------------------------------------------------------------------------
 
@@ -109,6 +114,8 @@ class Endpoint(Generic[T, R]):
         model = (getattr(context, "manifest", None) or {}).get("model", {})
         version = str(model.get("modelVersion") or "unknown")
         self.recorder = Recorder(getattr(context, "metrics", None), context.model_name, version)
+        self.journal = InflightJournal(Path(context.system_properties["model_dir"]) / JOURNAL_DIR)
+        self._count_orphans(self.journal)
         self.initialized = True
         logger.info(
             "licsearch %s: bundle %s (%s, space %s), version %s, ONNX Runtime threads=%s (LICSEARCH_ORT_THREADS=%s), "
@@ -130,12 +137,16 @@ class Endpoint(Generic[T, R]):
         started = perf_counter()
         self.clock.reset()
         requests = [Request.from_torchserve(item, context, i) for i, item in enumerate(data)]
+        if self.journal:
+            self.journal.begin([r.request_id for r in requests])
         replies = self.run(requests)
         elapsed = perf_counter() - started
         for i, reply in enumerate(replies):
             context.set_response_status(reply.status, reply.phrase, i)
             context.set_response_content_type(i, reply.content_type)
         self._record(requests, replies, elapsed)
+        if self.journal:
+            self.journal.end()
         return [r.body for r in replies]
 
     # -- the batch loop -----------------------------------------------------------------------------------
@@ -218,6 +229,25 @@ class Endpoint(Generic[T, R]):
                 hint="decode it offline with `licsearch decode`",
             )
         return bs
+
+    def _count_orphans(self, journal: InflightJournal) -> None:
+        """Counts the requests of this model's workers that died under them (TorchServe answered them with 500)."""
+        lost = journal.orphans()
+        if not lost:
+            return
+        logger.warning(
+            "%d request(s) were in flight when a worker of %s died; counted as %s errors",
+            len(lost),
+            self.name,
+            WORKER_DIED_STATUS,
+        )
+        status = str(WORKER_DIED_STATUS)
+        try:
+            for rid in lost:
+                self.recorder.add(REQUESTS, 1, status, request_id=rid)
+                self.recorder.add(ERRORS, 1, status, WORKER_DIED, request_id=rid)
+        except Exception:  # metrics must never cost the worker its start
+            logger.warning("could not record the dead worker's requests", exc_info=True)
 
     def _record(self, requests: list[Request], replies: list[Reply], elapsed: float) -> None:
         try:

@@ -20,8 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import InputError, LicsearchError
 from .endpoints import ENDPOINTS
+from .inflight import pid_alive
 from .metrics import render_yaml
+from .readiness import get_json, live_workers
 
 LOCAL_CONFIG: dict[str, str] = {
     "inference_address": "http://127.0.0.1:8080",
@@ -232,9 +232,9 @@ def stop(run_dir: Path, timeout_s: float = 60.0) -> bool:
         check=False,
     )
     deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(pid):
+    if pid_alive(pid):
         raise ServerError(f"TorchServe (pid {pid}) did not stop within {timeout_s:.0f} s", hint=f"kill {pid}")
     (run / "tmp" / ".model_server.pid").unlink(missing_ok=True)
     return True
@@ -287,22 +287,9 @@ def _wait_ready(server: Server, proc: subprocess.Popen[bytes], timeout_s: float)
 
 def _ready(server: Server, what: str, keys: Mapping[str, str]) -> bool:
     if what == "/ping":
-        doc = _get_json(f"{server.inference_url}/ping", keys.get("inference"))
+        doc = get_json(f"{server.inference_url}/ping", keys.get("inference"), timeout_s=5)
         return isinstance(doc, dict) and doc.get("status") == "Healthy"
-    doc = _get_json(f"{server.management_url}/models/{what}", keys.get("management"))
-    workers = [w for d in doc if isinstance(d, dict) for w in d.get("workers", [])] if isinstance(doc, list) else []
-    return any(w.get("status") == "READY" for w in workers)
-
-
-def _get_json(url: str, token: str | None) -> object:
-    req = urllib.request.Request(url)  # noqa: S310 (server_config makes every address http or https)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
-            return json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
+    return bool(live_workers(server.management_url, what, keys.get("management")))
 
 
 def _run_env(run: Path) -> dict[str, str]:
@@ -326,24 +313,10 @@ def _pid(run: Path) -> int | None:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    if not _alive(pid):
+    if not pid_alive(pid):
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return pid  # no /proc: trust the pid file
     return pid if b"org.pytorch.serve.ModelServer" in cmdline else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (our own exited child, not yet reaped) is not a running server
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
