@@ -3,15 +3,20 @@ validate against the Kubernetes JSON schemas (kubernetes-validate bundles them, 
 files agree with each other (compose mounts, ports, scrape targets, Job shards, the Qdrant collection body).
 
 promtool comes with Debian's prometheus package (.ci/run installs it); without it those tests skip and say so.
+The auth proxy's rules run in Debian's nginx (``nginx-light``, also installed by .ci/run) in front of a stub.
 """
 
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import re
 import shutil
 import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +27,9 @@ import yaml
 from licsearch.ops.promql import dashboard_queries, metric_names, rule_queries
 from licsearch.serving import server as ts_server
 from licsearch.serving.metrics import METRICS, TORCHSERVE_METRICS
+
+from .nginx_proxy import TOKEN, auth_proxy, needs_nginx
+from .serving_fixtures import OCTET_JSON, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -182,6 +190,8 @@ def test_torchserve_deployment_probes_resources_token_and_autoscaler() -> None:
     for probe in (ts["startupProbe"], ts["livenessProbe"]):
         assert f"http://127.0.0.1:{inference_port}/ping" in " ".join(probe["exec"]["command"])
     assert proxy["readinessProbe"]["httpGet"]["path"] == "/ping"
+    management = props["management_address"]
+    assert _readiness_probe(ts["readinessProbe"]["exec"]["command"]) == management, "readiness asks for live workers"
     proxy_port = {p["name"]: p["containerPort"] for p in proxy["ports"]}["inference"]
     assert proxy["readinessProbe"]["httpGet"]["port"] == "inference"
     assert {p["name"]: p["containerPort"] for p in ts["ports"]} == {"metrics": metrics_port}
@@ -367,3 +377,104 @@ def test_compose_mounts_existing_files_and_agrees_with_the_configs() -> None:
     assert [g_mounts[c] for c in dashboards] == [(DEPLOY / "grafana" / "licsearch-serving.json").resolve()]
     assert {"/etc/grafana/provisioning/datasources", "/etc/grafana/provisioning/dashboards"} <= set(g_mounts)
     assert ts["environment"]["LICSEARCH_QDRANT_URL"] == "http://qdrant:6333"
+
+
+# -- the auth proxy, run for real -------------------------------------------------------------------------------
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """A stand-in for TorchServe that answers with what it received."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        doc = {"path": self.path, "content_type": self.headers.get("Content-Type"), "length": len(body)}
+        self._send(200, doc)
+
+    def do_GET(self) -> None:
+        self._send(200, {"status": "Healthy"})
+
+    def _send(self, status: int, doc: dict[str, Any]) -> None:
+        out = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _call(url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
+    try:
+        conn.request("POST" if body is not None else "GET", parts.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+@needs_nginx
+def test_auth_proxy_rules_with_real_nginx(tmp_path: Path) -> None:
+    echo = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=echo.serve_forever, daemon=True).start()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        with auth_proxy(echo.server_address[1], tmp_path / "nginx") as url:
+            assert _call(f"{url}/ping", None, {})[0] == 200, "/ping is open for the probes"
+            status, headers, doc = _call(f"{url}/predictions/encode", b"x", {"Content-Type": "image/png"})
+            assert (
+                status == 401 and headers["content-type"] == "application/json" and "Bearer" in doc["error"]["message"]
+            )
+
+            form = {"Content-Type": "application/x-www-form-urlencoded"}
+            cases = [  # (path, request headers, Content-Type TorchServe must see)
+                ("/predictions/encode", form, "application/octet-stream"),  # curl --data-binary's default
+                ("/predictions/decode/fp32-1", form, "application/octet-stream"),
+                ("/predictions/embed", {}, "application/octet-stream"),
+                ("/predictions/encode", {"Content-Type": "image/png"}, "image/png"),
+                ("/predictions/embed", {"Content-Type": "application/json"}, "application/json"),
+                ("/predictions/search", form, "application/x-www-form-urlencoded"),  # a JSON endpoint: untouched
+            ]
+            for path, extra, want in cases:
+                status, _, doc = _call(f"{url}{path}", b"%zz\x89PNG", {**auth, **extra})
+                assert (status, doc["path"], doc["content_type"]) == (200, path, want), (path, extra)
+                assert doc["length"] == 7
+
+            conn = http.client.HTTPConnection("127.0.0.1", urlsplit(url).port, timeout=20)
+            conn.putrequest("POST", "/predictions/encode")
+            for k, v in {**auth, "Content-Type": "application/octet-stream", "Content-Length": str(18 << 20)}.items():
+                conn.putheader(k, v)
+            conn.endheaders()  # nginx refuses on the declared length, before any body is sent
+            resp = conn.getresponse()
+            assert resp.status == 413 and resp.getheader("Content-Type") == "application/json"
+            assert json.loads(resp.read())["error"]["type"] == "PayloadTooLarge"
+            conn.close()
+    finally:
+        echo.shutdown()
+        echo.server_close()
+
+    with auth_proxy(free_ports(1)[0], tmp_path / "nginx-no-upstream") as url:  # TorchServe down or restarting
+        status, headers, doc = _call(f"{url}/predictions/embed", b'{"text": "x"}', {**auth, **OCTET_JSON})
+        assert status == 503 and headers["retry-after"] == "5" and doc["error"]["type"] == "ServiceUnavailable"
+
+
+def _readiness_probe(command: list[str]) -> str:
+    """The management address a readiness command asks; checks that the command runs and fails without a server."""
+    assert command[:3] == ["python3", "-m", "licsearch.serving.readiness"], command
+    management = command[command.index("--management") + 1]
+    closed = f"http://127.0.0.1:{free_ports(1)[0]}"
+    args = [sys.executable, *command[1:]]
+    args[args.index(management)] = closed
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["ready"] is False, proc.stderr
+    return management
+
+
+def test_compose_healthcheck_asks_for_live_workers() -> None:
+    ts = load(DEPLOY / "compose.yaml")["services"]["torchserve"]
+    props = ts_server.read_properties(DEPLOY / "compose" / "torchserve.properties")
+    test = ts["healthcheck"]["test"]
+    assert test[0] == "CMD" and _readiness_probe(test[1:]) == props["management_address"]
