@@ -16,13 +16,17 @@ Layout, version 1 (integers little-endian)::
     .       ...   the stream payloads, in header order
     end-4   4     CRC-32 of every preceding byte
 
-A reader checks, in order: magic, version, exact total length, CRC, header sanity; then the codec checks
-the profile id against its own and, after entropy decoding, the latent hash. Every failure raises
-:class:`BitstreamError`; nothing is ever decoded from a container that fails a check.
+A reader checks, in order: magic, version, exact total length, CRC, then every header field (flags, the form of
+the profile id, image size, stream count and names). The CRC guards against accidents only: a sender can recompute
+it, so nothing after it is trusted either. Before any entropy decoding the codec checks the profile id against its
+own, the stream names against those it writes and each stream's length against what the declared image size can
+produce; after decoding, the latent hash. Every failure raises :class:`BitstreamError`; nothing is ever decoded
+from a container that fails a check.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -36,6 +40,13 @@ HASH_BYTES = 16
 MAX_SIDE = 1 << 16
 MAX_STREAMS = 16
 _CRC = struct.Struct("<I")
+PROFILE_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}:q[0-9]{1,3}:[0-9a-f]{12}")
+STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+def make_profile_id(arch: str, quality: int, weights_sha256: str) -> str:
+    """A codec profile id: architecture, quality and the first 12 hex digits of the weights' sha256."""
+    return f"{arch}:q{quality}:{weights_sha256[:12]}"
 
 
 @dataclass(frozen=True)
@@ -56,12 +67,15 @@ class Bitstream:
     streams: dict[str, bytes] = field(repr=False)
 
     def __post_init__(self) -> None:
-        _check(0 < len(self.profile_id) < 256 and self.profile_id.isascii(), "profile id must be 1-255 ASCII chars")
+        _check(
+            PROFILE_ID.fullmatch(self.profile_id) is not None,
+            f"bad codec profile id {self.profile_id[:80]!r} (expected ARCH:qQUALITY:12 hex digits)",
+        )
         _check(0 < self.width <= MAX_SIDE and 0 < self.height <= MAX_SIDE, f"bad image size {self.width}x{self.height}")
         _check(len(self.latent_hash) == HASH_BYTES, "latent hash must be 16 bytes")
-        _check(0 < len(self.streams) <= MAX_STREAMS, f"1-{MAX_STREAMS} streams expected")
+        _check(0 < len(self.streams) <= MAX_STREAMS, f"1-{MAX_STREAMS} streams expected, not {len(self.streams)}")
         for name in self.streams:
-            _check(0 < len(name) < 256 and name.isascii(), f"bad stream name {name!r}")
+            _check(STREAM_NAME.fullmatch(name) is not None, f"bad stream name {name[:40]!r}")
 
     @property
     def payload_bytes(self) -> int:
@@ -125,7 +139,9 @@ class Bitstream:
         try:
             return cls(_ascii(pid, "profile id"), width, height, lhash, streams)
         except ValueError as e:
-            raise BitstreamError(f"invalid .lics header: {e}") from e
+            raise BitstreamError(
+                f"invalid .lics header: {e}", hint="the file is damaged or was not written by licsearch"
+            ) from e
 
 
 class _Reader:

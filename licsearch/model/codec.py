@@ -1,20 +1,24 @@
 """The learned image codec: CompressAI hyperprior models behind named streams and a canonical entropy path.
 
 The heavy transforms (``g_a``, ``h_a``, ``g_s``) come from CompressAI and may later run on other backends;
-entropy coding is CompressAI's rANS coder. We go around ``model.compress()`` / ``model.decompress()``
-because they compute the entropy parameters in backend-dependent floating point and address streams by
-list position; here the parameters come from :mod:`licsearch.model.entropy` and streams are named.
+entropy coding is CompressAI's rANS encoder and, to decode, the memory-safe equivalent in
+:mod:`licsearch.model.rans`. We go around ``model.compress()`` / ``model.decompress()`` because they compute the
+entropy parameters in backend-dependent floating point and address streams by list position; here the parameters
+come from :mod:`licsearch.model.entropy` and streams are named.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..bitstream import make_profile_id
 from ..errors import BitstreamError, InputError, ModelError
 from ..registry import Registry
 from .entropy import CanonicalEntropyPath
+from .rans import RansTables, decode_with_indexes
 from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dict_sha256
 
 if TYPE_CHECKING:
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
 
 STREAM_Z = "z"  # hyper-latent, coded with the factorized entropy bottleneck
 STREAM_Y = "y"  # latent, coded with the Gaussian conditional
+STREAMS = (STREAM_Z, STREAM_Y)  # every stream a bitstream of this codec holds, in the order they are written
 LATENT_HASH_BYTES = 16
 RANDOM_LATENT_GAIN = 64.0
 
@@ -222,6 +227,11 @@ class Codec:
             model.h_s, self._z_medians, self._gc.scale_table, has_means=arch.has_means
         )
         self.latent_channels = int(model.M)
+        try:
+            self._z_tables = RansTables.from_entropy_model(eb)
+            self._y_tables = RansTables.from_entropy_model(self._gc)
+        except ValueError as e:
+            raise ModelError(f"{arch.name} entropy tables are unusable: {e}") from e
 
     @classmethod
     def load(cls, arch: str, quality: int, weights: str, *, seed: int = 0) -> Codec:
@@ -243,7 +253,7 @@ class Codec:
     @property
     def profile_id(self) -> str:
         """Architecture, quality and weights fingerprint: what a bitstream must match to be decoded."""
-        return f"{self.arch.name}:q{self.quality}:{self.weights_sha256[:12]}"
+        return make_profile_id(self.arch.name, self.quality, self.weights_sha256)
 
     def latent_size(self, width: int, height: int) -> tuple[int, int]:
         """(h, w) of y for an image of this size (after padding to the downsampling factor)."""
@@ -295,22 +305,50 @@ class Codec:
 
     # -- decoding -----------------------------------------------------------------------------------------
 
-    def entropy_decode(self, streams: dict[str, bytes], width: int, height: int, expected_hash: bytes) -> torch.Tensor:
-        """Entropy-decodes the streams to y_hat (1, M, h, w), refusing if the latent hash differs."""
-        import torch
-        from compressai.entropy_models.entropy_models import EntropyModel
+    def check_streams(self, streams: dict[str, bytes], width: int, height: int) -> None:
+        """Refuses streams this codec cannot have written for an image of this size, before any decoding.
 
-        missing = {STREAM_Z, STREAM_Y} - set(streams)
-        if missing:
-            raise BitstreamError(f"bitstream lacks stream(s) {sorted(missing)}")
-        yh, yw = self.latent_size(width, height)
-        z_shape = (1, self._z_medians.numel(), yh // 4, yw // 4)
+        The names must be exactly those :meth:`compress` writes, and each length within what rANS can produce for
+        the declared number of symbols (at least the 8-byte flush, at most the costliest symbols throughout).
+        """
+        import numpy as np
+
+        names = tuple(streams)
+        if sorted(names) != sorted(STREAMS):
+            raise BitstreamError(
+                f"bitstream has streams {list(names)}, this codec writes exactly {list(STREAMS)}",
+                hint="the file is damaged or was not written by this codec",
+            )
+        z_shape, y_shape = self._latent_shapes(width, height)
+        z_per_channel = np.full(z_shape[1], z_shape[2] * z_shape[3], dtype=np.float64)
+        self._check_length(streams, STREAM_Z, self._z_tables, math.prod(z_shape), z_per_channel)
+        self._check_length(streams, STREAM_Y, self._y_tables, math.prod(y_shape), None)
+
+    def entropy_decode(self, streams: dict[str, bytes], width: int, height: int, expected_hash: bytes) -> torch.Tensor:
+        """Entropy-decodes the streams to y_hat (1, M, h, w), refusing if the latent hash differs.
+
+        Raises:
+            BitstreamError: for any defect of the streams; a file is never blamed on the model.
+        """
+        import numpy as np
+        import torch
+
+        self.check_streams(streams, width, height)
+        z_shape, y_shape = self._latent_shapes(width, height)
+        z_idx = self._z_indexes(z_shape)
+        z_sym = self._decode(streams, STREAM_Z, self._z_tables, z_idx.numpy(), z_shape)
         try:
-            z_sym = EntropyModel.decompress(self._eb, [streams[STREAM_Z]], self._z_indexes(z_shape))
             params = self.entropy_path(z_sym)
-            y_sym = EntropyModel.decompress(self._gc, [streams[STREAM_Y]], params.indexes)
-        except (ValueError, RuntimeError) as e:
-            raise BitstreamError(f"entropy decoding failed: {e}") from e
+        except ModelError as e:
+            # A well-formed z stream of values no image of this codec yields (the encoder refuses those images).
+            raise BitstreamError(
+                f"bitstream's {STREAM_Z!r} stream decodes to hyper-latent values out of this codec's range",
+                hint="the file is damaged or was not written by this codec; nothing was decoded",
+            ) from e
+        y_idx = params.indexes.numpy().reshape(-1)
+        per_cdf = np.bincount(y_idx, minlength=len(self._y_tables.sizes)).astype(np.float64)
+        self._check_length(streams, STREAM_Y, self._y_tables, y_idx.size, per_cdf)
+        y_sym = self._decode(streams, STREAM_Y, self._y_tables, y_idx, y_shape)
         if latent_hash(z_sym, y_sym) != expected_hash:
             raise BitstreamError(
                 "decoded latent does not match the encoder's (latent hash mismatch)",
@@ -318,6 +356,33 @@ class Codec:
                 "nothing was decoded",
             )
         return (y_sym + params.means).to(torch.float32)
+
+    def _latent_shapes(self, width: int, height: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+        yh, yw = self.latent_size(width, height)
+        return (1, self._z_medians.numel(), yh // 4, yw // 4), (1, self.latent_channels, yh, yw)
+
+    @staticmethod
+    def _check_length(
+        streams: dict[str, bytes], name: str, tables: RansTables, count: int, per_cdf: np.ndarray | None
+    ) -> None:
+        lo, hi = tables.length_bounds(count, per_cdf)
+        n = len(streams[name])
+        if not lo <= n <= hi:
+            raise BitstreamError(
+                f"bitstream's {name!r} stream is {n} bytes; for the {count} symbols of the declared image size "
+                f"this codec writes {lo} to {hi} bytes",
+                hint="the file is damaged (its image size or streams were altered) or was not written by this codec",
+            )
+
+    @staticmethod
+    def _decode(
+        streams: dict[str, bytes], name: str, tables: RansTables, indexes: np.ndarray, shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Symbols of one stream as a float tensor, as CompressAI's ``EntropyModel.decompress`` returns them."""
+        import torch
+
+        symbols = decode_with_indexes(streams[name], indexes, tables, stream=name)
+        return torch.from_numpy(symbols).reshape(shape).to(torch.float32)
 
     def synthesize(self, y_hat: torch.Tensor, width: int, height: int) -> np.ndarray:
         """Synthesis transform to an (H, W, 3) uint8 image cropped to the original size."""

@@ -1,0 +1,234 @@
+"""A memory-safe rANS decoder, bit-exact with CompressAI's ``RansDecoder.decode_with_indexes``.
+
+Why we go around CompressAI's decoder: its C++ ``RansDecoder`` trusts its input. It reads 32-bit words past the end
+of the string whenever the coded data runs out, and its bypass loop (``while (val == max_bypass_val)``) has no bound,
+so a crafted ``.lics`` (an empty or short stream, for instance) makes it read out of bounds and kill the process
+with SIGSEGV. Bitstreams reach the decoder from files and HTTP requests, so they are untrusted input. CompressAI's
+encoder is kept: what it writes is decoded here symbol for symbol.
+
+The coder is Fabian Giesen's rans64 (64-bit state in ``[2**31, 2**63)``, 32-bit words, 16-bit probability precision)
+with CompressAI's escape for values outside a CDF's range: the last symbol of each CDF is a sentinel followed by a
+4-bit "bypass" count and that many 4-bit nibbles of the raw value. Beyond the bounds checks, this decoder refuses
+what no valid encoder writes: a state outside the coder's interval after any step, a bypass value longer than 32 bits
+or outside int32, and a stream that is not consumed exactly (every word read, the state back at the encoder's
+initial ``2**31``). Any such defect raises :class:`~licsearch.errors.BitstreamError`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BitstreamError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PRECISION = 16  # probability bits (CompressAI's ``entropy_coder_precision``)
+STATE_LOW = 1 << 31  # rans64's RANS64_L: the lower end of the state interval, and the encoder's initial state
+WORD_BYTES = 4
+FLUSH_BYTES = 8  # the encoder's final state, written as two words
+BYPASS_BITS = 4
+MAX_BYPASS_NIBBLES = 8  # CompressAI's encoder codes a uint32 raw value, at most eight nibbles
+SYMBOL_SLACK_BITS = 1e-3  # per-symbol rounding of rANS against the ideal -log2(p), far above its ~2**-14 bound
+
+_FAILURES = {
+    1: "the coded data ended before every symbol was decoded",
+    2: "the coder's state left its valid interval (the data cannot come from an rANS encoder)",
+    3: "a CDF index is out of range",
+    4: f"an escaped value is longer than {MAX_BYPASS_NIBBLES * BYPASS_BITS} bits",
+    5: "an escaped value overflows a 32-bit integer",
+    6: "coded data is left over after the last symbol",
+    7: "the coder did not end in its initial state",
+}
+
+
+@dataclass(frozen=True)
+class RansTables:
+    """The quantized CDFs of one entropy model, as the decoder reads them.
+
+    Attributes:
+        cdfs: int32 (n, L): row i holds CDF i in its first ``sizes[i]`` entries, from 0 to ``2**PRECISION``.
+        sizes: int32 (n,): entries of each CDF (symbols + 1; the last symbol is the escape sentinel).
+        offsets: int32 (n,): the value of symbol 0 of each CDF.
+        min_bits: (n,) the fewest bits a symbol coded with CDF i can cost.
+        max_bits: (n,) the most bits it can cost, an escaped value of 32 bits included.
+    """
+
+    cdfs: np.ndarray
+    sizes: np.ndarray
+    offsets: np.ndarray
+    min_bits: np.ndarray
+    max_bits: np.ndarray
+
+    @classmethod
+    def from_entropy_model(cls, model: Any) -> RansTables:
+        """Reads and checks the tables of an updated CompressAI ``EntropyModel``."""
+        return cls.from_arrays(
+            model._quantized_cdf.numpy(), model._cdf_length.reshape(-1).numpy(), model._offset.reshape(-1).numpy()
+        )
+
+    @classmethod
+    def from_arrays(cls, cdfs: np.ndarray, sizes: np.ndarray, offsets: np.ndarray) -> RansTables:
+        """Checks the arrays as CompressAI's encoder asserts them, and derives the cost bounds."""
+        import numpy as np
+
+        cdfs = np.ascontiguousarray(cdfs, dtype=np.int32)
+        sizes = np.ascontiguousarray(sizes, dtype=np.int32)
+        offsets = np.ascontiguousarray(offsets, dtype=np.int32)
+        if cdfs.ndim != 2 or sizes.shape != (len(cdfs),) or offsets.shape != (len(cdfs),) or not len(cdfs):
+            raise ValueError("entropy tables need a 2-D CDF array and one size and offset per CDF")
+        min_bits, max_bits = np.empty(len(cdfs)), np.empty(len(cdfs))
+        for i, (cdf, n) in enumerate(zip(cdfs, sizes, strict=True)):
+            freqs = np.diff(cdf[:n].astype(np.int64))
+            if not 2 <= n <= cdfs.shape[1] or cdf[0] != 0 or cdf[n - 1] != 1 << PRECISION or (freqs <= 0).any():
+                raise ValueError(f"CDF {i} is not a valid {PRECISION}-bit quantized CDF (run the model's update())")
+            cost = PRECISION - np.log2(freqs)
+            min_bits[i] = cost.min()
+            max_bits[i] = max(cost.max(), cost[-1] + BYPASS_BITS * (1 + MAX_BYPASS_NIBBLES))
+        return cls(cdfs, sizes, offsets, min_bits, max_bits)
+
+    def length_bounds(self, count: int, per_cdf: np.ndarray | None = None) -> tuple[int, int]:
+        """The fewest and most bytes any encoder can write for ``count`` symbols coded with these CDFs.
+
+        Args:
+            count: the number of symbols.
+            per_cdf: how many of them each CDF codes, when known; otherwise any CDF of the table may be used.
+
+        The decoder's information (log2 of its state plus 32 bits per unread word) starts within
+        [31, 63) + 32 (W - 2) for W words, moves by no more than the slack per symbol besides the symbol's cost,
+        and ends at 31 (the initial state), which bounds W from both sides.
+        """
+        if per_cdf is None:
+            lo_bits, hi_bits = count * float(self.min_bits.min()), count * float(self.max_bits.max())
+        else:
+            lo_bits, hi_bits = float(per_cdf @ self.min_bits), float(per_cdf @ self.max_bits)
+        lo = (lo_bits - count * SYMBOL_SLACK_BITS - 32) / 32
+        hi = (hi_bits + count * SYMBOL_SLACK_BITS) / 32
+        return FLUSH_BYTES + WORD_BYTES * max(0, math.floor(lo)), FLUSH_BYTES + WORD_BYTES * math.ceil(hi)
+
+
+def decode_with_indexes(data: bytes, indexes: np.ndarray, tables: RansTables, *, stream: str) -> np.ndarray:
+    """Decodes one stream to int32 symbols, one per CDF index, exactly as CompressAI's ``RansDecoder`` would.
+
+    Args:
+        data: the coded bytes (untrusted).
+        indexes: the CDF index of each symbol, in coding order.
+        tables: the entropy model's CDFs.
+        stream: the stream's name, for messages.
+
+    Raises:
+        BitstreamError: the bytes are not an rANS stream of exactly these symbols.
+    """
+    import numpy as np
+
+    if len(data) < FLUSH_BYTES or len(data) % WORD_BYTES:
+        raise BitstreamError(
+            f"bitstream's {stream!r} stream is {len(data)} bytes: an rANS stream is a whole number of "
+            f"{WORD_BYTES}-byte words, at least {FLUSH_BYTES}",
+            hint="the file is damaged or was not written by licsearch",
+        )
+    words = np.frombuffer(data, dtype="<u4").astype(np.int64)
+    idx = np.ascontiguousarray(indexes, dtype=np.int32).reshape(-1)
+    out = np.empty(idx.shape, dtype=np.int32)
+    code, where = _kernel()(words, idx, tables.cdfs, tables.sizes, tables.offsets, out)
+    if code:
+        raise BitstreamError(
+            f"bitstream's {stream!r} stream is corrupt: {_FAILURES[code]} (at symbol {where} of {len(idx)})",
+            hint="the file is damaged or was not written by this codec; nothing was decoded",
+        )
+    return out
+
+
+@cache
+def _kernel() -> Callable[..., tuple[int, int]]:
+    """The compiled decoder; numba is imported and the kernel compiled (or loaded from its cache) on first use.
+
+    ``cache=True`` writes beside this module, or under ``NUMBA_CACHE_DIR`` or the user's cache directory; where none
+    is writable numba refuses to cache at all, and the kernel is compiled for this process only.
+    """
+    from numba import njit
+
+    try:
+        return njit(cache=True, nogil=True)(_decode)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(cache=False, nogil=True)(_decode)
+
+
+def _decode(words: Any, indexes: Any, cdfs: Any, sizes: Any, offsets: Any, out: Any) -> tuple[int, int]:
+    # Integer arithmetic on int64 throughout: states stay below 2**63 once the first one is checked.
+    low = 1 << 31
+    mask = (1 << PRECISION) - 1
+    bypass_mask = (1 << BYPASS_BITS) - 1
+    n_words = len(words)
+    x = words[0] | (words[1] << 32)
+    if words[1] >= low or x < low:
+        return 2, 0
+    pos = 2
+    for i in range(len(indexes)):
+        k = indexes[i]
+        if k < 0 or k >= len(sizes):
+            return 3, i
+        size = sizes[k]
+        cum = x & mask
+        lo, hi = 0, size - 1  # the symbol is the last s with cdf[s] <= cum, and cdf[size - 1] = 2**PRECISION > cum
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if cdfs[k, mid] <= cum:
+                lo = mid
+            else:
+                hi = mid
+        s = lo
+        start = cdfs[k, s]
+        x = (cdfs[k, s + 1] - start) * (x >> PRECISION) + cum - start
+        if x < low:
+            if pos >= n_words:
+                return 1, i
+            x = (x << 32) | words[pos]
+            pos += 1
+            if x < low:
+                return 2, i
+        value = s
+        if s == size - 2:  # the escape sentinel: a bypass-coded raw value follows
+            n_bypass = 0
+            val = bypass_mask
+            while val == bypass_mask:
+                val = x & bypass_mask
+                x >>= BYPASS_BITS
+                if x < low:
+                    if pos >= n_words:
+                        return 1, i
+                    x = (x << 32) | words[pos]
+                    pos += 1
+                    if x < low:
+                        return 2, i
+                n_bypass += val
+                if n_bypass > MAX_BYPASS_NIBBLES:
+                    return 4, i
+            raw = 0
+            for j in range(n_bypass):
+                val = x & bypass_mask
+                x >>= BYPASS_BITS
+                if x < low:
+                    if pos >= n_words:
+                        return 1, i
+                    x = (x << 32) | words[pos]
+                    pos += 1
+                    if x < low:
+                        return 2, i
+                raw |= val << (j * BYPASS_BITS)
+            if raw > 0x7FFFFFFF:  # CompressAI's decoder keeps it in an int32
+                return 5, i
+            value = -(raw >> 1) - 1 if raw & 1 else (raw >> 1) + s
+        value += offsets[k]
+        if value < -0x80000000 or value > 0x7FFFFFFF:
+            return 5, i
+        out[i] = value
+    if pos != n_words:
+        return 6, len(indexes)
+    if x != low:
+        return 7, len(indexes)
+    return 0, 0
