@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import defaults
 from .errors import StoreError
 from .fsutil import atomic_write
+from .spaces import BUILDING, SPACE_STATES
 
 STORE_FORMAT = 1
 CONFIG_FILE = "store.json"
@@ -26,10 +28,10 @@ CONFIG_FILE = "store.json"
 class CodecConfig:
     """The learned codec: CompressAI architecture, zoo quality, weights source and fingerprint."""
 
-    arch: str = "bmshj2018-hyperprior"
-    quality: int = 3
-    weights: str = "pretrained"
-    seed: int = 0
+    arch: str = defaults.CODEC_ARCH
+    quality: int = defaults.CODEC_QUALITY
+    weights: str = defaults.CODEC_WEIGHTS
+    seed: int = defaults.SEED
     sha256: str = ""
 
 
@@ -37,10 +39,10 @@ class CodecConfig:
 class ClipConfig:
     """The CLIP model whose text tower embeds queries (and whose image tower teaches the adapter)."""
 
-    model: str = "ViT-B-32"
-    tag: str | None = "laion2b_s34b_b79k"
-    weights: str = "pretrained"
-    seed: int = 0
+    model: str = defaults.CLIP_MODEL
+    tag: str | None = defaults.CLIP_TAG
+    weights: str = defaults.CLIP_WEIGHTS
+    seed: int = defaults.SEED
     sha256: str = ""
 
 
@@ -48,8 +50,8 @@ class ClipConfig:
 class AdapterConfig:
     """The multi-scale adapter from codec latents to the CLIP space."""
 
-    weights: str = "random"
-    seed: int = 0
+    weights: str = defaults.ADAPTER_WEIGHTS
+    seed: int = defaults.SEED
     width: int = 256
     hidden: int = 1024
     sha256: str = ""
@@ -80,10 +82,6 @@ class QdrantConfig:
     collection: str = "licsearch"
 
 
-SPACE_STATES = ("building", "complete", "retired")
-"""States of a non-active space: being re-indexed, fully built (may be activated), formerly active."""
-
-
 @dataclass(frozen=True)
 class SpaceConfig:
     """An embedding space besides the active one: the models that produce its vectors, and its state.
@@ -94,14 +92,14 @@ class SpaceConfig:
 
     models: ModelsConfig
     dim: int
-    state: str = "building"
+    state: str = BUILDING
     bundle: str | None = None
     created_at: float = field(default_factory=time.time)
     completed_at: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpaceConfig:
-        state = str(d.get("state", "building"))
+        state = str(d.get("state", BUILDING))
         if state not in SPACE_STATES:
             raise ValueError(f"unknown space state {state!r}")
         done = d.get("completed_at")
@@ -134,7 +132,7 @@ class StoreConfig:
     space_id: str
     qdrant: QdrantConfig = field(default_factory=QdrantConfig)
     bundle: str | None = None
-    max_pixels: int = 40_000_000
+    max_pixels: int = defaults.MAX_PIXELS
     format: int = STORE_FORMAT
     created_at: float = field(default_factory=time.time)
     spaces: dict[str, SpaceConfig] = field(default_factory=dict)
@@ -152,7 +150,7 @@ class StoreConfig:
                 space_id=str(d["space_id"]),
                 qdrant=QdrantConfig(**d.get("qdrant", {})),
                 bundle=d.get("bundle"),
-                max_pixels=int(d.get("max_pixels", 40_000_000)),
+                max_pixels=int(d.get("max_pixels", defaults.MAX_PIXELS)),
                 format=int(d["format"]),
                 created_at=float(d.get("created_at", 0.0)),
                 spaces={str(k): SpaceConfig.from_dict(v) for k, v in d.get("spaces", {}).items()},

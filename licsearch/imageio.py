@@ -38,6 +38,7 @@ import secrets
 import stat
 import struct
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from licsearch import defaults
 from licsearch.errors import ImageError, InputError
 
 __all__ = [
@@ -61,7 +63,7 @@ __all__ = [
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 """Lowercase file suffixes picked up when a folder is walked."""
 
-DEFAULT_MAX_PIXELS: int = 40_000_000
+DEFAULT_MAX_PIXELS: int = defaults.MAX_PIXELS
 DEFAULT_MAX_BYTES: int = 100 * 1024 * 1024
 
 # Pillow plugin ids tried when opening; MPO files are opened by the JPEG plugin.
@@ -70,6 +72,8 @@ _SUPPORTED_TEXT = "JPEG, PNG, WebP, BMP, TIFF, GIF"
 
 # Errors Pillow's decoders raise on malformed input.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error)
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -276,7 +280,36 @@ def _too_many_bytes(label: str, size: int, max_bytes: int) -> ImageError:
     )
 
 
+def _check_png_chunks(data: bytes, label: str) -> None:
+    """Refuses a PNG any of whose chunks fails its CRC-32 (PNG spec, section 5.3).
+
+    Pillow checks the CRCs of the chunks it parses when opening (reporting a mismatch as "not an image") but not
+    those of the pixel data (``IDAT``) or ``IEND``, so a damaged file could be stored silently. The store keeps
+    only the compressed bitstream, never the source, so a file that fails its own integrity check is refused
+    whichever chunk is hit. A file cut short is left to the decoder, which reports the truncation.
+    """
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return
+        (stored,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(data[pos + 4 : end]) != stored:
+            name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+            raise ImageError(
+                f"{label}: damaged PNG: chunk {name} at byte {pos} fails its CRC check",
+                hint="the file is corrupt; restore it or export it again",
+            )
+        if kind == b"IEND":
+            return
+        pos = end + 4
+
+
 def _decode(data: bytes, label: str, max_pixels: int) -> LoadedImage:
+    if data.startswith(_PNG_SIGNATURE):
+        _check_png_chunks(data, label)
     with warnings.catch_warnings():
         # Local to this call: Pillow's bomb guard becomes an error; its limit itself is never changed.
         warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from .base import Command, Result, note, warn_random
+from .model_flags import add_model_flags, models_from_flags
+from .options import add_store_flags, store_dir
+
+if TYPE_CHECKING:
+    from ..eval.planes import EvalPlane
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Declares ``eval`` and its flags on the top-level subcommand parser."""
+def configure_eval(p: argparse.ArgumentParser) -> None:
     from ..eval.baselines import PILLOW_CODECS
     from ..eval.bdrate import METHODS
-    from .main import _add_models, _add_store
 
-    p = sub.add_parser("eval", help="rate-distortion, BD-rate and semantic fidelity of the codec and adapter")
-    _add_store(p)
-    _add_models(p)
+    add_store_flags(p)
+    add_model_flags(p)
     p.add_argument("--images", metavar="DIR", help="images to evaluate (default: the --captions file's folder)")
     p.add_argument("--bundle", action="append", default=[], metavar="DIR", help="bundle to evaluate (repeatable)")
     p.add_argument(
@@ -45,33 +49,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--bd-method", choices=METHODS, default="cubic", help="BD fit: cubic polynomial or pchip")
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from ..config import StoreConfig
-    from ..eval.planes import EvalPlane, bundle_planes, eager_planes, parse_qualities
+def cmd_eval(args: argparse.Namespace) -> Result:
+    from ..eval.baselines import PILLOW_CODECS
     from ..eval.report import EvalOptions, json_safe, run_eval
     from ..eval.table import format_report
-    from .commands import _store_dir, models_from_flags, warn_random
-    from .main import emit, note
 
-    qualities = parse_qualities(args.qualities) if args.qualities else None
-    planes: list[EvalPlane] = []
-    flags = models_from_flags(args)
-    if flags is not None:
-        planes += eager_planes(flags, qualities)
-    elif args.store or not args.bundle:
-        cfg = StoreConfig.load(_store_dir(args))
-        if cfg.bundle:
-            if qualities:
-                raise InputError("this store runs from a bundle of one quality; --qualities needs eager models")
-            planes += bundle_planes([Path(cfg.bundle)])
-        else:
-            planes += eager_planes(cfg.models, qualities)
-    elif qualities:
-        raise InputError("--qualities applies to eager models", hint="give model flags or --store, or drop it")
-    planes += bundle_planes([Path(b) for b in args.bundle])
+    planes = eval_planes(args)
     baselines = () if args.baselines.strip() == "none" else tuple(b.strip() for b in args.baselines.split(",") if b)
-    from ..eval.baselines import PILLOW_CODECS
-
     for b in baselines:
         PILLOW_CODECS.get(b)
     options = EvalOptions(
@@ -85,5 +69,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     warn_random(sorted({c for p in planes for c in p.plane.random_components()}))
     doc = json_safe(run_eval(planes, options, log=note))
-    emit(args, doc, format_report(doc))
-    return 0
+    return Result(doc, format_report(doc))
+
+
+def eval_planes(args: argparse.Namespace) -> list[EvalPlane]:
+    """The model planes to evaluate: the flags' or the store's models (each of ``--qualities``), and the bundles."""
+    from ..config import StoreConfig
+    from ..eval.planes import bundle_planes, eager_planes, parse_qualities
+
+    qualities = parse_qualities(args.qualities) if args.qualities else None
+    planes: list[EvalPlane] = []
+    flags = models_from_flags(args)
+    if flags is not None:
+        planes += eager_planes(flags, qualities)
+    elif args.store or not args.bundle:
+        cfg = StoreConfig.load(store_dir(args))
+        if cfg.bundle:
+            if qualities:
+                raise InputError("this store runs from a bundle of one quality; --qualities needs eager models")
+            planes += bundle_planes([Path(cfg.bundle)])
+        else:
+            planes += eager_planes(cfg.models, qualities)
+    elif qualities:
+        raise InputError("--qualities applies to eager models", hint="give model flags or --store, or drop it")
+    planes += bundle_planes([Path(b) for b in args.bundle])
+    return planes
+
+
+COMMANDS = (
+    Command(
+        "eval", "rate-distortion, BD-rate and semantic fidelity of the codec and adapter", configure_eval, cmd_eval
+    ),
+)

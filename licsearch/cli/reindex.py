@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .base import Command, Result, note
+from .options import add_store_flags, store_dir
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Declares ``reindex`` and its flags on the top-level subcommand parser."""
+def configure_reindex(p: argparse.ArgumentParser) -> None:
     from ..ops.reindex import DEFAULT_BATCH
-    from .main import _add_store
 
-    p = sub.add_parser("reindex", help="rebuild embeddings from stored bitstreams into a new space; show or remove")
-    _add_store(p)
+    add_store_flags(p)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--bundle", metavar="DIR", help="a model bundle defining the space (manifest space id)")
     what.add_argument("--adapter-weights", metavar="PATH", help="new adapter weights for the store's codec and CLIP")
@@ -36,27 +35,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def cmd_reindex(args: argparse.Namespace) -> int:
+def cmd_reindex(args: argparse.Namespace) -> Result:
     from ..ops import spaces
     from ..ops.reindex import reindex
     from ..storage.store import Store
-    from .commands import _store_dir
-    from .main import emit, note
 
-    root = _store_dir(args)
+    root = store_dir(args)
     if (args.status or args.remove) and (args.space or args.activate):
         raise InputError("--status and --remove take no --space or --activate", hint="run them on their own")
     if args.status:
         with Store.open(root) as store:
             rows = spaces.space_status(store)
         doc: dict[str, Any] = {"store": str(root), "active": rows[0].space_id, "spaces": [r.to_dict() for r in rows]}
-        emit(args, doc, "\n".join(_status_line(r.to_dict()) for r in rows))
-        return 0
+        return Result(doc, "\n".join(_status_line(r.to_dict()) for r in rows))
     if args.remove:
         with Store.open(root) as store:
             spaces.remove_space(store, args.remove)
-        emit(args, {"store": str(root), "removed": args.remove}, f"removed embedding space {args.remove}")
-        return 0
+        return Result({"store": str(root), "removed": args.remove}, f"removed embedding space {args.remove}")
     if args.batch_size < 1:
         raise InputError("--batch-size must be positive")
     report = reindex(
@@ -69,14 +64,22 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         activate=args.activate,
         on_error=lambda pid, msg: note(f"failed: {pid}: {msg}"),
     )
-    d = report.to_dict()
     human = report.note or (
         f"space {report.space_id}: {report.state}; re-embedded {report.reembedded} of {report.points} points "
         f"({report.already} done before), failed {report.failed}; active space {report.active_space}"
     )
-    emit(args, d, human)
-    return 1 if report.failed else 0
+    return Result(report.to_dict(), human, 1 if report.failed else 0)
 
 
 def _status_line(r: dict[str, Any]) -> str:
     return f"{r['space_id']:<40} {r['state']:<10} {r['with_vector']}/{r['points']} points  dim {r['dim']}"
+
+
+COMMANDS = (
+    Command(
+        "reindex",
+        "rebuild embeddings from stored bitstreams into a new space; show or remove",
+        configure_reindex,
+        cmd_reindex,
+    ),
+)

@@ -7,16 +7,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .. import defaults
 from ..errors import InputError
+from .base import Command, Result, add_json_flag, note
+from .options import add_threshold_flags
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 REPLAY_DEFAULT = 6
 REPLAY_SIZE = (192, 128)
 
 
-def add_parser(sub: Any) -> None:
-    """Declares ``rollout`` and its flags on the top-level subcommand parser."""
-    p = sub.add_parser("rollout", help="roll a bundle out on a running TorchServe: gate, canary, promote / rollback")
+def configure_rollout(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--candidate", metavar="BUNDLE", help="the bundle to roll out (rerun to resume)")
     what.add_argument("--rollback", action="store_true", help="undo an unfinished rollout, else the previous default")
@@ -49,12 +50,18 @@ def add_parser(sub: Any) -> None:
     )
     c.add_argument("--pushgateway", metavar="URL", help="also push the rollout metrics to this Pushgateway")
     t = p.add_argument_group("thresholds (gate and canary)")
-    t.add_argument("--psnr-delta-min", type=float, default=-0.1, help="dB (default -0.1)")
-    t.add_argument("--bpp-delta-max", type=float, default=1.0, help="percent (default 1.0)")
-    t.add_argument("--cos-mean-min", type=float, default=0.99, help="embedding cosine (default 0.99)")
-    t.add_argument("--recall-overlap-min", type=float, default=0.95, help="gate recall@10 overlap (default 0.95)")
-    t.add_argument("--latency-ratio-max", type=float, default=1.5, help="canary candidate/live time (default 1.5)")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    add_threshold_flags(
+        t,
+        cos_help=f"embedding cosine (default {defaults.COS_MEAN_MIN})",
+        recall_help=f"gate recall@10 overlap (default {defaults.RECALL_OVERLAP_MIN})",
+    )
+    t.add_argument(
+        "--latency-ratio-max",
+        type=float,
+        default=defaults.LATENCY_RATIO_MAX,
+        help=f"canary candidate/live time (default {defaults.LATENCY_RATIO_MAX})",
+    )
+    add_json_flag(p)
 
 
 def management_url(args: argparse.Namespace) -> str:
@@ -81,14 +88,13 @@ def replay_images(args: argparse.Namespace) -> list[Any]:
     return [px for _, px in sample_images(min(REPLAY_DEFAULT, args.max_images), seed=7, size=REPLAY_SIZE)]
 
 
-def cmd_rollout(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
-    """Runs the subcommand; returns (JSON document, human text, exit status)."""
+def cmd_rollout(args: argparse.Namespace) -> Result:
+    """Rolls the candidate out, rolls back, or reports the status."""
     from ..ops.gate import GateThresholds
     from ..rollout.canary import CanaryThresholds
     from ..rollout.operation import Hooks
     from ..rollout.orchestrator import RolloutOptions, run_rollout
     from ..rollout.rollback import rollout_status, run_rollback
-    from .main import note
 
     model_store = Path(args.model_store)
     state_dir = Path(args.state_dir) if args.state_dir else model_store / ".rollout"
@@ -96,11 +102,11 @@ def cmd_rollout(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     hooks = Hooks(log=note)
     if args.status:
         doc = rollout_status(state_dir, management, token=args.management_token)
-        return doc, format_status(doc), 0
+        return Result(doc, format_status(doc))
     if args.rollback:
         doc = run_rollback(state_dir, model_store, management, token=args.management_token,
                            pushgateway=args.pushgateway, hooks=hooks)  # fmt: skip
-        return doc, format_report(doc), 0 if doc["outcome"] in ("rolled back", "aborted") else 1
+        return Result(doc, format_report(doc), 0 if doc["outcome"] in ("rolled back", "aborted") else 1)
     if not 0 <= args.canary <= 100:
         raise InputError(f"--canary must be a percentage from 0 to 100, got {args.canary}")
     if args.workers < 1 or args.startup_timeout < 1:
@@ -131,7 +137,7 @@ def cmd_rollout(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         pushgateway=args.pushgateway,
     )
     doc = run_rollout(opts, hooks)
-    return doc, format_report(doc), 0 if doc["outcome"] == "promoted" else 1
+    return Result(doc, format_report(doc), 0 if doc["outcome"] == "promoted" else 1)
 
 
 def format_report(doc: dict[str, Any]) -> str:
@@ -172,3 +178,13 @@ def format_status(doc: dict[str, Any]) -> str:
     lines += [f"  problem: {p}" for p in doc["problems"]]
     lines.append(f"next: {doc['next']}")
     return "\n".join(lines)
+
+
+COMMANDS = (
+    Command(
+        "rollout",
+        "roll a bundle out on a running TorchServe: gate, canary, promote / rollback",
+        configure_rollout,
+        cmd_rollout,
+    ),
+)

@@ -8,7 +8,6 @@ the codec's synthesis.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..bitstream import Bitstream
 from ..config import ModelsConfig
 from ..errors import BitstreamError, ConfigMismatchError
+from ..spaces import space_id_for as space_id_for  # re-exported: callers that fingerprint models name the space
 from .adapter import Adapter, AdapterShape
 from .codec import Codec
 from .text import TextEmbedding, TextEncoder
@@ -44,12 +44,6 @@ class Encoded:
     def bpp(self) -> float:
         """Bits per pixel of the whole container."""
         return 8.0 * len(self.data) / (self.width * self.height)
-
-
-def space_id_for(cfg: ModelsConfig) -> str:
-    """The default embedding space id: a fingerprint of the adapter, the codec it reads and the CLIP model."""
-    h = hashlib.sha256(f"{cfg.codec.sha256}|{cfg.adapter.sha256}|{cfg.clip.model}|{cfg.clip.sha256}".encode())
-    return f"{cfg.clip.model.lower()}-{h.hexdigest()[:12]}"
 
 
 class AdapterLike(Protocol):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import defaults
 from ..errors import InputError, ModelError, TextError
 from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dict_sha256
 
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 MAX_TEXT_CHARS = 4096
-DEFAULT_CLIP = "ViT-B-32"
-DEFAULT_TAG = "laion2b_s34b_b79k"
+DEFAULT_CLIP = defaults.CLIP_MODEL
+DEFAULT_TAG = defaults.CLIP_TAG
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
 

@@ -328,7 +328,8 @@ def _run(
     tmp: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from ..model.models import ModelSet, space_id_for
+    from ..model.models import ModelSet
+    from ..spaces import space_id_for
     from .gate import DEFAULT_TEXTS, run_gate
 
     if options.bundles:

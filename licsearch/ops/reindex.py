@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from ..config import ModelsConfig, SpaceConfig
 from ..errors import ConfigMismatchError, InputError, LicsearchError
 from ..faults import crash_point
-from ..model.models import ModelPlane, ModelSet, space_id_for
+from ..model.models import ModelPlane, ModelSet
+from ..spaces import ACTIVE, BUILDING, COMPLETE, space_id_for
 from ..storage import space_vectors
 from ..storage.store import Store, model_plane_for
 from .spaces import SpaceNotReadyError, activate_space, config_for_space, record_space, space_config
@@ -66,7 +67,7 @@ class ReindexReport:
 
     space_id: str
     active_space: str
-    state: str = "building"
+    state: str = BUILDING
     dim: int = 0
     points: int = 0
     already: int = 0
@@ -214,7 +215,7 @@ def reindex_store(
     """Builds ``target`` on an open store; see :func:`reindex`."""
     report = ReindexReport(space_id=target.space_id, active_space=store.space_id, dim=target.dim)
     if target.space_id == store.space_id:
-        report.state, report.points = "active", store.index.count()
+        report.state, report.points = ACTIVE, store.index.count()
         report.already = report.points
         report.note = "the space is the active one (the candidate shares it): nothing to re-index"
         return report
@@ -228,8 +229,8 @@ def reindex_store(
     report.already = space_vectors.count_with(index, target.space_id)
     lacking = space_vectors.count_lacking(index, target.space_id)
     recorded = store.config.spaces[target.space_id]
-    if lacking and recorded.state != "building":
-        record_space(store, target.space_id, dataclasses.replace(recorded, state="building", completed_at=None))
+    if lacking and recorded.state != BUILDING:
+        record_space(store, target.space_id, dataclasses.replace(recorded, state=BUILDING, completed_at=None))
     bar = _progress(lacking, progress, target.space_id)
     failed: dict[str, str] = {}
 
@@ -258,10 +259,10 @@ def reindex_store(
     report.failures = [{"id": pid, "error": msg} for pid, msg in failed.items()]
     report.points = index.count()
     complete = not failed and space_vectors.count_lacking(index, target.space_id) == 0
-    report.state = "complete" if complete else "building"
+    report.state = COMPLETE if complete else BUILDING
     current = store.config.spaces[target.space_id]
-    if complete and current.state != "complete":
-        record_space(store, target.space_id, dataclasses.replace(current, state="complete", completed_at=time.time()))
+    if complete and current.state != COMPLETE:
+        record_space(store, target.space_id, dataclasses.replace(current, state=COMPLETE, completed_at=time.time()))
     report.seconds = time.perf_counter() - started
     if activate:
         if not complete:
@@ -270,12 +271,12 @@ def reindex_store(
                 hint="repair the store (`licsearch fsck --repair`), then run the re-index again",
             )
         activate_space(store, target.space_id)
-        report.activated, report.state, report.active_space = True, "active", target.space_id
+        report.activated, report.state, report.active_space = True, ACTIVE, target.space_id
     return report
 
 
 def _space_record(target: Target) -> SpaceConfig:
-    return SpaceConfig(models=target.models, dim=target.dim, state="building", bundle=target.bundle)
+    return SpaceConfig(models=target.models, dim=target.dim, state=BUILDING, bundle=target.bundle)
 
 
 def _embed_page(

@@ -2,9 +2,9 @@
 
 The store config names one *active* space (the one ``search`` and ``ingest`` use) and records the others: a
 space a re-index is ``building``, one that is ``complete`` (every point carries its vector), and ``retired``
-ones that were active before. Queries never mix spaces (design invariant 3): a query runs in exactly one
-named vector, and a space that does not cover every point yet is refused with its progress. A space's vectors
-are removed only on request, and never the active space's.
+ones that were active before (the states are :mod:`licsearch.spaces`'s). Queries never mix spaces: a query
+runs in exactly one named vector, and a space that does not cover every point yet is refused with its progress.
+A space's vectors are removed only on request, and never the active space's.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from ..config import SpaceConfig, StoreConfig
 from ..errors import InputError
 from ..model.models import ModelPlane
+from ..spaces import ACTIVE, BUILDING, RETIRED, UNRECORDED
 from ..storage import space_vectors
 from ..storage.store import Store, model_plane_for
 
@@ -66,11 +67,11 @@ def space_status(store: Store) -> list[SpaceStatus]:
     cfg = store.config
     dims = store.index.spaces()
     total = store.index.count()
-    out = [_status(store, cfg.space_id, "active", dims, total, cfg.bundle, cfg.models.adapter.sha256)]
+    out = [_status(store, cfg.space_id, ACTIVE, dims, total, cfg.bundle, cfg.models.adapter.sha256)]
     for sid, sp in sorted(cfg.spaces.items()):
         out.append(_status(store, sid, sp.state, dims, total, sp.bundle, sp.models.adapter.sha256))
     for sid in sorted(set(dims) - {cfg.space_id, *cfg.spaces}):
-        out.append(_status(store, sid, "unrecorded", dims, total, None, ""))
+        out.append(_status(store, sid, UNRECORDED, dims, total, None, ""))
     return out
 
 
@@ -93,9 +94,9 @@ def check_queryable(store: Store, space_id: str) -> None:
     sp = space_config(store, space_id)
     total = store.index.count()
     have = space_vectors.count_with(store.index, space_id) if space_id in store.index.spaces() else 0
-    if sp.state == "building" or have < total:
+    if sp.state == BUILDING or have < total:
         pct = 100.0 * have / total if total else 100.0
-        why = "still building" if sp.state == "building" else f"{sp.state} but missing points ingested since"
+        why = "still building" if sp.state == BUILDING else f"{sp.state} but missing points ingested since"
         raise SpaceNotReadyError(
             f"embedding space {space_id!r} is {why}: {have} of {total} points have its vector ({pct:.0f} %); "
             "queries never mix spaces, so it cannot be searched until every point has one",
@@ -155,7 +156,7 @@ def activate_space(store: Store, space_id: str) -> StoreConfig:
     old = SpaceConfig(
         models=cfg.models,
         dim=store.index.spaces()[cfg.space_id],
-        state="retired",
+        state=RETIRED,
         bundle=cfg.bundle,
         created_at=cfg.created_at,
         completed_at=time.time(),

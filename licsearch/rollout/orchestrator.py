@@ -36,6 +36,7 @@ from ..errors import InputError, LicsearchError
 from ..faults import crash_point
 from ..ops.gate import GateThresholds
 from ..serving.client import ServerUnavailable, ServingClient
+from ..spaces import fork_space_id
 from . import bundles
 from .canary import MODELS, CanaryThresholds, run_canary, worker_died
 from .management import ManagementClient, ManagementRefused, ManagementUnavailable
@@ -157,7 +158,7 @@ class _Run:
             self.op["space_id"] = ref.space_id
             return {"passed": True, "space_id": ref.space_id}
         self.journal.count_parity_failures(sorted({f.model for f in rep.failed_checks if f.parity}), self.version)
-        own = cand.space_id if cand.space_id != ref.space_id else f"{ref.space_id}-x{self.version}"
+        own = fork_space_id(ref.space_id, cand.space_id, cand.manifest.files)
         self.op["space_id"] = own
         reason = "parity gate failed (a different embedding space): " + "; ".join(rep.failures)
         if self.opts.store is None:

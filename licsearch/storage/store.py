@@ -16,9 +16,11 @@ import os
 import uuid
 from pathlib import Path
 
+from .. import defaults
 from ..config import CONFIG_FILE, ModelsConfig, QdrantConfig, StoreConfig
 from ..errors import ConfigMismatchError, StoreError
-from ..model.models import ModelPlane, ModelSet, space_id_for
+from ..model.models import ModelPlane, ModelSet
+from ..spaces import space_id_for
 from .blobs import BlobStore
 from .index import VectorIndex
 
@@ -67,7 +69,7 @@ class Store:
         *,
         qdrant: QdrantConfig | None = None,
         api_key: str | None = None,
-        max_pixels: int = 40_000_000,
+        max_pixels: int = defaults.MAX_PIXELS,
         bundle: Path | None = None,
     ) -> Store:
         """Initialises a store: loads the models to fingerprint them, writes the config, creates the collection.

@@ -1,0 +1,37 @@
+"""The project's defaults, each defined once: input limits, the default models and the release thresholds.
+
+The CLI's flags, the store config, the library's functions and the serving limits read these names; nothing else
+types the values.
+"""
+
+from __future__ import annotations
+
+MAX_PIXELS = 40_000_000
+"""Largest image accepted (decoded, encoded or ingested), in pixels: a decompression-bomb guard."""
+
+CODEC_ARCH = "bmshj2018-hyperprior"
+CODEC_QUALITY = 3
+CODEC = f"{CODEC_ARCH}:{CODEC_QUALITY}"
+"""The default codec, as ``--codec`` writes it: CompressAI's scale hyperprior (Ballé et al. 2018) at quality 3."""
+
+CLIP_MODEL = "ViT-B-32"
+CLIP_TAG = "laion2b_s34b_b79k"
+CLIP = f"{CLIP_MODEL}:{CLIP_TAG}"
+"""The default CLIP, as ``--clip`` writes it: open_clip's ViT-B/32 trained on LAION-2B."""
+
+CODEC_WEIGHTS = "pretrained"
+CLIP_WEIGHTS = "pretrained"
+ADAPTER_WEIGHTS = "random"
+SEED = 0
+"""Weights sources of the three models when no flag names them, and the seed of random weights."""
+
+PSNR_DELTA_MIN_DB = -0.1
+"""Parity gate and canary: least PSNR change (candidate minus reference), in dB."""
+BPP_DELTA_MAX_PCT = 1.0
+"""Parity gate and canary: largest bits-per-pixel growth of the candidate, in percent."""
+COS_MEAN_MIN = 0.99
+"""Parity gate and canary: least mean cosine between the reference's and the candidate's embeddings."""
+RECALL_OVERLAP_MIN = 0.95
+"""Parity gate: least overlap of the image rankings' top 10 (recall@10 overlap)."""
+LATENCY_RATIO_MAX = 1.5
+"""Canary: largest candidate-over-live request time."""
