@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from . import defaults
 from .errors import StoreError
 from .fsutil import atomic_write
 from .spaces import BUILDING, SPACE_STATES
+from .storage.readonly import is_writable, read_only_error
 
 STORE_FORMAT = 1
+_T = TypeVar("_T")
 CONFIG_FILE = "store.json"
 
 
@@ -72,6 +76,15 @@ class ModelsConfig:
             adapter=dataclasses.replace(self.adapter, sha256=adapter),
         )
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, where: str = "models") -> ModelsConfig:
+        """The three models from their JSON object, every field type-checked (each model must be named).
+
+        Raises:
+            StoreError: a model is missing, or a field unknown or of the wrong type.
+        """
+        return _typed(cls, d, where, required=("codec", "clip", "adapter"))
+
 
 @dataclass(frozen=True)
 class QdrantConfig:
@@ -98,25 +111,76 @@ class SpaceConfig:
     completed_at: float | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SpaceConfig:
-        state = str(d.get("state", BUILDING))
-        if state not in SPACE_STATES:
-            raise ValueError(f"unknown space state {state!r}")
-        done = d.get("completed_at")
-        return cls(
-            models=_models_from_dict(d["models"]),
-            dim=int(d["dim"]),
-            state=state,
-            bundle=d.get("bundle"),
-            created_at=float(d.get("created_at", 0.0)),
-            completed_at=None if done is None else float(done),
-        )
+    def from_dict(cls, d: dict[str, Any], *, where: str = "a space") -> SpaceConfig:
+        """A space from its JSON object, every field type-checked; ``where`` names it in errors.
+
+        Raises:
+            StoreError: a field is missing, unknown or of the wrong type, or the state is unknown.
+        """
+        space = _typed(cls, {"created_at": 0.0, **_object(d, where)}, where)
+        if space.state not in SPACE_STATES:
+            raise _damaged(f"{where}.state {space.state!r} is unknown (known: {', '.join(SPACE_STATES)})")
+        return space
 
 
-def _models_from_dict(m: dict[str, Any]) -> ModelsConfig:
-    return ModelsConfig(
-        codec=CodecConfig(**m["codec"]), clip=ClipConfig(**m["clip"]), adapter=AdapterConfig(**m["adapter"])
-    )
+_JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _damaged(problem: str) -> StoreError:
+    return StoreError(f"store config is damaged: {problem}")
+
+
+def _object(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _damaged(f"{where} must be a JSON object, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"the number {value!r}"
+    return names.get(type(value), type(value).__name__)
+
+
+def _typed(cls: type[_T], value: object, where: str, required: tuple[str, ...] = ()) -> _T:
+    """Builds the frozen dataclass ``cls`` from a JSON object, checking every field's type against its annotation.
+
+    A damaged or hand-edited ``store.json`` (a number where a string belongs, a string where an object does) is
+    refused here, naming the field, instead of failing later far from the cause.
+    """
+    data = _object(value, where)
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise _damaged(f"{where}.{unknown[0]} is not a known field (known: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            kwargs[f.name] = _field(hints[f.name], data[f.name], f"{where}.{f.name}")
+        elif f.name in required or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+            raise _damaged(f"{where}.{f.name} is missing")
+    return cls(**kwargs)
+
+
+def _field(tp: Any, value: object, where: str) -> Any:
+    args = get_args(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        builder = getattr(tp, "from_dict", None)  # a class that checks more than types
+        return builder(value, where=where) if builder is not None else _typed(tp, value, where)
+    if get_origin(tp) is dict:
+        _, value_type = get_args(tp)
+        return {str(k): _field(value_type, v, f"{where}[{json.dumps(k)}]") for k, v in _object(value, where).items()}
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise _damaged(f"{where} must be {_JSON_TYPES.get(tp, tp.__name__)}, got {_json_type(value)}")
 
 
 @dataclass(frozen=True)
@@ -142,33 +206,76 @@ class StoreConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StoreConfig:
-        try:
-            if d.get("format") != STORE_FORMAT:
-                raise StoreError(f"store format {d.get('format')} is not supported", hint=f"expected {STORE_FORMAT}")
-            return cls(
-                models=_models_from_dict(d["models"]),
-                space_id=str(d["space_id"]),
-                qdrant=QdrantConfig(**d.get("qdrant", {})),
-                bundle=d.get("bundle"),
-                max_pixels=int(d.get("max_pixels", defaults.MAX_PIXELS)),
-                format=int(d["format"]),
-                created_at=float(d.get("created_at", 0.0)),
-                spaces={str(k): SpaceConfig.from_dict(v) for k, v in d.get("spaces", {}).items()},
-            )
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
-            raise StoreError(f"store config is damaged: {e!r}") from e
+        """The config from its JSON object, every field type-checked.
+
+        Raises:
+            StoreError: another store format, or a field missing, unknown, of the wrong type or out of range.
+        """
+        data = _object(d, "the store config")
+        if data.get("format") != STORE_FORMAT:
+            raise StoreError(f"store format {data.get('format')!r} is not supported", hint=f"expected {STORE_FORMAT}")
+        cfg = _typed(cls, {"created_at": 0.0, **data}, "store", required=("models", "space_id", "format"))
+        if not cfg.space_id:
+            raise _damaged("store.space_id is empty")
+        if cfg.max_pixels < 1:
+            raise _damaged(f"store.max_pixels must be positive, got {cfg.max_pixels}")
+        q = cfg.qdrant
+        if q.url is not None and not q.url.startswith(("http://", "https://")):
+            raise _damaged(f"store.qdrant.url must be an http:// or https:// URL, got {q.url!r}")
+        if not q.path or Path(q.path).is_absolute() or ".." in Path(q.path).parts:
+            raise _damaged(f"store.qdrant.path must be a folder inside the store, got {q.path!r}")
+        if not q.collection:
+            raise _damaged("store.qdrant.collection is empty")
+        return cfg
 
     def save(self, root: Path) -> None:
-        """Writes ``store.json`` atomically."""
+        """Writes ``store.json`` atomically.
+
+        Raises:
+            StoreError: the store is read-only (nothing is written).
+        """
+        if not is_writable(root):
+            raise read_only_error(f"the store at {root}", f"write {CONFIG_FILE}")
         atomic_write(root / CONFIG_FILE, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
 
     @classmethod
     def load(cls, root: Path) -> StoreConfig:
+        """Reads ``store.json``.
+
+        Raises:
+            StoreError: there is no store at ``root``, or its ``store.json`` is unreadable or damaged (not UTF-8,
+                not JSON, nested absurdly deep, or a field missing or of the wrong type); the message names the
+                file and the repair.
+        """
         path = root / CONFIG_FILE
         if not path.is_file():
             raise StoreError(f"no licsearch store at {root}", hint="create one with `licsearch init --store DIR`")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise StoreError(f"cannot read {path}: {e}") from e
-        return cls.from_dict(data)
+            raw = path.read_bytes()
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e.strerror or e}", hint="check the store's permissions") from e
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise _damaged_file(path, "it is not UTF-8 text") from None
+        except json.JSONDecodeError as e:
+            raise _damaged_file(path, f"it is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        except RecursionError:
+            raise _damaged_file(path, "it is nested too deeply to be a store config") from None
+        try:
+            return cls.from_dict(data)
+        except StoreError as e:
+            if e.hint:  # a store of another format: not damage
+                raise
+            raise _damaged_file(path, e.message.removeprefix("store config is damaged: ")) from None
+
+
+CONFIG_REPAIR_HINT = (
+    "restore store.json from a backup, or correct the named field by hand; fsck cannot repair it (the bitstreams "
+    "under blobs/ are untouched)"
+)
+"""What to do about a damaged ``store.json``."""
+
+
+def _damaged_file(path: Path, problem: str) -> StoreError:
+    return StoreError(f"{path} is damaged: {problem}", hint=CONFIG_REPAIR_HINT)

@@ -83,8 +83,12 @@ def ingest(
         batch_size: images of one size encoded together.
         metadata: user fields stored under ``meta`` in every point's payload.
         progress: show a progress bar (default: when stderr is a terminal).
-        on_error: called with (path, message) for each failed file.
+        on_error: called with (path, message) for each failed file; the message does not repeat the path.
+
+    Raises:
+        StoreError: the store is read-only (nothing is read or written), or a store-level failure.
     """
+    store.require_writable("ingest")
     report = IngestReport()
     # Load (and fingerprint-check) the models before touching any file: a store-level problem such as
     # changed weights is one error for the run, not one failure per file.
@@ -96,6 +100,8 @@ def ingest(
     meta = dict(metadata or {})
 
     def fail(path: Path, message: str) -> None:
+        # Image errors start with the file's name; the item (and the CLI's line) name it already.
+        message = message.removeprefix(f"{path}: ")
         report.record(path, "failed", error=message)
         if on_error:
             on_error(path, message)

@@ -80,6 +80,8 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
     source to restore it). A bitstream no point references is an orphan of an interrupted ingest: repair
     deletes it. With ``verify``, every referenced bitstream is re-hashed.
     """
+    if repair:
+        store.require_writable("repair it (fsck --repair)")
     rep = FsckReport()
     referenced: set[str] = set()
     bad_points: list[str] = []

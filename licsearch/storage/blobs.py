@@ -75,6 +75,8 @@ class BlobStore:
             self._objects.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(exist_ok=True)
         except OSError as exc:
+            if self._objects.is_dir():
+                return  # a read-only store: reads work, and writes fail with their own error
             raise StoreError(
                 f"cannot create the blob store at {self.root}: {exc}",
                 hint="choose a writable directory for the store",

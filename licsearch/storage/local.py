@@ -89,7 +89,7 @@ def open_local(path: Path) -> LocalIndex:
         raise StoreError(f"the vector index at {path} is missing and cannot be created here", hint=INDEX_REPAIR_HINT)
     if writable:
         return LocalIndex(_load(path, path))
-    return _open_view(path)
+    return open_view(path)
 
 
 def _existing_parent(path: Path) -> Path:
@@ -99,7 +99,12 @@ def _existing_parent(path: Path) -> Path:
     return parent
 
 
-def _open_view(path: Path) -> LocalIndex:
+def open_view(path: Path) -> LocalIndex:
+    """Opens ``path`` as a read-only view (see the module docstring), whether or not this process could write it.
+
+    Raises:
+        StoreError: a writer holds the folder, or it cannot be read or loaded.
+    """
     import fcntl
 
     lock_fd: int | None = None

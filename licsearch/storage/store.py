@@ -23,6 +23,8 @@ from ..model.models import ModelPlane, ModelSet
 from ..spaces import space_id_for
 from .blobs import BlobStore
 from .index import VectorIndex
+from .local import INDEX_REPAIR_HINT
+from .readonly import is_writable, read_only_error
 
 DEFAULT_STORE = "./licsearch-data"
 CREDENTIALS_FILE = "credentials.json"
@@ -60,6 +62,20 @@ class Store:
     def local(self) -> bool:
         """True when Qdrant runs embedded (one process holds the store)."""
         return self.config.qdrant.url is None
+
+    @property
+    def read_only(self) -> bool:
+        """True when this process cannot change the store (read-only media or mount, or permissions)."""
+        return self.index.read_only or not (is_writable(self.root) and is_writable(self.blobs.root))
+
+    def require_writable(self, action: str) -> None:
+        """Refuses ``action`` (a change such as "ingest") on a read-only store, before anything is tried.
+
+        Raises:
+            StoreError: the store is read-only; the message says what still works on it.
+        """
+        if self.read_only:
+            raise read_only_error(f"the store at {self.root}", action)
 
     @classmethod
     def create(
@@ -116,8 +132,17 @@ class Store:
 
     @classmethod
     def open(cls, root: Path, *, api_key: str | None = None) -> Store:
-        """Opens an existing store (models load lazily, on first use)."""
+        """Opens an existing store (models load lazily, on first use); a read-only one opens for reading.
+
+        Raises:
+            StoreError: there is no store at ``root``, or its config or embedded index is damaged or missing.
+        """
         cfg = StoreConfig.load(root)
+        if cfg.qdrant.url is None and not (root / cfg.qdrant.path).is_dir():
+            raise StoreError(
+                f"the vector index folder {root / cfg.qdrant.path} of the store at {root} is missing",
+                hint=INDEX_REPAIR_HINT,
+            )
         key = api_key or os.environ.get(API_KEY_ENV) or _read_api_key(root)
         return cls(root, cfg, api_key=key)
 
