@@ -416,17 +416,3 @@ def sample_images(n: int = 12, *, seed: int = 0, size: tuple[int, int] = (320, 2
         for i in range(n)
     ]
     return [(spec.caption(), render(spec, size)) for spec in specs]
-
-
-def save_previews(out_dir: Path, n: int = 6, *, seed: int = 0, size: tuple[int, int] = (320, 240)) -> list[Path]:
-    """Write :func:`sample_images` as PNGs plus a ``captions.txt`` so a person can eyeball the world."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths, lines = [], []
-    for index, (caption, pixels) in enumerate(sample_images(n, seed=seed, size=size)):
-        path = out_dir / f"preview_{index:02d}.png"
-        Image.fromarray(pixels).save(path)
-        paths.append(path)
-        lines.append(f"{path.name}\t{caption}\n")
-    (out_dir / "captions.txt").write_text("".join(lines), encoding="utf-8")
-    return paths

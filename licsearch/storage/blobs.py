@@ -21,10 +21,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from licsearch.bitstream import SUFFIX
 from licsearch.errors import InputError, StoreError
 
 REF_PREFIX = "sha256:"
-OBJECT_SUFFIX = ".lics"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _HEX62 = re.compile(r"[0-9a-f]{62}")
@@ -85,7 +85,7 @@ class BlobStore:
     def path(self, ref: str) -> Path:
         """Return where the object named by ``ref`` lives (whether or not it exists)."""
         digest = parse_ref(ref)
-        return self._objects / digest[:2] / f"{digest[2:]}{OBJECT_SUFFIX}"
+        return self._objects / digest[:2] / f"{digest[2:]}{SUFFIX}"
 
     def put(self, data: bytes) -> str:
         """Store ``data`` durably and return its reference.
@@ -184,8 +184,8 @@ class BlobStore:
             if not (subdir.is_dir() and _HEX2.fullmatch(subdir.name)):
                 continue
             for entry in sorted(subdir.iterdir()):
-                stem = entry.name.removesuffix(OBJECT_SUFFIX)
-                if entry.name.endswith(OBJECT_SUFFIX) and _HEX62.fullmatch(stem) and entry.is_file():
+                stem = entry.name.removesuffix(SUFFIX)
+                if entry.name.endswith(SUFFIX) and _HEX62.fullmatch(stem) and entry.is_file():
                     yield f"{REF_PREFIX}{subdir.name}{stem}"
 
     def total_bytes(self) -> int:
