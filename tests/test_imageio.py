@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import shutil
 import struct
-import time
+import subprocess
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -285,12 +288,47 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "no such file" in str(load_error(tmp_path / "absent.png"))
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
+_UNPRIVILEGED = """
+import json, sys
+from licsearch.errors import ImageError
+from licsearch.imageio import iter_image_files, load_image
+what, path = sys.argv[1:]
+if what == "load":
+    try:
+        load_image(path)
+        print(json.dumps("loaded"))
+    except ImageError as e:
+        print(json.dumps(str(e)))
+else:
+    print(json.dumps([[str(p), None if e is None else str(e)] for p, e in iter_image_files([path])]))
+"""
+
+
+def unprivileged(what: str, path: Path) -> Any:
+    """Runs ``load_image`` or ``iter_image_files`` on ``path`` in a child process that file permissions bind.
+
+    As root (how CI runs) the child keeps its uid but loses the capabilities that override permission bits
+    (``setpriv --bounding-set -dac_override,-dac_read_search``), so a mode-0 file is unreadable to it as to anyone.
+    """
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv(1) (util-linux) to drop the permission-override capabilities")
+        prefix = [setpriv, "--bounding-set", "-dac_override,-dac_read_search"]
+    proc = subprocess.run([*prefix, sys.executable, "-c", _UNPRIVILEGED, what, str(path)], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX permissions")
 def test_unreadable_file(tmp_path: Path) -> None:
     path = write(tmp_path / "secret.png", Image.fromarray(gradient()))
+    assert unprivileged("load", path) == "loaded", "the child can read the file before its mode is changed"
     path.chmod(0)
 
-    assert "permission" in str(load_error(path))
+    assert "permission" in unprivileged("load", path)
 
 
 def test_bytes_errors_use_the_given_name() -> None:
@@ -328,19 +366,29 @@ def test_max_pixels(tmp_path: Path) -> None:
         (30_000, 30_000, 10**12),  # within ours, over Pillow's error threshold
     ],
 )
-def test_bomb_header_is_refused_before_decoding(tmp_path: Path, width: int, height: int, max_pixels: int) -> None:
+def test_bomb_header_is_refused_before_decoding(
+    tmp_path: Path, width: int, height: int, max_pixels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "bomb.png"
     path.write_bytes(png_claiming_size(width, height))
     pillow_limit = Image.MAX_IMAGE_PIXELS
     filters = list(warnings.filters)
+    decoders: list[str] = []
+    real_getdecoder = Image._getdecoder  # what every ImageFile.load() asks for its pixel decoder
 
-    started = time.perf_counter()
+    def spy(mode: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        decoders.append(name)
+        return real_getdecoder(mode, name, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "_getdecoder", spy)
     error = load_error(path, max_pixels=max_pixels)
 
-    assert time.perf_counter() - started < 1.0
     assert "too large" in str(error)
+    assert decoders == [], "a pixel decoder was created for a bomb header"
     assert pillow_limit == Image.MAX_IMAGE_PIXELS
     assert warnings.filters == filters
+    load_image(write(tmp_path / "ordinary.png", Image.fromarray(gradient())))
+    assert "zip" in decoders, "the spy sees the decoder of an ordinary PNG"
 
 
 def test_max_bytes(tmp_path: Path) -> None:
@@ -525,17 +573,18 @@ def test_iter_image_files_keeps_going_after_a_bad_path(tmp_path: Path) -> None:
     assert results[1] == (image, None)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX permissions")
 def test_iter_image_files_reports_unlistable_folder(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     (locked / "a.png").write_bytes(b"x")
+    assert unprivileged("walk", tmp_path) == [[str(locked / "a.png"), None]], "listable before its mode is changed"
     locked.chmod(0)
     try:
-        results = list(iter_image_files([tmp_path]))
+        results = unprivileged("walk", tmp_path)
     finally:
         locked.chmod(0o755)
 
     assert len(results) == 1
-    assert results[0][0] == locked
-    assert isinstance(results[0][1], ImageError)
+    assert results[0][0] == str(locked)
+    assert results[0][1] is not None and "permission" in results[0][1].lower()
