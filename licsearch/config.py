@@ -25,6 +25,7 @@ from .storage.readonly import is_writable, read_only_error
 
 STORE_FORMAT = 1
 _T = TypeVar("_T")
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
 CONFIG_FILE = "store.json"
 
 
@@ -251,6 +252,8 @@ class StoreConfig:
         if not path.is_file():
             raise StoreError(f"no licsearch store at {root}", hint="create one with `licsearch init --store DIR`")
         try:
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise _damaged_file(path, f"it is {path.stat().st_size} bytes, far more than any store config")
             raw = path.read_bytes()
         except OSError as e:
             raise StoreError(f"cannot read {path}: {e.strerror or e}", hint="check the store's permissions") from e

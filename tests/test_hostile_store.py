@@ -33,7 +33,7 @@ from licsearch.imageio import load_image
 from licsearch.storage.index import FieldFilter, VectorIndex, parse_filter
 from licsearch.storage.local import open_view
 
-from .conftest import make_image, run_cli, write_png
+from .conftest import TINY_FLAGS, make_image, run_cli, write_png
 
 NOBODY = 65534
 VIEW_PREFIX = "licsearch-readonly-index-"
@@ -214,6 +214,31 @@ def test_damaged_store_json_is_refused_naming_file_and_field(tiny_store: Path, c
     assert tree_state(tiny_store) == before
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"\xff\xfe", "is damaged: it is not JSON text"), (b"[1]", 'must be an object with a string "qdrant_api_key"')],
+)
+def test_damaged_credentials_are_refused_naming_the_file(tiny_store: Path, content: bytes, expected: str) -> None:
+    from licsearch.storage.store import CREDENTIALS_FILE, Store
+
+    (tiny_store / CREDENTIALS_FILE).write_bytes(content)
+    before = tree_state(tiny_store)
+    with pytest.raises(StoreError) as info:
+        Store.open(tiny_store)
+    assert str(tiny_store / CREDENTIALS_FILE) in info.value.message and expected in info.value.message
+    assert tree_state(tiny_store) == before
+
+
+def test_oversized_store_json_is_refused_before_it_is_read(tiny_store: Path) -> None:
+    from licsearch.config import MAX_CONFIG_BYTES
+
+    path = tiny_store / CONFIG_FILE
+    with path.open("ab") as handle:
+        handle.truncate(MAX_CONFIG_BYTES + 1)
+    with pytest.raises(StoreError, match="far more than any store config"):
+        StoreConfig.load(tiny_store)
+
+
 def test_cli_refuses_damaged_store_json(tiny_store: Path) -> None:
     path = tiny_store / CONFIG_FILE
     good = path.read_bytes()
@@ -339,11 +364,12 @@ def _read_only_commands(store: Path, out_dir: Path, point: str) -> list[list[str
         ["ingest", str(out_dir / "got.png"), *s, "--no-progress"],
         ["fsck", "--repair", *s],
         ["reindex", *s, "--adapter-weights", "random", "--space", "another-space", "--no-progress"],
+        ["init", "--store", str(store / "inner"), *TINY_FLAGS],
     ]
 
 
 def _check_read_only_results(results: list[dict[str, Any]], out_dir: Path) -> None:
-    search, get, stats, fsck, ingest, repair, reindex = results
+    search, get, stats, fsck, ingest, repair, reindex, init = results
     for read in (search, get, stats, fsck):
         assert read["rc"] == 0 and "Traceback" not in read["stderr"], read
     hits = json.loads(search["stdout"])["hits"]
@@ -354,6 +380,7 @@ def _check_read_only_results(results: list[dict[str, Any]], out_dir: Path) -> No
         assert got.size == (128, 96)
     for write in (ingest, repair, reindex):
         clean_error(write, 1, "is read-only", "copy it to writable storage")
+    clean_error(init, 1, "cannot create a store at", "is not writable")
 
 
 @pytest.fixture

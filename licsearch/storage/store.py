@@ -96,6 +96,11 @@ class Store:
             raise StoreError(f"a store already exists at {root}", hint="use it, or choose another --store DIR")
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} is not a directory")
+        parent = next(p for p in (root, *root.parents) if p.exists())
+        if not is_writable(parent):
+            raise StoreError(
+                f"cannot create a store at {root}: {parent} is not writable", hint="choose a writable --store DIR"
+            )
         ms: ModelPlane
         if bundle is not None:
             from ..bundle.runtime import BundleModelSet
@@ -114,7 +119,12 @@ class Store:
             bundle=str(bundle.resolve()) if bundle is not None else None,
             max_pixels=max_pixels,
         )
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create a store at {root}: {e.strerror or e}", hint="choose a writable --store DIR"
+            ) from e
         if api_key:
             cred = root / CREDENTIALS_FILE
             fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -192,8 +202,14 @@ def _read_api_key(root: Path) -> str | None:
     p = root / CREDENTIALS_FILE
     if not p.is_file():
         return None
+    hint = 'restore it from a backup, or write it again as {"qdrant_api_key": "KEY"} (mode 0600)'
     try:
-        key = json.loads(p.read_text()).get("qdrant_api_key")
-    except (OSError, json.JSONDecodeError) as e:
-        raise StoreError(f"cannot read {p}: {e}") from e
-    return str(key) if key else None
+        doc = json.loads(p.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise StoreError(f"cannot read {p}: {e.strerror or e}", hint="check the store's permissions") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise StoreError(f"{p} is damaged: it is not JSON text", hint=hint) from None
+    key = doc.get("qdrant_api_key") if isinstance(doc, dict) else None
+    if not (key is None or isinstance(key, str)) or not isinstance(doc, dict):
+        raise StoreError(f'{p} is damaged: it must be an object with a string "qdrant_api_key"', hint=hint)
+    return key or None
