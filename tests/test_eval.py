@@ -236,6 +236,33 @@ def test_captions_match_images_by_relative_path(tmp_path: Path) -> None:
 # -- the command --------------------------------------------------------------------------------------------
 
 
+def independent_figures(folder: Path, n: int) -> dict[str, float]:
+    """Mean bpp and PSNR of the tiny codec's round trip and mean adapter-vs-CLIP cosine of the first ``n`` images,
+    computed here from the model plane and open_clip, without the evaluation code."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from licsearch.imageio import iter_image_files, load_image
+    from licsearch.model.models import ModelSet
+
+    ms = ModelSet(tiny_models())
+    clip = ms.text.model
+    preprocess = open_clip.image_transform(clip.visual.image_size, is_train=False)
+    bpp, ps, cos = [], [], []
+    for path, _ in list(iter_image_files([folder]))[:n]:
+        px = load_image(path).pixels
+        enc = ms.encode(px)
+        decoded = ms.decode(enc.data)
+        bpp.append(8 * len(enc.data) / (px.shape[0] * px.shape[1]))
+        mse = np.mean((px.astype(np.float64) - decoded.astype(np.float64)) ** 2)
+        ps.append(10 * np.log10(255.0**2 / mse))
+        with torch.inference_mode():
+            teacher = clip.encode_image(preprocess(Image.fromarray(px))[None], normalize=True)[0].double().numpy()
+        cos.append(float(np.dot(enc.embedding, teacher)))
+    return {"bpp": float(np.mean(bpp)), "psnr": float(np.mean(ps)), "cos_mean": float(np.mean(cos))}
+
+
 def test_eval_json_on_generated_images(tmp_path: Path) -> None:
     from licsearch.world import write_dataset
 
@@ -262,14 +289,18 @@ def test_eval_json_on_generated_images(tmp_path: Path) -> None:
     codec = curves["eager bmshj2018-hyperprior"]
     assert codec["kind"] == "codec" and codec["random_weights"] and len(codec["points"]) == 1
     point = codec["points"][0]
-    assert point["quality"] == 1 and point["bpp"] > point["bpp_streams"] > 0 and point["psnr"] > 0
+    assert point["quality"] == 1 and point["bpp"] > point["bpp_streams"] > 0
+    here = independent_figures(tmp_path / "ds", 2)
+    assert point["bpp"] == pytest.approx(here["bpp"], rel=1e-9)
+    assert point["psnr"] == pytest.approx(here["psnr"], rel=1e-9)
     assert point["ms_ssim"] is None, "MS-SSIM is undefined below 161 px a side"
     assert curves["JPEG"]["kind"] == "baseline" and len(curves["JPEG"]["points"]) == 10
     assert any(r["curve"] == codec["label"] and r["reference"] == "JPEG" for r in doc["bd_rates"])
     sem = doc["semantic"]["eager bmshj2018-hyperprior"]
     assert sem["available"] is True
     q1 = sem["per_quality"]["1"]
-    assert -1.0 <= q1["cos_mean"] <= 1.0 and 0.0 <= q1["recall_overlap"] <= 1.0
+    assert q1["cos_mean"] == pytest.approx(here["cos_mean"], abs=1e-5)
+    assert q1["recall_overlap"] == 1.0, "two images: each one's only neighbour is the other, under both towers"
     assert set(q1["near_duplicate"]) == {"jpeg_q50", "center_crop_90", "resize_50"}
     assert set(sem["clip_pixels"]) == {"hit1", "hit5", "near_duplicate"}
     # MS-SSIM plot only when some curve has MS-SSIM: here, the published anchors.
