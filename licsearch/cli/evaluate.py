@@ -53,7 +53,10 @@ def cmd_eval(args: argparse.Namespace) -> Result:
     from ..eval.baselines import PILLOW_CODECS
     from ..eval.report import EvalOptions, json_safe, run_eval
     from ..eval.table import format_report
+    from ..extras import need
 
+    if args.plots:  # before the evaluation, not after it
+        need("matplotlib", "eval", "plots (--plots)")
     planes = eval_planes(args)
     baselines = () if args.baselines.strip() == "none" else tuple(b.strip() for b in args.baselines.split(",") if b)
     for b in baselines:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..extras import need
 from ..metrics import ms_ssim_db
 
 
@@ -144,6 +145,7 @@ def _semantic_plot(doc: dict[str, Any], path: Path) -> bool:
 
 def write_plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     """Writes the figures described in the module docstring into ``out_dir``; returns their paths."""
+    need("matplotlib", "eval", "plots (--plots)")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--plots {out_dir} is a file", hint="give a folder for the PNG files")
     out_dir.mkdir(parents=True, exist_ok=True)

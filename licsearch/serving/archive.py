@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..bundle.manifest import Manifest
 from ..errors import InputError, ModelError
+from ..extras import missing_extra
 from .endpoint import BUNDLE_DIR, Limits
 from .endpoints import ENDPOINTS, handler_file
 
@@ -124,7 +125,10 @@ def archive_bundle(
         handlers: folder of the handler modules (default: :func:`default_handlers_dir`).
         names: endpoints to archive (default: all).
     """
-    from model_archiver import ModelArchiver, ModelArchiverConfig
+    try:
+        from model_archiver import ModelArchiver, ModelArchiverConfig
+    except ImportError:
+        raise missing_extra("serve", "packing TorchServe archives") from None
 
     settings = settings or ArchiveSettings()
     settings.check()

@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import InputError, LicsearchError
+from ..extras import missing_extra
 from .endpoints import ENDPOINTS
 from .inflight import pid_alive
 from .metrics import render_yaml
@@ -302,7 +303,7 @@ def _torchserve() -> str:
     beside = Path(sys.executable).parent / "torchserve"
     found = str(beside) if beside.is_file() else shutil.which("torchserve")
     if not found:
-        raise ServerError("the torchserve command was not found", hint="pip install 'torchserve>=0.11,<0.13'")
+        raise missing_extra("serve", "`licsearch serve` (the torchserve command was not found)")
     return found
 
 
