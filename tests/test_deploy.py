@@ -206,6 +206,8 @@ def test_torchserve_deployment_probes_resources_token_and_autoscaler() -> None:
     assert f"listen {proxy_port};" in template
     assert '$http_authorization != "Bearer ${LICSEARCH_INFERENCE_TOKEN}"' in template
     assert template.count(f"proxy_pass http://127.0.0.1:{inference_port};") == 2 and "return 401" in template
+    limit = re.search(r"client_max_body_size (\d+)m;", template)
+    assert limit and int(limit.group(1)) << 20 == int(props["max_request_size"]), "the proxy refuses first, in JSON"
 
     svc = find("Service", "licsearch-torchserve")
     assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["inference"]
