@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +12,7 @@ from licsearch.bitstream import MAGIC, VERSION, Bitstream
 from licsearch.errors import BitstreamError
 from licsearch.model.codec import Codec
 from licsearch.model.models import ModelSet
+from licsearch.model.weights import save_state_dict
 
 from .conftest import make_image, tiny_models
 
@@ -73,10 +76,20 @@ def test_another_codec_profile_is_refused(real: bytes) -> None:
         other.decode(real)
 
 
-def test_same_arch_other_weights_is_refused(real: bytes) -> None:
+def test_same_arch_other_weights_is_refused(real: bytes, tmp_path: Path) -> None:
+    """Decoding with a model set of the same architecture and quality but other weights fails clearly, and so does
+    the entropy decoder itself when the profile check is bypassed: never pixels from the wrong tables."""
     other = Codec.load("bmshj2018-hyperprior", 1, "random", seed=1)
+    weights = tmp_path / "other.safetensors"
+    save_state_dict(other.model.state_dict(), weights)
+    cfg = tiny_models()
+    other_set = ModelSet(dataclasses.replace(cfg, codec=dataclasses.replace(cfg.codec, weights=str(weights))))
     bs = Bitstream.from_bytes(real)
-    assert bs.profile_id != other.profile_id
+    assert other_set.codec.profile_id == other.profile_id != bs.profile_id
+    with pytest.raises(BitstreamError, match="made by codec profile"):
+        other_set.decode(real)
+    with pytest.raises(BitstreamError):  # a damaged stream, a failed entropy decode or a latent hash mismatch
+        other.entropy_decode(bs.streams, bs.width, bs.height, bs.latent_hash)
 
 
 def test_header_overhead_is_small(real: bytes) -> None:

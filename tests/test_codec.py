@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,26 +79,37 @@ def test_swapped_streams_never_decode(codec: Codec) -> None:
         codec.entropy_decode(mixed, a.width, a.height, a.latent_hash)
 
 
-def test_bitstream_from_another_process_decodes_identically(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bitstream_from_another_process_decodes_identically(tmp_path: Path) -> None:
+    """Each process decodes the other's bitstream to exactly the pixels the other decodes it to."""
     img = make_image(11)
+    h, w = img.shape[:2]
+    c = Codec.load("bmshj2018-hyperprior", 1, "random", seed=0)
+    mine = c.compress(img)
     np.save(tmp_path / "img.npy", img)
+    (tmp_path / "parent.pkl").write_bytes(pickle.dumps((mine.streams, mine.latent_hash)))
     script = textwrap.dedent(
         f"""
-        import numpy as np, pickle
+        import pickle
+        from pathlib import Path
+        import numpy as np
         from licsearch.model.codec import Codec
+        d = Path({str(tmp_path)!r})
         c = Codec.load("bmshj2018-hyperprior", 1, "random", seed=0)
-        comp = c.compress(np.load({str(tmp_path / "img.npy")!r}))
-        pickle.dump((comp.streams, comp.latent_hash), open({str(tmp_path / "out.pkl")!r}, "wb"))
+        comp = c.compress(np.load(d / "img.npy"))
+        (d / "child.pkl").write_bytes(pickle.dumps((comp.streams, comp.latent_hash)))
+        np.save(d / "child_own.npy", c.synthesize(c.entropy_decode(comp.streams, {w}, {h}, comp.latent_hash), {w}, {h}))
+        streams, lhash = pickle.loads((d / "parent.pkl").read_bytes())
+        np.save(d / "child_of_parent.npy", c.synthesize(c.entropy_decode(streams, {w}, {h}, lhash), {w}, {h}))
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
-    import pickle
-
-    streams, lhash = pickle.loads((tmp_path / "out.pkl").read_bytes())
-    c = Codec.load("bmshj2018-hyperprior", 1, "random", seed=0)
-    assert c.compress(img).streams == streams
-    y = c.entropy_decode(streams, img.shape[1], img.shape[0], lhash)
-    assert c.synthesize(y, img.shape[1], img.shape[0]).shape == img.shape
+    streams, lhash = pickle.loads((tmp_path / "child.pkl").read_bytes())
+    assert streams == mine.streams and lhash == mine.latent_hash
+    ours_of_child = c.synthesize(c.entropy_decode(streams, w, h, lhash), w, h)
+    ours_of_ours = c.synthesize(c.entropy_decode(mine.streams, w, h, mine.latent_hash), w, h)
+    assert ours_of_child.shape == img.shape
+    assert np.array_equal(ours_of_child, np.load(tmp_path / "child_own.npy"))
+    assert np.array_equal(ours_of_ours, np.load(tmp_path / "child_of_parent.npy"))
 
 
 def test_random_weights_are_seeded() -> None:
