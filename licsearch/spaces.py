@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,12 @@ def fork_space_id(reference: str, candidate: str, candidate_files: Mapping[str, 
     if candidate != reference:
         return candidate
     return f"{reference}-x{files_digest(candidate_files)}"
+
+
+def unproven_space_id(source: str, precision: str) -> str:
+    """The space id of a bundle exported with unproven parity (int8): ``<source>-<precision>-<hex time>``, its own
+    until a parity gate against the source says otherwise (:func:`gated_space_id`)."""
+    return f"{source}-{precision}-{int(time.time()):x}"
 
 
 def gated_space_id(reference: str, candidate: str, candidate_files: Mapping[str, str], *, passed: bool) -> str:

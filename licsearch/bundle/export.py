@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from ..config import ModelsConfig
 from ..errors import InputError, ModelError
 from ..model.models import ModelSet
 from ..model.weights import save_state_dict
+from ..spaces import unproven_space_id
 from .manifest import GraphInfo, Manifest, file_sha256
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def export_bundle(
         from .quantize import quantize_bundle
 
         graphs = quantize_bundle(tmp, graphs, int8, calibration or [], codec=codec)
-        space = f"{space_id}-int8-{int(time.time()):x}"  # its own space until a parity gate says otherwise
+        space = unproven_space_id(space_id, "int8")
     files = {rel: file_sha256(tmp / rel) for rel in sorted(_relfiles(tmp))}
     manifest = Manifest(
         models=fp,

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import defaults
 from ..errors import InputError, LicsearchError
 from ..metrics import psnr, recall_overlap
 
@@ -38,10 +39,10 @@ DEFAULT_TEXTS = (
 class GateThresholds:
     """Pass conditions (defaults from the project's rollout policy; ``None``: measured and reported, not held)."""
 
-    psnr_delta_min: float = -0.1  # dB, candidate minus reference
-    bpp_delta_max_pct: float = 1.0  # percent, candidate over reference
-    cos_mean_min: float = 0.99  # mean cosine of image and of text embeddings
-    recall_overlap_min: float = 0.95  # recall@10 overlap of image rankings
+    psnr_delta_min: float = defaults.PSNR_DELTA_MIN_DB  # dB, candidate minus reference
+    bpp_delta_max_pct: float = defaults.BPP_DELTA_MAX_PCT  # percent, candidate over reference
+    cos_mean_min: float = defaults.COS_MEAN_MIN  # mean cosine of image and of text embeddings
+    recall_overlap_min: float = defaults.RECALL_OVERLAP_MIN  # recall@10 overlap of image rankings
     cos_min_min: float | None = None  # the least cosine of any one image's embeddings
     latency_ratio_max: float | None = None  # candidate time over reference time, in-process
 

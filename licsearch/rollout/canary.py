@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import defaults
 from ..errors import LicsearchError
 from ..metrics import psnr
 from ..ops.gate import DEFAULT_TEXTS, CheckFailure
@@ -34,10 +35,10 @@ MODELS = ("encode", "decode", "embed")
 class CanaryThresholds:
     """Pass conditions of the canary (``licsearch rollout`` flags)."""
 
-    psnr_delta_min: float = -0.1  # dB, candidate minus live
-    bpp_delta_max_pct: float = 1.0  # percent, candidate over live
-    cos_mean_min: float = 0.99  # image, bitstream and text embeddings (skipped across embedding spaces)
-    latency_ratio_max: float = 1.5  # candidate time over live time
+    psnr_delta_min: float = defaults.PSNR_DELTA_MIN_DB  # dB, candidate minus live
+    bpp_delta_max_pct: float = defaults.BPP_DELTA_MAX_PCT  # percent, candidate over live
+    cos_mean_min: float = defaults.COS_MEAN_MIN  # image, bitstream and text embeddings (skipped across spaces)
+    latency_ratio_max: float = defaults.LATENCY_RATIO_MAX  # candidate time over live time
 
 
 @dataclass

@@ -36,7 +36,7 @@ from ..errors import InputError, LicsearchError
 from ..faults import crash_point
 from ..ops.gate import GateThresholds
 from ..serving.client import ServerUnavailable, ServingClient
-from ..spaces import fork_space_id
+from ..spaces import ACTIVE, COMPLETE, fork_space_id
 from . import bundles
 from .canary import MODELS, CanaryThresholds, run_canary, worker_died
 from .management import ManagementClient, ManagementRefused, ManagementUnavailable
@@ -181,7 +181,7 @@ class _Run:
         if self.opts.store is None:  # only scheduled with a store
             raise InputError("building a space needs --store DIR")
         rep = reindex(self.opts.store, bundle=self.staged(), progress=False)
-        if rep.state not in ("complete", "active"):
+        if rep.state not in (COMPLETE, ACTIVE):
             raise Rejected(
                 f"space {rep.space_id} in {self.opts.store} is not complete ({rep.failed} points failed)",
                 hint=f"see `licsearch reindex --store {self.opts.store} --space {rep.space_id}`",
