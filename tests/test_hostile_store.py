@@ -273,7 +273,7 @@ INDEX_DAMAGE: dict[str, tuple[Path, Callable[[bytes], bytes], str]] = {
     "points page damaged": (
         POINTS,
         lambda b: b[:4096] + bytes(len(b) - 4096),
-        "storage.sqlite) is damaged",
+        "storage.sqlite cannot be read as the engine's point database",
     ),
 }
 
@@ -290,6 +290,34 @@ def test_damaged_index_is_refused_naming_the_file(filled_template: Path, tmp_pat
         VectorIndex(path=store / "qdrant")
     assert expected in info.value.message
     assert "backup" in str(info.value.hint)
+    assert tree_state(store) == before
+
+
+class _Planted:
+    """A pickle that, when loaded, calls ``pathlib.Path.touch`` on a marker file: a stand-in for any code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("row", ["planted", "garbage"])
+def test_a_point_row_that_is_not_a_point_is_refused_unloaded(filled_template: Path, tmp_path: Path, row: str) -> None:
+    import pickle
+    import sqlite3
+
+    store, marker = tmp_path / "store", tmp_path / "ran"
+    shutil.copytree(filled_template, store)
+    blob = pickle.dumps(_Planted(marker)) if row == "planted" else b"\x80\x04garbage"
+    with sqlite3.connect(store / POINTS) as db:
+        db.execute("UPDATE points SET point = ? WHERE rowid = (SELECT MIN(rowid) FROM points)", (blob,))
+    db.close()
+    before = tree_state(store)
+    with pytest.raises(StoreError, match=r"storage\.sqlite holds a row that is not a point"):
+        VectorIndex(path=store / "qdrant")
+    assert not marker.exists()  # the planted call never ran
     assert tree_state(store) == before
 
 

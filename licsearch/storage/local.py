@@ -19,8 +19,12 @@ costs anyway; callers refuse writes on a view (see :attr:`LocalIndex.read_only`)
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -222,6 +226,48 @@ def check_files(path: Path) -> None:
         page = 65536 if page == 1 else page
         if page < 512 or size % page:
             raise _bad_file(points, f"is truncated ({size} bytes, not a whole number of {page}-byte pages)")
+        check_points(points)
+
+
+_POINT_MODULE = "qdrant_client.http.models.models"
+
+
+class _PointUnpickler(pickle.Unpickler):
+    """Unpickles only the engine's own point models: a pickle naming any other global could run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        from pydantic import BaseModel
+
+        if module == _POINT_MODULE:
+            found = getattr(importlib.import_module(module), name, None)
+            if isinstance(found, type) and issubclass(found, BaseModel):
+                return found
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which is not a point model")
+
+
+def check_points(points: Path) -> None:
+    """Reads every point the engine would unpickle on opening, with an unpickler that admits only point models.
+
+    Local mode keeps each point as a pickle and loads them all with :func:`pickle.loads` when it opens, and a
+    pickle can name any importable callable: a planted or damaged row would run code, or fail inside the engine.
+    Checking the rows first turns both into a StoreError naming the file (Qdrant's own local persistence).
+
+    Raises:
+        StoreError: a row is not a pickled point, or the database cannot be read.
+    """
+    import sqlite3
+
+    try:
+        # mode=ro: never written, not even a journal; immutable on read-only media, where no writer can exist.
+        mode = "ro" if is_writable(points.parent) else "ro&immutable=1"
+        with contextlib.closing(sqlite3.connect(f"{points.resolve().as_uri()}?mode={mode}", uri=True)) as db:
+            for key, blob in db.execute("SELECT id, point FROM points"):
+                try:
+                    _PointUnpickler(io.BytesIO(blob)).load()
+                except Exception as exc:  # whatever the bytes make the unpickler raise, the row is not a point
+                    raise _bad_file(points, f"holds a row that is not a point ({key!r:.60}: {exc})") from None
+    except sqlite3.Error as exc:
+        raise _bad_file(points, f"cannot be read as the engine's point database ({exc})") from None
 
 
 def _read_meta(meta_path: Path) -> dict[str, Any]:
