@@ -6,6 +6,8 @@ parameters), ``collection/<name>/storage.sqlite`` (the points) and ``.lock``, wh
 
 Damaged files are found before the engine reads them, so that the error names the file and the repair instead of
 surfacing the engine's own exception; anything the engine still fails on while loading is reported the same way.
+The engine stores each point as a pickle and unpickles them all on opening, so every row is first read with an
+unpickler that admits only the engine's point models (:func:`check_points`): a planted row cannot run code.
 
 A folder the process cannot write (read-only media or mount, or permissions) cannot be opened by the engine,
 which wants its lock file open for writing. Such a folder is opened as a read-only view instead: under a shared
