@@ -335,8 +335,9 @@ class Codec:
 
         self.check_streams(streams, width, height)
         z_shape, y_shape = self._latent_shapes(width, height)
-        z_idx = self._z_indexes(z_shape)
-        z_sym = self._decode(streams, STREAM_Z, self._z_tables, z_idx.numpy(), z_shape)
+        # z is coded channel by channel (NCHW order), each channel with its own CDF.
+        z_channels = np.arange(z_shape[1], dtype=np.int32)
+        z_sym = self._decode(streams, STREAM_Z, self._z_tables, z_channels, z_shape, run=z_shape[2] * z_shape[3])
         try:
             params = self.entropy_path(z_sym)
         except ModelError as e:
@@ -376,12 +377,18 @@ class Codec:
 
     @staticmethod
     def _decode(
-        streams: dict[str, bytes], name: str, tables: RansTables, indexes: np.ndarray, shape: tuple[int, ...]
+        streams: dict[str, bytes],
+        name: str,
+        tables: RansTables,
+        indexes: np.ndarray,
+        shape: tuple[int, ...],
+        *,
+        run: int = 1,
     ) -> torch.Tensor:
         """Symbols of one stream as a float tensor, as CompressAI's ``EntropyModel.decompress`` returns them."""
         import torch
 
-        symbols = decode_with_indexes(streams[name], indexes, tables, stream=name)
+        symbols = decode_with_indexes(streams[name], indexes, tables, stream=name, run=run)
         return torch.from_numpy(symbols).reshape(shape).to(torch.float32)
 
     def synthesize(self, y_hat: torch.Tensor, width: int, height: int) -> np.ndarray:

@@ -111,14 +111,18 @@ class RansTables:
         return FLUSH_BYTES + WORD_BYTES * max(0, math.floor(lo)), FLUSH_BYTES + WORD_BYTES * math.ceil(hi)
 
 
-def decode_with_indexes(data: bytes, indexes: np.ndarray, tables: RansTables, *, stream: str) -> np.ndarray:
-    """Decodes one stream to int32 symbols, one per CDF index, exactly as CompressAI's ``RansDecoder`` would.
+def decode_with_indexes(
+    data: bytes, indexes: np.ndarray, tables: RansTables, *, stream: str, run: int = 1
+) -> np.ndarray:
+    """Decodes one stream to int32 symbols exactly as CompressAI's ``RansDecoder.decode_with_indexes`` would.
 
     Args:
         data: the coded bytes (untrusted).
-        indexes: the CDF index of each symbol, in coding order.
+        indexes: the CDF index of the symbols, in coding order, each for ``run`` consecutive symbols.
         tables: the entropy model's CDFs.
         stream: the stream's name, for messages.
+        run: symbols per index (a channel's plane shares one CDF); memory beyond the indexes is only touched as
+            far as the data decodes, so a size claim far beyond the data costs little before it is refused.
 
     Raises:
         BitstreamError: the bytes are not an rANS stream of exactly these symbols.
@@ -133,11 +137,11 @@ def decode_with_indexes(data: bytes, indexes: np.ndarray, tables: RansTables, *,
         )
     words = np.frombuffer(data, dtype="<u4").astype(np.int64)
     idx = np.ascontiguousarray(indexes, dtype=np.int32).reshape(-1)
-    out = np.empty(idx.shape, dtype=np.int32)
-    code, where = _kernel()(words, idx, tables.cdfs, tables.sizes, tables.offsets, out)
+    out = np.empty(idx.size * run, dtype=np.int32)
+    code, where = _kernel()(words, idx, run, tables.cdfs, tables.sizes, tables.offsets, out)
     if code:
         raise BitstreamError(
-            f"bitstream's {stream!r} stream is corrupt: {_FAILURES[code]} (at symbol {where} of {len(idx)})",
+            f"bitstream's {stream!r} stream is corrupt: {_FAILURES[code]} (at symbol {where} of {out.size})",
             hint="the file is damaged or was not written by this codec; nothing was decoded",
         )
     return out
@@ -158,7 +162,7 @@ def _kernel() -> Callable[..., tuple[int, int]]:
         return njit(cache=False, nogil=True)(_decode)
 
 
-def _decode(words: Any, indexes: Any, cdfs: Any, sizes: Any, offsets: Any, out: Any) -> tuple[int, int]:
+def _decode(words: Any, indexes: Any, run: int, cdfs: Any, sizes: Any, offsets: Any, out: Any) -> tuple[int, int]:
     # Integer arithmetic on int64 throughout: states stay below 2**63 once the first one is checked.
     low = 1 << 31
     mask = (1 << PRECISION) - 1
@@ -168,8 +172,8 @@ def _decode(words: Any, indexes: Any, cdfs: Any, sizes: Any, offsets: Any, out: 
     if words[1] >= low or x < low:
         return 2, 0
     pos = 2
-    for i in range(len(indexes)):
-        k = indexes[i]
+    for i in range(len(out)):
+        k = indexes[i // run]
         if k < 0 or k >= len(sizes):
             return 3, i
         size = sizes[k]
@@ -228,7 +232,7 @@ def _decode(words: Any, indexes: Any, cdfs: Any, sizes: Any, offsets: Any, out: 
             return 5, i
         out[i] = value
     if pos != n_words:
-        return 6, len(indexes)
+        return 6, len(out)
     if x != low:
-        return 7, len(indexes)
+        return 7, len(out)
     return 0, 0
