@@ -22,7 +22,8 @@ from .serving_fixtures import free_ports
 
 WORKER_DIED = (500, {"code": 500, "type": "InternalServerException", "message": "Worker died."})
 BUSY = (503, {"code": 503, "type": "ServiceUnavailableException", "message": "Model has no worker"})
-FLAKY = {"/predictions/dying": [WORKER_DIED, WORKER_DIED], "/predictions/busy": [BUSY] * 5}
+KILLED = (507, WORKER_DIED[1])  # TorchServe's answer once it has seen the worker exit with 137 (SIGKILL)
+FLAKY = {"/predictions/dying": [WORKER_DIED, KILLED], "/predictions/busy": [BUSY] * 5}
 """Paths that fail the first times they are asked (the list's answers, in order), then answer 200."""
 
 ANSWERS = {
@@ -105,8 +106,8 @@ FAST = RetryPolicy(backoff_s=0.01)
 def test_a_dead_worker_or_a_busy_server_is_retried_a_bounded_number_of_times(stub: str) -> None:
     SEEN.clear()
     client = ServingClient(stub, timeout_s=5, retry=FAST)
-    assert client.post_json("dying", {})["ok"] is True, "two 'Worker died' 500s, then an answer: three tries"
-    assert SEEN["/predictions/dying"] == 3 and client.retried == Counter({500: 2})
+    assert client.post_json("dying", {})["ok"] is True, "'Worker died' 500 and 507, then an answer: three tries"
+    assert SEEN["/predictions/dying"] == 3 and client.retried == Counter({500: 1, 507: 1})
 
     with pytest.raises(ServerUnavailable, match="failed \\(503\\)"):
         client.post_json("busy", {})  # five 503s outlast three tries
@@ -130,6 +131,7 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert [policy.delay_s(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
     assert policy.delay_s(1, retry_after="3") == 3.0 and policy.delay_s(1, retry_after="60") == 4.0
     assert policy.retryable(500, b'{"message": "Worker died."}') and not policy.retryable(500, b"{}")
+    assert policy.retryable(507, b'{"message": "Worker died."}') and not policy.retryable(400, b"Worker died.")
 
 
 def test_routing_is_read_once_when_the_client_is_made(

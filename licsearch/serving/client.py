@@ -11,8 +11,8 @@ error from the endpoint is an :class:`~licsearch.errors.InputError` carrying the
 
 Retries: every endpoint is a pure function of its input, so a request the server could not answer for a passing
 reason is sent again, a bounded number of times with exponential backoff (:class:`RetryPolicy`): a 502/503/504 (a
-proxy without upstream, TorchServe's full job queue) and TorchServe's own 500 for the requests of a worker that
-died ("Worker died."); a new request waits in TorchServe's queue until the replacement worker is up.
+proxy without upstream, TorchServe's full job queue) and TorchServe's own 500 or 507 for the requests of a worker
+that died ("Worker died."); a new request waits in TorchServe's queue until the replacement worker is up.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ class RetryPolicy:
         backoff_s: wait before the first retry; doubled for each further one.
         max_backoff_s: longest wait between two tries (also caps a server's ``Retry-After``).
         statuses: HTTP statuses that are retried whatever the body says.
-        worker_gone: phrases of TorchServe's 500 for the requests of a worker that died or is restarting.
+        worker_gone: phrases of TorchServe's answer to the requests of a worker that died or is restarting (a 500,
+            or 507 when the frontend already saw the worker exit with 137, i.e. SIGKILL, as by the OOM killer).
     """
 
     attempts: int = 3
@@ -87,7 +88,7 @@ class RetryPolicy:
         if status in self.statuses:
             return True
         text = body[:500].decode("utf-8", "replace").lower()
-        return status == 500 and any(p.lower() in text for p in self.worker_gone)
+        return status >= 500 and any(p.lower() in text for p in self.worker_gone)
 
     def delay_s(self, retry: int, retry_after: str | None = None) -> float:
         """The wait before retry number ``retry`` (1-based)."""

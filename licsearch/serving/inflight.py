@@ -1,10 +1,10 @@
 """Requests a worker was answering when it died, counted by the next worker of the same model.
 
 When a worker process dies (a crash, a SIGKILL, the OOM killer), TorchServe's frontend itself answers the requests
-of the batch in hand with 500 "Worker died."; the handler never replies, so ``licsearch_requests_total`` would miss
-them. So each worker journals the request ids of its batch (one small file per worker, replaced per batch, removed
-once the batch is answered), and a worker starting for the same model archive counts the journals of workers that
-are gone as requests answered with status 500 and error type ``WorkerDied``, then removes them.
+of the batch in hand with 500 (or 507) "Worker died."; the handler never replies, so ``licsearch_requests_total``
+would miss them. So each worker journals the request ids of its batch (one small file per worker, replaced per
+batch, removed once the batch is answered), and a worker starting for the same model archive counts the journals of
+workers that are gone as requests answered with status 500 and error type ``WorkerDied``, then removes them.
 
 The count is exact but for two windows of a few microseconds around each batch: a worker killed after the frontend
 sent it a batch but before the journal is written (missed), or after the journal is removed but before the
@@ -25,7 +25,9 @@ WORKER_DIED = "WorkerDied"
 """The ``error_type`` label of requests whose worker died under them."""
 
 WORKER_DIED_STATUS = 500
-"""What TorchServe's frontend answers those requests with ("Worker died.")."""
+"""The status they are counted with: TorchServe's frontend answers them "Worker died." with 500, or with 507 when it
+has already seen the worker exit with code 137 (a SIGKILL, which it takes for the OOM killer); which of the two
+depends on that race, so both are counted as 500."""
 
 JOURNAL_DIR = ".licsearch-inflight"
 """The journals' folder inside the model's extracted archive (shared by its workers, kept across restarts)."""
