@@ -8,6 +8,10 @@ from __future__ import annotations
 
 MAX_PIXELS = 40_000_000
 """Largest image accepted (decoded, encoded or ingested), in pixels: a decompression-bomb guard."""
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+"""Largest payload (image or bitstream) of one request to a served model, in bytes."""
+MAX_TEXTS_PER_REQUEST = 256
+"""Most texts in one request to the served ``embed`` model."""
 
 CODEC_ARCH = "bmshj2018-hyperprior"
 CODEC_QUALITY = 3

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import defaults
 from ..errors import InputError
 from .base import Command, Result, add_json_flag, note
 
@@ -23,9 +24,10 @@ def configure_archive(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-workers", type=int, default=1)
     p.add_argument("--response-timeout", type=int, default=120, metavar="S", help="per batch (default 120 s)")
     p.add_argument("--version", help="archive version (default: precision and hash of the bundle, e.g. fp32-1a2b3c4d)")
-    p.add_argument("--max-bytes", type=int, help="largest request payload (default 16 MiB)")
-    p.add_argument("--max-pixels", type=int, help="largest image to encode or decode (default 40 MP)")
-    p.add_argument("--max-texts", type=int, help="most texts per embed request (default 256)")
+    mib, mp, texts = defaults.MAX_REQUEST_BYTES / 2**20, defaults.MAX_PIXELS / 1e6, defaults.MAX_TEXTS_PER_REQUEST
+    p.add_argument("--max-bytes", type=int, help=f"largest request payload (default {mib:g} MiB)")
+    p.add_argument("--max-pixels", type=int, help=f"largest image to encode or decode (default {mp:g} MP)")
+    p.add_argument("--max-texts", type=int, help=f"most texts per embed request (default {texts})")
     p.add_argument("--handlers", metavar="DIR", help="handler modules (default: the checkout's handlers/)")
     add_json_flag(p)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from .. import defaults
 from ..errors import BitstreamError, ModelError
-from ..imageio import DEFAULT_MAX_PIXELS
 from .inflight import JOURNAL_DIR, WORKER_DIED, WORKER_DIED_STATUS, InflightJournal
 from .metrics import (
     BATCH_SIZE,
@@ -62,9 +62,9 @@ class Limits:
         max_texts: most texts in one embed request.
     """
 
-    max_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_texts: int = 256
+    max_bytes: int = defaults.MAX_REQUEST_BYTES
+    max_pixels: int = defaults.MAX_PIXELS
+    max_texts: int = defaults.MAX_TEXTS_PER_REQUEST
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> Limits:
