@@ -1,13 +1,16 @@
 """The models this project trained and ships (``licsearch/shipped/offline``) and the ``offline`` preset.
 
-These tests reload the shipped files and reproduce the figures recorded next to them (reference.json) on the
-procedural world's held-out test scenes, which every checkout can render: no development data needed.
+These tests reload the shipped files and measure them on the procedural world's held-out test scenes, which every
+checkout can render (no development data needed): the figures recorded next to them (reference.json) are reproduced,
+and the rate order and the margin over chance are checked on the measurement, not on the record.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,9 +39,14 @@ def test_shipped_files_exist_are_small_and_have_provenance() -> None:
         assert "kodak" not in json.dumps(prov["data"]).lower()
 
 
-def test_shipped_models_reproduce_their_recorded_figures() -> None:
+@pytest.fixture(scope="module")
+def measured() -> dict[str, Any]:
+    """The shipped models' figures, measured now on the world's held-out test scenes (the slow part: once)."""
+    return reference_figures("offline")
+
+
+def test_shipped_models_reproduce_their_recorded_figures(measured: dict[str, Any]) -> None:
     recorded = json.loads((OFFLINE / REFERENCE_FILE).read_text())
-    measured = reference_figures("offline")
     assert set(measured["codec"]) == set(recorded["codec"])
     for q, rec in recorded["codec"].items():
         got = measured["codec"][q]
@@ -50,17 +58,19 @@ def test_shipped_models_reproduce_their_recorded_figures() -> None:
     assert got_s["cos_mean"] == pytest.approx(rec_s["cos_mean"], abs=0.005)
 
 
-def test_shipped_codec_qualities_are_ordered_by_rate() -> None:
-    recorded = json.loads((OFFLINE / REFERENCE_FILE).read_text())["codec"]
-    qs = sorted(recorded, key=int)
-    bpps = [recorded[q]["bpp"] for q in qs]
-    psnrs = [recorded[q]["psnr"] for q in qs]
-    assert bpps == sorted(bpps) and psnrs == sorted(psnrs), (bpps, psnrs)
+def test_shipped_codec_qualities_are_ordered_by_rate(measured: dict[str, Any]) -> None:
+    codec = measured["codec"]
+    qs = sorted(codec, key=int)
+    assert qs == ["1", "2", "3", "4"]
+    bpps = [codec[q]["bpp"] for q in qs]
+    psnrs = [codec[q]["psnr"] for q in qs]
+    assert all(b > a for a, b in itertools.pairwise(bpps)), f"bpp must rise with quality: {bpps}"
+    assert all(b > a for a, b in itertools.pairwise(psnrs)), f"PSNR must rise with quality: {psnrs}"
 
 
-def test_shipped_semantics_beat_chance_by_far() -> None:
-    s = json.loads((OFFLINE / REFERENCE_FILE).read_text())["semantic"]
-    chance = 1.0 / s["scenes"]
+def test_shipped_semantics_beat_chance_by_far(measured: dict[str, Any]) -> None:
+    s = measured["semantic"]
+    chance = 1.0 / s["scenes"]  # hit@1 of a random ranking for a caption of one scene
     assert s["hit1_clip_pixels"] > 20 * chance
     assert s["hit1_adapter"] > 20 * chance
 
