@@ -20,11 +20,11 @@ recorded in the manifest, so that a test or an operator can measure again and co
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..metrics import psnr
+from .manifest import Int8Bound
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,38 +33,6 @@ if TYPE_CHECKING:
     from ..model.codec import Codec
 
 
-@dataclass(frozen=True)
-class Int8Bound:
-    """One accuracy figure of an int8 graph against its fp32 graph.
-
-    Attributes:
-        metric: ``cosine_min``, ``bpp_delta_pct``, ``psnr_delta_db`` or ``psnr_vs_fp32_db``.
-        measured: the figure measured at export.
-        bound: the limit it is held to: a floor for every metric but ``bpp_delta_pct``, which has a ceiling.
-    """
-
-    metric: str
-    measured: float
-    bound: float
-
-    @property
-    def ok(self) -> bool:
-        """Whether ``measured`` is within ``bound`` (NaN never is)."""
-        return self.holds(self.measured)
-
-    def holds(self, value: float) -> bool:
-        """Whether ``value`` (e.g. a fresh measurement) is within this bound."""
-        return value <= self.bound if self.metric in CEILINGS else value >= self.bound
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Int8Bound:
-        return cls(str(d["metric"]), float(d["measured"]), float(d["bound"]))
-
-
-CEILINGS = frozenset({"bpp_delta_pct"})
 INT8_BOUNDS: dict[str, dict[str, float]] = {
     "adapter": {"cosine_min": 0.99},
     "text": {"cosine_min": 0.99},

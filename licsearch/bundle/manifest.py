@@ -11,11 +11,45 @@ from typing import Any
 from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig
 from ..errors import StoreError
 from ..fsutil import atomic_write
-from .accuracy import Int8Bound
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
 GRAPHS = ("g_a", "h_a", "g_s", "adapter", "text")
+
+
+@dataclass(frozen=True)
+class Int8Bound:
+    """One accuracy figure of an int8 graph against its fp32 graph.
+
+    Attributes:
+        metric: ``cosine_min``, ``bpp_delta_pct``, ``psnr_delta_db`` or ``psnr_vs_fp32_db``.
+        measured: the figure measured at export.
+        bound: the limit it is held to: a floor for every metric but ``bpp_delta_pct``, which has a ceiling.
+    """
+
+    metric: str
+    measured: float
+    bound: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether ``measured`` is within ``bound`` (NaN never is)."""
+        return self.holds(self.measured)
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` (e.g. a fresh measurement) is within this bound."""
+        return value <= self.bound if self.metric in CEILINGS else value >= self.bound
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Int8Bound:
+        return cls(str(d["metric"]), float(d["measured"]), float(d["bound"]))
+
+
+CEILINGS = frozenset({"bpp_delta_pct"})
+"""Int8 metrics whose bound is a ceiling (the others have floors)."""
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import accuracy
-from .accuracy import Int8Bound
-from .manifest import GraphInfo
+from .manifest import GraphInfo, Int8Bound
 
 if TYPE_CHECKING:
     import numpy as np
