@@ -51,9 +51,14 @@ needs_java = pytest.mark.skipif(
     not (shutil.which("java") or os.environ.get("JAVA_HOME")),
     reason="TorchServe needs Java 17 (apt-get install openjdk-17-jre-headless)",
 )
-# Random weights magnify int8 error (image cosine about 0.95 where trained weights keep 0.99), and latency on a shared
-# 2-core machine is noise: the int8 candidate is held to these thresholds; the gate failure uses the defaults.
-LOOSE = ["--cos-mean-min", "0.9", "--latency-ratio-max", "100"]
+# Random weights magnify int8 error (image cosine about 0.95 where trained weights keep 0.99): the int8 candidate is
+# held to a looser cosine; the gate failure uses the defaults. Latency: the canary sums every request of each version,
+# interleaved, so load on a shared 2-core machine falls on both sides alike; what is left is the int8 graphs' own cost
+# (the slowest kept here, g_s, takes 1.4x its fp32 time in-process) diluted by the HTTP and handler time both versions
+# pay. Twice the worst graph's ratio leaves room for a stall of one side's whole canary without letting through a
+# candidate that is several times slower.
+LATENCY_RATIO_MAX = 3.0
+LOOSE = ["--cos-mean-min", "0.9", "--latency-ratio-max", str(LATENCY_RATIO_MAX)]
 CHILD_ENV = {"LICSEARCH_ORT_THREADS": "1"}
 REPLAY = 2
 
@@ -97,7 +102,7 @@ class Env:
             "management": self.management,
             "replay": [make_image(i, 64, 96) for i in range(REPLAY)],
             "gate": GateThresholds(cos_mean_min=0.9),
-            "canary": CanaryThresholds(cos_mean_min=0.9, latency_ratio_max=100.0),
+            "canary": CanaryThresholds(cos_mean_min=0.9, latency_ratio_max=LATENCY_RATIO_MAX),
         }
         return RolloutOptions(**{**base, **kw})
 
@@ -195,7 +200,8 @@ def test_int8_candidate_passes_and_is_promoted(env: Env) -> None:
     assert doc["gate"]["passed"] is True
     c = doc["canary"]
     assert c["passed"] and c["errors"] == [] and c["cross_decode_failures"] == 0 and c["worker_restarts"] == []
-    assert c["image_cos_mean"] > 0.9 and c["text_cos_mean"] > 0.99 and c["latency_ratio"] > 0
+    assert c["image_cos_mean"] > 0.9 and c["text_cos_mean"] > 0.99
+    assert 0 < c["latency_ratio"] <= LATENCY_RATIO_MAX and c["thresholds"]["latency_ratio_max"] == LATENCY_RATIO_MAX
     # set-default observed through the management API, and the live space is kept (no re-index needed)
     assert env.defaults() == dict.fromkeys(MODELS, env.int8_version)
     answer = ServingClient(env.inference).post("embed", b'{"text": "a red circle"}', "application/json").json()
@@ -543,3 +549,49 @@ def test_routing_file_shares_and_expiry(tmp_path: Path) -> None:
     doc["expires_at"] = 0
     path.write_text(json.dumps(doc))
     assert routing.pick_version("encode", path=str(path), rng=rng) is None, "an expired window routes nothing"
+
+
+# -- the journal's typed operations ---------------------------------------------------------------------------------
+
+OLD_OPERATION = {  # as journals were written before operations were typed
+    "kind": "rollout", "id": "20260101T000000-int8-1a2b3c4d", "candidate": "/b/int8",
+    "candidate_version": "int8-1a2b3c4d", "started": 1.0, "phase": "canary", "decision": None, "outcome": None,
+    "reasons": [], "registered": ["encode"],
+    "switched": [], "live": {"encode": "fp32-0", "decode": "fp32-0", "embed": "fp32-0"}, "live_version": "fp32-0",
+    "live_space": "s", "space_id": "s", "archived": {"encode": "encode-int8-1a2b3c4d.mar"}, "gate": {"passed": True},
+    "steps": [{"name": "discover", "status": "done", "started": 1.0, "finished": 2.0, "duration_s": 1.0,
+               "detail": {"live": "fp32-0"}},
+              {"name": "canary", "status": "running", "started": 3.0, "finished": None, "duration_s": None}],
+    "a_key_of_a_later_version": [1, 2],
+}  # fmt: skip
+
+
+def test_an_old_journal_loads_typed_and_saves_back_the_same(tmp_path: Path) -> None:
+    state = {"format": 1, "versions": {}, "stack": ["fp32-0"], "defaults": [], "current": OLD_OPERATION,
+             "history": [], "parity_failures": {}}  # fmt: skip
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    journal = Journal.load(tmp_path)
+    op = journal.current
+    assert op is not None and op.kind == "rollout" and op.live_version == "fp32-0" and op.registered == ["encode"]
+    assert op.done_steps == {"discover"} and op.steps[1].status == "running"
+    assert op.steps[0].detail == {"live": "fp32-0"}
+    assert op.extra == {"a_key_of_a_later_version": [1, 2]}
+    journal.save()
+    saved = json.loads((tmp_path / "state.json").read_text())["current"]
+    assert saved == {**OLD_OPERATION, "reused": [], "space_activated": False}, "only the new defaults are added"
+    entry = journal.begin("promote", op)
+    journal.end(entry, "done", {"default": "int8-1a2b3c4d"})
+    journal.finish(op, "promoted")
+    again = Journal.load(tmp_path)
+    assert again.current is None and again.doc["history"][-1]["outcome"] == "promoted"
+    assert [s["status"] for s in again.doc["history"][-1]["steps"]] == ["done", "interrupted", "done"]
+
+
+def test_a_damaged_current_operation_is_a_clear_error(tmp_path: Path) -> None:
+    from licsearch.errors import StoreError
+
+    broken = {k: v for k, v in OLD_OPERATION.items() if k != "candidate_version"}
+    state = {"format": 1, "current": broken}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(StoreError, match="current operation is damaged"):
+        Journal.load(tmp_path)

@@ -139,59 +139,15 @@ def run_canary(
         on_round: called after each replay image (progress; tests interrupt the canary there).
     """
     import numpy as np
-    from PIL import Image
 
     th = thresholds or CanaryThresholds()
     before = worker_pids()
     http = _Timed(client)
-    versions = (live, candidate)
-    ps: dict[str, list[float]] = {live: [], candidate: []}
-    bpp: dict[str, list[float]] = {live: [], candidate: []}
-    img_cos: list[float] = []
-    bs_cos: list[float] = []
-    cross_fail = pixels_equal = 0
+    tally = _Tally(live, candidate)
     for i, img in enumerate(images):
-        body = _png(img)
-        order = versions if i % 2 == 0 else versions[::-1]
-        enc: dict[str, dict[str, Any]] = {}
-        for v in order:
-            raw = http.post("encode", v, body, OCTET)
-            if raw is not None:
-                enc[v] = json.loads(raw)
-        if len(enc) < 2:
-            continue
-        emb = {v: np.asarray(enc[v]["embedding"], np.float64) for v in versions}
-        img_cos.append(_cos(emb[live], emb[candidate]))
-        for v in versions:
-            bpp[v].append(float(enc[v]["bpp"]))
-        for src in versions:
-            data = base64.b64decode(enc[src]["bitstream"])
-            decoded: dict[str, np.ndarray] = {}
-            for dec in versions:
-                raw = http.post("decode", dec, data, OCTET, accept="image/png")
-                if raw is None:
-                    cross_fail += 1
-                    continue
-                with Image.open(io.BytesIO(raw)) as im:
-                    decoded[dec] = np.asarray(im.convert("RGB"))
-            if src in decoded:
-                ps[src].append(psnr(img, decoded[src]))
-            if len(decoded) == 2:
-                pixels_equal += int(np.array_equal(decoded[live], decoded[candidate]))
-            vec = {}
-            for ev in versions:
-                raw = http.post("embed", ev, data, OCTET)
-                if raw is not None:
-                    vec[ev] = np.asarray(json.loads(raw)["vectors"][0], np.float64)
-            if len(vec) == 2:
-                bs_cos.append(_cos(vec[live], vec[candidate]))
+        _replay(http, tally, img, reverse=i % 2 == 1)
         on_round(i)
-    tvec = {}
-    for v in versions:
-        raw = http.post("embed", v, json.dumps({"texts": list(texts)}).encode(), JSON)
-        if raw is not None:
-            tvec[v] = np.asarray(json.loads(raw)["vectors"], np.float64)
-    tcos = [_cos(a, b) for a, b in zip(tvec[live], tvec[candidate], strict=True)] if len(tvec) == 2 else []
+    tcos = _text_cosines(http, live, candidate, texts)
     after = worker_pids()
     restarts = [f"{m}: worker pids {before.get(m)} -> {after.get(m)}" for m in MODELS if before.get(m) != after.get(m)]
 
@@ -202,22 +158,23 @@ def run_canary(
         side: {m: http.seconds.get((v, m), 0.0) for m in MODELS} for side, v in (("live", live), ("cand", candidate))
     }
     total_live, total_cand = sum(lat["live"].values()), sum(lat["cand"].values())
+    ps, bpp = tally.psnr, tally.bpp
     rep = CanaryReport(
         images=len(images),
         texts=len(texts),
         requests=http.requests,
         errors=http.errors,
-        cross_decode_failures=cross_fail,
-        cross_decode_pixels_equal=pixels_equal,
+        cross_decode_failures=tally.cross_decode_failures,
+        cross_decode_pixels_equal=tally.pixels_equal,
         psnr_live=mean(ps[live]),
         psnr_candidate=mean(ps[candidate]),
         psnr_delta=mean(ps[candidate]) - mean(ps[live]),
         bpp_live=mean(bpp[live]),
         bpp_candidate=mean(bpp[candidate]),
         bpp_delta_pct=100.0 * (mean(bpp[candidate]) - mean(bpp[live])) / mean(bpp[live]) if bpp[live] else float("nan"),
-        image_cos_mean=mean(img_cos) if same_space else None,
-        image_cos_min=min(img_cos) if same_space and img_cos else None,
-        bitstream_cos_mean=mean(bs_cos) if same_space else None,
+        image_cos_mean=mean(tally.image_cos) if same_space else None,
+        image_cos_min=min(tally.image_cos) if same_space and tally.image_cos else None,
+        bitstream_cos_mean=mean(tally.bitstream_cos) if same_space else None,
         text_cos_mean=mean(tcos) if same_space else None,
         text_cos_min=min(tcos) if same_space and tcos else None,
         latency_live_s=lat["live"],
@@ -228,6 +185,88 @@ def run_canary(
     )
     rep.failed_checks = _failures(rep, th)
     return rep
+
+
+@dataclass
+class _Tally:
+    """What the replay collects, per version where it has one."""
+
+    live: str
+    candidate: str
+    psnr: dict[str, list[float]] = field(default_factory=dict)
+    bpp: dict[str, list[float]] = field(default_factory=dict)
+    image_cos: list[float] = field(default_factory=list)
+    bitstream_cos: list[float] = field(default_factory=list)
+    cross_decode_failures: int = 0
+    pixels_equal: int = 0
+
+    def __post_init__(self) -> None:
+        self.psnr = {self.live: [], self.candidate: []}
+        self.bpp = {self.live: [], self.candidate: []}
+
+    @property
+    def versions(self) -> tuple[str, str]:
+        return self.live, self.candidate
+
+
+def _replay(http: _Timed, tally: _Tally, img: np.ndarray, *, reverse: bool) -> None:
+    """One replay image: encoded by both versions (in the given order), each bitstream decoded and embedded by both."""
+    import numpy as np
+
+    live, candidate = tally.versions
+    body = _png(img)
+    enc: dict[str, dict[str, Any]] = {}
+    for v in tally.versions[::-1] if reverse else tally.versions:
+        raw = http.post("encode", v, body, OCTET)
+        if raw is not None:
+            enc[v] = json.loads(raw)
+    if len(enc) < 2:
+        return
+    emb = {v: np.asarray(enc[v]["embedding"], np.float64) for v in tally.versions}
+    tally.image_cos.append(_cos(emb[live], emb[candidate]))
+    for v in tally.versions:
+        tally.bpp[v].append(float(enc[v]["bpp"]))
+    for src in tally.versions:
+        data = base64.b64decode(enc[src]["bitstream"])
+        decoded = _decode_by_both(http, tally, data)
+        if src in decoded:
+            tally.psnr[src].append(psnr(img, decoded[src]))
+        if len(decoded) == 2:
+            tally.pixels_equal += int(np.array_equal(decoded[live], decoded[candidate]))
+        vec = {}
+        for ev in tally.versions:
+            raw = http.post("embed", ev, data, OCTET)
+            if raw is not None:
+                vec[ev] = np.asarray(json.loads(raw)["vectors"][0], np.float64)
+        if len(vec) == 2:
+            tally.bitstream_cos.append(_cos(vec[live], vec[candidate]))
+
+
+def _decode_by_both(http: _Timed, tally: _Tally, data: bytes) -> dict[str, np.ndarray]:
+    """The pixels each decode version makes of ``data``; one that refuses it is a cross-decode failure."""
+    import numpy as np
+    from PIL import Image
+
+    decoded: dict[str, np.ndarray] = {}
+    for dec in tally.versions:
+        raw = http.post("decode", dec, data, OCTET, accept="image/png")
+        if raw is None:
+            tally.cross_decode_failures += 1
+            continue
+        with Image.open(io.BytesIO(raw)) as im:
+            decoded[dec] = np.asarray(im.convert("RGB"))
+    return decoded
+
+
+def _text_cosines(http: _Timed, live: str, candidate: str, texts: tuple[str, ...]) -> list[float]:
+    import numpy as np
+
+    tvec = {}
+    for v in (live, candidate):
+        raw = http.post("embed", v, json.dumps({"texts": list(texts)}).encode(), JSON)
+        if raw is not None:
+            tvec[v] = np.asarray(json.loads(raw)["vectors"], np.float64)
+    return [_cos(a, b) for a, b in zip(tvec[live], tvec[candidate], strict=True)] if len(tvec) == 2 else []
 
 
 def _failures(r: CanaryReport, th: CanaryThresholds) -> list[CheckFailure]:

@@ -1,8 +1,9 @@
 """One journalled operation (a rollout or a rollback): its record, its steps, its report, and how it is undone.
 
-An operation is a dict in the journal (see :mod:`licsearch.rollout.state`); :func:`run_step` runs one of its steps
-(``running`` journalled first, then ``done`` or ``failed``), a :class:`Rejected` candidate being a completed step
-with the decision ``reject``. :func:`undo` takes back what an operation did on the server and in the model store.
+An operation is an :class:`~licsearch.rollout.state.Operation` in the journal (:mod:`licsearch.rollout.state`);
+:func:`run_step` runs one of its steps (``running`` journalled first, then ``done`` or ``failed``), a
+:class:`Rejected` candidate being a completed step with the decision ``reject``. :func:`undo` takes back what an
+operation did on the server and in the model store.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..errors import LicsearchError
 from ..faults import crash_point
 from .management import ManagementClient
 from .routing import ROUTING_FILE, clear_routing
-from .state import Journal, done_steps
+from .state import Journal, Operation
 
 PROMOTE_ORDER = ("decode", "embed", "encode")
 """Decoders first: once the new encoder is the default, every decoder already reads what it writes."""
@@ -39,7 +40,7 @@ class Rejected(LicsearchError):
 
 def run_step(
     journal: Journal,
-    op: dict[str, Any],
+    op: Operation,
     name: str,
     fn: Callable[[], Any],
     log: Callable[[str], None],
@@ -50,7 +51,7 @@ def run_step(
 
     A :class:`Rejected` candidate is a completed step: the decision becomes ``reject`` with the reason.
     """
-    if name in done_steps(op):
+    if name in op.done_steps:
         return
     entry = journal.begin(name, op)
     log(f"rollout: {name} ...")
@@ -58,8 +59,8 @@ def run_step(
     try:
         detail = fn()
     except Rejected as e:
-        op["decision"] = "reject"
-        op.setdefault("reasons", []).append(str(e))
+        op.decision = "reject"
+        op.reasons.append(str(e))
         journal.end(entry, "done", {"rejected": str(e)})
         log(f"rollout: {name}: candidate rejected: {e}")
         return
@@ -67,28 +68,26 @@ def run_step(
         journal.end(entry, "failed", {"error": str(e)})
         raise
     journal.end(entry, "done", detail)
-    log(f"rollout: {name} done in {entry['duration_s']:.2f} s" + (f": {_short(detail)}" if detail else ""))
+    log(f"rollout: {name} done in {entry.duration_s:.2f} s" + (f": {_short(detail)}" if detail else ""))
     crash_point(f"rollout.{name}")
 
 
-def undo(
-    mgmt: ManagementClient, journal: Journal, op: dict[str, Any], model_store: Path, state_dir: Path
-) -> dict[str, Any]:
+def undo(mgmt: ManagementClient, journal: Journal, op: Operation, model_store: Path, state_dir: Path) -> dict[str, Any]:
     """Puts back the live defaults an operation switched, unregisters what it registered, removes its files."""
-    version = op["candidate_version"]
+    version = op.candidate_version
     restored = []
-    for m in reversed(op.get("switched", [])):
-        live = op["live"][m]
+    for m in reversed(op.switched):
+        live = (op.live or {})[m]
         if mgmt.default_version(m).version != live:
             mgmt.set_default(m, live)
         restored.append(m)
-    if op.get("space_activated"):  # the store's queries had switched to the candidate's space: switch them back
-        reactivate_space(Path(op["store"]), op["live_space"])
-        op["space_activated"] = False
+    if op.space_activated and op.store and op.live_space:  # the store's queries had switched: switch them back
+        reactivate_space(Path(op.store), op.live_space)
+        op.space_activated = False
         journal.save()
-    removed = [m for m in op.get("registered", []) if mgmt.unregister(m, version)]
-    if op.get("archived") and not op.get("reused"):  # a reused version stays registered: keep its files
-        for name in op["archived"].values():
+    removed = [m for m in op.registered if mgmt.unregister(m, version)]
+    if op.archived and not op.reused:  # a reused version stays registered: keep its files
+        for name in op.archived.values():
             (model_store / name).unlink(missing_ok=True)
         journal.doc["versions"].pop(version, None)
         shutil.rmtree(state_dir / "bundles" / version, ignore_errors=True)
@@ -103,48 +102,35 @@ def reactivate_space(store: Path, space_id: str) -> None:
     reindex(store, space_id=space_id, progress=False, activate=True)
 
 
-def new_operation(kind: str, candidate: str, version: str) -> dict[str, Any]:
+def new_operation(kind: str, candidate: str, version: str) -> Operation:
     now = time.time()
-    return {
-        "kind": kind,
-        "id": f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{version}",
-        "candidate": candidate,
-        "candidate_version": version,
-        "started": now,
-        "phase": "start",
-        "decision": None,
-        "outcome": None,
-        "reasons": [],
-        "registered": [],
-        "switched": [],
-        "steps": [],
-    }
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    return Operation(kind=kind, id=f"{stamp}-{version}", candidate=candidate, candidate_version=version, started=now)
 
 
-def report(op: dict[str, Any], state_dir: Path) -> dict[str, Any]:
+def report(op: Operation, state_dir: Path) -> dict[str, Any]:
     """The rollout's document: outcome, decision and reasons, the timeline of steps, gate and canary figures."""
-    outcome = op.get("outcome") or ("interrupted" if op.get("error") else "in progress")
-    steps = [{k: s.get(k) for k in ("name", "status", "started", "finished", "duration_s", "detail")}
-             for s in op["steps"]]  # fmt: skip
+    outcome = op.outcome or ("interrupted" if op.error else "in progress")
+    steps = [{"detail": None, **s.to_dict()} for s in op.steps]
     total = (steps[-1]["finished"] or time.time()) - steps[0]["started"] if steps else 0.0
     doc = {
-        "rollout": op["id"],
-        "kind": op["kind"],
-        "candidate": op["candidate"],
-        "candidate_version": op["candidate_version"],
-        "live": op.get("live"),
+        "rollout": op.id,
+        "kind": op.kind,
+        "candidate": op.candidate,
+        "candidate_version": op.candidate_version,
+        "live": op.live,
         "outcome": outcome,
-        "decision": op.get("decision"),
-        "reasons": op.get("reasons", []),
+        "decision": op.decision,
+        "reasons": op.reasons,
         "timeline": {"steps": steps, "total_s": round(total, 3)},
-        "gate": op.get("gate"),
-        "canary": op.get("canary"),
-        "registered": op.get("registered", []),
-        "switched": op.get("switched", []),
+        "gate": op.gate,
+        "canary": op.canary,
+        "registered": op.registered,
+        "switched": op.switched,
         "state_dir": str(state_dir),
     }
-    if op.get("error"):
-        doc["error"] = op["error"]
+    if op.error:
+        doc["error"] = op.error
     return doc
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError, LicsearchError
+from ..errors import InputError, LicsearchError, StoreError
 from ..faults import crash_point
 from ..ops.gate import GateThresholds
 from ..serving.client import ServerUnavailable, ServingClient
@@ -43,7 +43,7 @@ from .management import ManagementClient, ManagementRefused, ManagementUnavailab
 from .metrics import write_metrics
 from .operation import PROMOTE_ORDER, RETRY_HINT, Hooks, Rejected, new_operation, report, run_step, undo
 from .routing import ROUTING_FILE, clear_routing, write_routing
-from .state import Journal, done_steps, locked
+from .state import Journal, Operation, locked
 
 if TYPE_CHECKING:
     import numpy as np
@@ -94,11 +94,11 @@ class RolloutOptions:
 
 
 class _Run:
-    def __init__(self, opts: RolloutOptions, journal: Journal, op: dict[str, Any], hooks: Hooks) -> None:
+    def __init__(self, opts: RolloutOptions, journal: Journal, op: Operation, hooks: Hooks) -> None:
         self.opts, self.journal, self.op, self.hooks = opts, journal, op, hooks
         self.mgmt = ManagementClient(opts.management, token=opts.management_token)
         self.client = ServingClient(opts.server, token=opts.token)
-        self.version: str = op["candidate_version"]
+        self.version: str = op.candidate_version
 
     # -- journal plumbing ----------------------------------------------------------------------------------
 
@@ -110,7 +110,7 @@ class _Run:
 
     @property
     def rejected(self) -> bool:
-        return self.op.get("decision") == "reject"
+        return self.op.decision == "reject"
 
     # -- steps ---------------------------------------------------------------------------------------------
 
@@ -125,8 +125,8 @@ class _Run:
         version = live["encode"]
         if version == self.version:
             raise InputError(f"version {version} is the live default already", hint="nothing to roll out")
-        self.op["live"] = live
-        self.op["live_version"] = version
+        self.op.live = live
+        self.op.live_version = version
         rec = self.journal.doc["versions"].get(version)
         path = Path(rec["bundle"]) if rec else None
         if self.opts.live_bundle is not None:
@@ -136,7 +136,7 @@ class _Run:
             mar = self.opts.model_store / described["encode"].url
             path = bundles.extract_bundle(mar, version, self.opts.state_dir / "bundles" / version)
             self.journal.doc["versions"][version] = _record(path, mar, {m: d.url for m, d in described.items()})
-        self.op["live_bundle"] = str(path)
+        self.op.live_bundle = str(path)
         stack = self.journal.doc["stack"]
         if not stack or stack[-1] != version:
             self.journal.push_default(version, "discovered")
@@ -147,19 +147,19 @@ class _Run:
         from ..ops.gate import run_gate
 
         try:
-            ref = BundleModelSet(Path(self.op["live_bundle"]))
+            ref = BundleModelSet(Path(_known(self.op.live_bundle, "live bundle")))
             cand = BundleModelSet(self.opts.candidate)
             rep = run_gate(ref, cand, self.opts.replay, thresholds=self.opts.gate)
         except LicsearchError as e:
             raise Rejected(f"the candidate bundle cannot be used: {e}") from e
-        self.op["gate"] = rep.to_dict()
-        self.op["live_space"] = ref.space_id
+        self.op.gate = rep.to_dict()
+        self.op.live_space = ref.space_id
         if rep.passed:
-            self.op["space_id"] = ref.space_id
+            self.op.space_id = ref.space_id
             return {"passed": True, "space_id": ref.space_id}
         self.journal.count_parity_failures(sorted({f.model for f in rep.failed_checks if f.parity}), self.version)
         own = fork_space_id(ref.space_id, cand.space_id, cand.manifest.files)
-        self.op["space_id"] = own
+        self.op.space_id = own
         reason = "parity gate failed (a different embedding space): " + "; ".join(rep.failures)
         if self.opts.store is None:
             raise Rejected(
@@ -170,8 +170,9 @@ class _Run:
 
     def staged(self) -> Path:
         path = self.opts.state_dir / "bundles" / self.version
-        if not bundles.staged_ok(path, self.op["space_id"]):
-            bundles.stage_candidate(self.opts.candidate, path, self.op["space_id"])
+        space = _known(self.op.space_id, "space id")
+        if not bundles.staged_ok(path, space):
+            bundles.stage_candidate(self.opts.candidate, path, space)
         return path
 
     def space(self) -> dict[str, Any]:
@@ -189,7 +190,7 @@ class _Run:
         return {"space_id": rep.space_id, "state": rep.state, "points": rep.points, "reembedded": rep.reembedded}
 
     def archive(self) -> dict[str, Any]:
-        live_rec = self.journal.doc["versions"][self.op["live_version"]]
+        live_rec = self.journal.doc["versions"][self.op.live_version]
         live_mar = self.opts.model_store / live_rec["archives"]["encode"]
         staged = self.staged()
         settings = bundles.live_settings(live_mar, self.opts.startup_timeout_s)
@@ -200,7 +201,7 @@ class _Run:
         except LicsearchError as e:
             raise Rejected(f"the candidate cannot be archived: {e}") from e
         self.journal.doc["versions"][self.version] = _record(staged, self.opts.candidate, files)
-        self.op["archived"] = files
+        self.op.archived = files
         return {"archives": files}
 
     def register(self) -> dict[str, Any]:
@@ -213,20 +214,20 @@ class _Run:
             existing = self.mgmt.describe(m, self.version)
             if existing is None:
                 todo.append(m)
-            elif m in self.op["registered"]:
+            elif m in self.op.registered:
                 earlier.append(m)  # registered by an interrupted run of this rollout: its worker may still load
             elif existing.ready:
                 reused.append(m)
             else:
                 raise Rejected(f"{m} version {self.version} is registered already without a ready worker")
         # journalled before the calls: a kill during them leaves "maybe registered", which cleanup undoes alike
-        self.op["registered"] += [m for m in todo if m not in self.op["registered"]]
-        self.op["reused"] = reused
+        self.op.registered += [m for m in todo if m not in self.op.registered]
+        self.op.reused = reused
         self.journal.save()
 
         def one(m: str) -> ManagementRefused | None:
             try:
-                self.mgmt.register(self.op["archived"][m], m, workers=self.opts.workers)
+                self.mgmt.register((self.op.archived or {})[m], m, workers=self.opts.workers)
             except ManagementRefused as e:
                 return e
             crash_point("rollout.register.item")
@@ -252,17 +253,18 @@ class _Run:
             time.sleep(1.0)
 
     def canary(self) -> dict[str, Any]:
-        same = self.op["space_id"] == self.op["live_space"]
+        same = self.op.space_id == self.op.live_space
         routing = self.opts.state_dir / ROUTING_FILE
         if self.opts.canary_percent > 0 and same:
-            write_routing(routing, self.op["id"], dict.fromkeys(MODELS, self.version), self.opts.canary_percent,
+            write_routing(routing, self.op.id, dict.fromkeys(MODELS, self.version), self.opts.canary_percent,
                           self.opts.canary_window_s)  # fmt: skip
             self.hooks.log(f"rollout: canary: {self.opts.canary_percent:g} % of client traffic goes to {self.version}")
         elif self.opts.canary_percent > 0:
             self.hooks.log("rollout: canary: no client traffic routed (the candidate embeds into another space)")
         try:
+            live = _known(self.op.live_version, "live version")
             rep = run_canary(
-                self.client, self.op["live_version"], self.version, self.opts.replay, same_space=same,
+                self.client, live, self.version, self.opts.replay, same_space=same,
                 thresholds=self.opts.canary, worker_pids=self.pids, on_round=self.hooks.on_round,
             )  # fmt: skip
             if self.opts.canary_window_s > 0 and not rep.failures:
@@ -276,13 +278,13 @@ class _Run:
                 ]
         finally:
             clear_routing(routing)
-        self.op["canary"] = rep.to_dict()
+        self.op.canary = rep.to_dict()
         if rep.failures:
             parity = sorted({f.model for f in rep.failed_checks if f.parity})
             if parity:
                 self.journal.count_parity_failures(parity, self.version)
             raise Rejected("canary failed: " + "; ".join(rep.failures))
-        self.op["decision"] = "promote"
+        self.op.decision = "promote"
         return {"passed": True, "latency_ratio": round(rep.latency_ratio, 3)}
 
     def pids(self) -> dict[str, list[int]]:
@@ -294,19 +296,19 @@ class _Run:
 
     def promote(self) -> dict[str, Any]:
         for m in PROMOTE_ORDER:
-            if m not in self.op["switched"]:
-                self.op["switched"].append(m)
+            if m not in self.op.switched:
+                self.op.switched.append(m)
                 self.journal.save()
             if self.mgmt.default_version(m).version != self.version:
                 self.mgmt.set_default(m, self.version)
             crash_point("rollout.promote.item")
-        if "space" in done_steps(self.op) and self.opts.store is not None:
+        if "space" in self.op.done_steps and self.opts.store is not None:
             from ..ops.reindex import reindex
 
-            self.op["store"] = str(self.opts.store.resolve())
+            self.op.store = str(self.opts.store.resolve())
             self.journal.save()
             reindex(self.opts.store, bundle=self.staged(), progress=False, activate=True)  # queries switch now
-            self.op["space_activated"] = True
+            self.op.space_activated = True
         self.journal.push_default(self.version, "promoted")
         return {"default": self.version}
 
@@ -326,28 +328,28 @@ def run_rollout(opts: RolloutOptions, hooks: Hooks | None = None) -> dict[str, A
     with locked(opts.state_dir):
         journal = Journal.load(opts.state_dir)
         op = journal.current
-        if op is not None and (op.get("kind") != "rollout" or op["candidate_version"] != version):
-            what = f"{op.get('kind')} of {op.get('candidate_version')}"
+        if op is not None and (op.kind != "rollout" or op.candidate_version != version):
+            what = f"{op.kind} of {op.candidate_version}"
             raise InputError(f"an unfinished {what} is in {opts.state_dir}", hint=RETRY_HINT)
         if op is None:
             op = new_operation("rollout", str(candidate), version)
-            op["version_flag"] = opts.version
-            journal.doc["current"] = op
+            op.version_flag = opts.version
+            journal.current = op
             journal.save()
         else:
-            op.pop("error", None)
-            hooks.log(f"rollout: resuming {op['id']} at {op['phase']}")
+            op.error = None
+            hooks.log(f"rollout: resuming {op.id} at {op.phase}")
         run = _Run(dataclasses.replace(opts, candidate=candidate), journal, op, hooks)
         try:
             run.step("discover", run.discover)
         except LicsearchError:
-            journal.doc["current"] = None  # nothing was done yet: nothing to resume or undo
+            journal.current = None  # nothing was done yet: nothing to resume or undo
             journal.save()
             run.metrics()
             raise
         try:
             run.step("gate", run.gate)
-            if not run.rejected and op["space_id"] != op["live_space"]:
+            if not run.rejected and op.space_id != op.live_space:
                 run.step("space", run.space)
             for name, fn in (("archive", run.archive), ("register", run.register), ("canary", run.canary)):
                 if not run.rejected:
@@ -359,7 +361,7 @@ def run_rollout(opts: RolloutOptions, hooks: Hooks | None = None) -> dict[str, A
                 run.step("promote", run.promote)
                 journal.finish(op, "promoted")
         except (ManagementUnavailable, ServerUnavailable, ManagementRefused) as e:
-            op["error"] = {"type": type(e).__name__, "message": str(e)}
+            op.error = {"type": type(e).__name__, "message": str(e)}
             journal.save()
             hooks.log(f"rollout: stopped: {e}; {RETRY_HINT}")
         finally:
@@ -377,3 +379,10 @@ def _record(bundle: Path, source: Path, archives: dict[str, str]) -> dict[str, A
         "space_id": Manifest.load(bundle).space_id,
         "archives": archives,
     }
+
+
+def _known(value: str | None, what: str) -> str:
+    """A figure an earlier step journalled (every step runs after the ones that set what it reads)."""
+    if value is None:
+        raise StoreError(f"the journalled rollout has no {what}: the journal is damaged", hint=RETRY_HINT)
+    return value

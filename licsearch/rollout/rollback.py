@@ -23,7 +23,7 @@ from .canary import MODELS
 from .management import ManagementClient, ManagementRefused, ManagementUnavailable
 from .metrics import rollout_state, write_metrics
 from .operation import PROMOTE_ORDER, Hooks, new_operation, reactivate_space, report, run_step, undo
-from .state import Journal, lock_held, locked
+from .state import Journal, Operation, lock_held, locked
 
 
 def run_rollback(
@@ -42,9 +42,9 @@ def run_rollback(
         j = Journal.load(state_dir)
         op = j.current
         try:
-            if op is not None and op["kind"] == "rollout":
+            if op is not None and op.kind == "rollout":
                 rollout = op
-                rollout.pop("error", None)
+                rollout.error = None
                 run_step(j, rollout, "undo", lambda: undo(mgmt, j, rollout, model_store, state_dir), hooks.log)
                 j.finish(rollout, "aborted")
                 return report(rollout, state_dir)
@@ -57,12 +57,12 @@ def run_rollback(
                     )
                 target, current = stack[-2], stack[-1]
                 op = new_operation("rollback", str(j.doc["versions"].get(target, {}).get("bundle", "")), target)
-                op["live"] = dict.fromkeys(MODELS, current)
-                op["from_version"] = current
-                j.doc["current"] = op
+                op.live = dict.fromkeys(MODELS, current)
+                op.from_version = current
+                j.current = op
                 j.save()
-            op.pop("error", None)
-            target = op["candidate_version"]
+            op.error = None
+            target = op.candidate_version
 
             def ensure() -> dict[str, Any]:
                 archives = j.doc["versions"].get(target, {}).get("archives", {})
@@ -70,15 +70,15 @@ def run_rollback(
                     if mgmt.describe(m, target) is None:
                         if m not in archives:
                             raise InputError(f"{m} version {target} is not registered and its archive is unknown")
-                        op["registered"].append(m)
+                        op.registered.append(m)
                         j.save()
                         mgmt.register(archives[m], m)
-                return {"registered": list(op["registered"])}
+                return {"registered": list(op.registered)}
 
             def switch() -> dict[str, Any]:
                 for m in reversed(PROMOTE_ORDER):
-                    if m not in op["switched"]:
-                        op["switched"].append(m)
+                    if m not in op.switched:
+                        op.switched.append(m)
                         j.save()
                     if mgmt.default_version(m).version != target:
                         mgmt.set_default(m, target)
@@ -87,7 +87,7 @@ def run_rollback(
 
             def space() -> dict[str, Any]:
                 """The store the rolled-back promotion had switched to the candidate's space goes back too."""
-                promoted = _promotion_of(j.doc, op["from_version"])
+                promoted = _promotion_of(j.doc, op.from_version)
                 if not promoted or not promoted.get("space_activated"):
                     return {"store": None}
                 reactivate_space(Path(promoted["store"]), promoted["live_space"])
@@ -100,7 +100,7 @@ def run_rollback(
         except (ManagementUnavailable, ManagementRefused) as e:
             if op is None:
                 raise
-            op["error"] = {"type": type(e).__name__, "message": str(e)}
+            op.error = {"type": type(e).__name__, "message": str(e)}
             j.save()
             hooks.log(f"rollout: rollback stopped: {e}; rerun `licsearch rollout --rollback` to continue")
         finally:
@@ -108,7 +108,7 @@ def run_rollback(
         return report(op, state_dir)
 
 
-def _promotion_of(doc: dict[str, Any], version: str) -> dict[str, Any] | None:
+def _promotion_of(doc: dict[str, Any], version: str | None) -> dict[str, Any] | None:
     """The latest rollout that promoted ``version``."""
     for h in reversed(doc["history"]):
         if h.get("kind") == "rollout" and h.get("outcome") == "promoted" and h.get("candidate_version") == version:
@@ -167,7 +167,7 @@ def _server_view(mgmt: ManagementClient) -> dict[str, Any]:
     return view
 
 
-def _problems(doc: dict[str, Any], op: dict[str, Any] | None, server: dict[str, Any]) -> list[str]:
+def _problems(doc: dict[str, Any], op: Operation | None, server: dict[str, Any]) -> list[str]:
     problems = []
     if op is None:
         top = doc["stack"][-1] if doc["stack"] else None
@@ -175,29 +175,29 @@ def _problems(doc: dict[str, Any], op: dict[str, Any] | None, server: dict[str, 
             if top is not None and s["default"] != top:
                 problems.append(f"{m}: the server's default is {s['default']}, the journal's is {top}")
         return problems
-    cand = op["candidate_version"]
-    owned = set(op.get("registered", [])) | set(op.get("reused", []))
+    cand = op.candidate_version
+    owned = set(op.registered) | set(op.reused)
     for m, s in server.items():
-        live = (op.get("live") or {}).get(m)
-        if s["default"] == cand and m not in op.get("switched", []):
+        live = (op.live or {}).get(m)
+        if s["default"] == cand and m not in op.switched:
             problems.append(f"{m}: the candidate {cand} is the default but the journal did not switch it")
         elif live is not None and s["default"] not in (live, cand):
             problems.append(f"{m}: the default {s['default']} is neither the live {live} nor the candidate {cand}")
-        if cand in s["versions"] and m not in owned and op["kind"] == "rollout":
+        if cand in s["versions"] and m not in owned and op.kind == "rollout":
             problems.append(f"{m}: version {cand} is registered but the journal did not register it")
     return problems
 
 
-def _next(op: dict[str, Any] | None) -> str:
+def _next(op: Operation | None) -> str:
     if op is None:
         return "nothing in progress"
-    if op["kind"] == "rollback":
+    if op.kind == "rollback":
         return "rerun `licsearch rollout --rollback` to finish the rollback"
     what = {"reject": "clean up the rejected candidate", "promote": "finish promoting the candidate"}.get(
-        str(op.get("decision")), f"continue after step {op.get('phase')}"
+        str(op.decision), f"continue after step {op.phase}"
     )
-    flags = f" --version {op['version_flag']}" if op.get("version_flag") else ""
+    flags = f" --version {op.version_flag}" if op.version_flag else ""
     return (
-        f"rerun `licsearch rollout --candidate {op['candidate']}{flags}` to {what}, "
+        f"rerun `licsearch rollout --candidate {op.candidate}{flags}` to {what}, "
         "or `licsearch rollout --rollback` to undo it"
     )
