@@ -277,7 +277,9 @@ def test_candidate_failing_the_gate_is_not_promoted(env: Env) -> None:
     assert_live_untouched(env, version)
     metrics = textfile(env)
     assert metrics[STATE] == 4
-    assert metrics[("licsearch_rollout_parity_failures_total", "encode", version)] >= 1
+    failed = {f["model"] for f in doc["gate"]["failed_checks"]}
+    assert "encode" in failed and {f["check"] for f in doc["gate"]["failed_checks"]} >= {"image_cos_mean"}
+    assert all(metrics[("licsearch_rollout_parity_failures_total", m, version)] >= 1 for m in failed), metrics
 
 
 @needs_java
