@@ -261,3 +261,25 @@ def test_kodak_rate_distortion_is_measured_again() -> None:
         got = round_trip_figures(codec.arch, q, weights, images)
         assert got["bpp"] == pytest.approx(points[q]["bpp"], rel=1e-6), q
         assert got["psnr"] == pytest.approx(points[q]["psnr"], abs=1e-3), q
+
+
+# -- PROVENANCE.md ----------------------------------------------------------------------------------------------
+
+
+def test_provenance_summary_is_the_provenance_files_and_reference_json() -> None:
+    text = (OFFLINE / "PROVENANCE.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0].endswith(".safetensors"):
+            rows[cells[0]] = cells
+    files = sorted(p.name for p in OFFLINE.glob("*.safetensors"))
+    assert sorted(rows) == files
+    for name, cells in rows.items():
+        prov = provenance(name.removesuffix(".safetensors"))
+        assert int(cells[2]) == prov["steps"] and float(cells[3]) == pytest.approx(prov["seconds"]), name
+        command = " ".join(prov["command"]) if isinstance(prov["command"], list) else prov["command"]
+        assert cells[5].strip("`").split(" --", 1)[1] in command, f"{name}: the command differs from its provenance"
+    block = re.search(r"```json\n(.*?)```", text, flags=re.S)
+    assert block, "PROVENANCE.md shows reference.json"
+    assert json.loads(block.group(1)) == json.loads((OFFLINE / "reference.json").read_text(encoding="utf-8"))
