@@ -19,6 +19,8 @@ from licsearch.config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfi
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+pytest_plugins = ["tests.serving_fixtures"]  # the one TorchServe of a test session, shared by the serving tests
+
 TINY_FLAGS = [
     "--codec", "bmshj2018-hyperprior:1",
     "--codec-weights", "random",

@@ -1,8 +1,9 @@
 """The shared TorchServe of the serving tests: one bundle, archived and served once per test session.
 
-``tests/test_serving.py`` and ``tests/test_serving_hostile.py`` both use :func:`served` (session scope), so one
-TorchServe start serves both files. A tiny bundle is exported, archived with ``licsearch archive`` and served with
-``licsearch serve`` on free 127.0.0.1 ports (stopped with ``licsearch serve --stop`` in teardown, whatever happens).
+``tests/conftest.py`` loads this module as a plugin, so its session fixtures exist once: ``tests/test_serving.py``
+and ``tests/test_serving_hostile.py`` both use :func:`served`, and one TorchServe start serves both files. A tiny
+bundle is exported, archived with ``licsearch archive`` and served with ``licsearch serve`` on free 127.0.0.1 ports
+(stopped with ``licsearch serve --stop`` in teardown, whatever happens).
 :class:`Served` counts the requests each model was sent, for reconciling with ``licsearch_requests_total``.
 """
 
@@ -21,17 +22,18 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from licsearch.bundle.export import export_bundle
-from licsearch.bundle.runtime import BundleModelSet
 from licsearch.serving import server as ts_server
 
 from .conftest import run_cli, tiny_models
+
+if TYPE_CHECKING:
+    from licsearch.bundle.runtime import BundleModelSet
 
 needs_java = pytest.mark.skipif(
     not (shutil.which("java") or os.environ.get("JAVA_HOME")),
@@ -162,6 +164,8 @@ def sample_total(family: Any, suffix: str = "", **labels: str) -> float:
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("serving") / "bundle"
+    from licsearch.bundle.export import export_bundle  # torch: imported when a serving test runs, not for every one
+
     export_bundle(tiny_models(), out, space_id="test")
     return out
 
@@ -169,6 +173,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ref(bundle: Path) -> BundleModelSet:
     """The same bundle in-process: what HTTP answers must equal."""
+    from licsearch.bundle.runtime import BundleModelSet
+
     return BundleModelSet(bundle)
 
 

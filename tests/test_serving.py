@@ -31,7 +31,6 @@ from licsearch.bundle.runtime import BundleModelSet
 from licsearch.serving import server as ts_server
 from licsearch.serving.metrics import METRICS, TORCHSERVE_METRICS, render_yaml
 
-from . import serving_fixtures
 from .conftest import make_image, run_cli, write_png
 from .serving_fixtures import (
     FRONTEND_LIMIT,
@@ -52,12 +51,6 @@ from .serving_fixtures import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-bundle = serving_fixtures.bundle
-ref = serving_fixtures.ref
-model_store = serving_fixtures.model_store
-served = serving_fixtures.served
 
 
 @pytest.fixture(scope="module")

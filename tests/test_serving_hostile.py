@@ -36,15 +36,9 @@ from licsearch.serving import readiness
 from licsearch.serving.client import NO_RETRY, ServingClient
 from licsearch.serving.inflight import JOURNAL_DIR, WORKER_DIED, InflightJournal
 
-from . import serving_fixtures
 from .conftest import make_image
 from .nginx_proxy import TOKEN, auth_proxy, needs_nginx
 from .serving_fixtures import FRONTEND_LIMIT, OCTET, OCTET_JSON, Response, Served, needs_java, png
-
-bundle = serving_fixtures.bundle
-ref = serving_fixtures.ref
-model_store = serving_fixtures.model_store
-served = serving_fixtures.served
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what curl --data-binary sends unless told
 LOAD_THREADS, LOAD_SECONDS, LOAD_MAX_PER_THREAD = 8, 20.0, 250
