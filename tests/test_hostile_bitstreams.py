@@ -11,6 +11,7 @@ import os
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ import pytest
 import torch
 
 from licsearch.bitstream import Bitstream
+from licsearch.config import ModelsConfig
 from licsearch.errors import BitstreamError
 from licsearch.model import rans
 from licsearch.model.codec import STREAM_Y, STREAM_Z, Codec, latent_hash
 from licsearch.model.models import ModelSet
+from licsearch.presets import preset_models
 
 from .conftest import TINY_FLAGS, make_image, run_cli, tiny_models
 from .hostile_bitstreams import Raw, fuzz_cases, hostile_cases
@@ -40,11 +43,12 @@ import json, pickle, sys, time
 sys.path.insert(0, sys.argv[1])
 from licsearch.errors import BitstreamError, LicsearchError
 from licsearch.model.models import ModelSet
-from tests.conftest import tiny_models
 
-arch, cases_path, out_path, seconds = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
-valid, cases = pickle.load(open(cases_path, "rb"))
-plane = ModelSet(tiny_models(arch))
+import torch
+torch.set_num_threads(1)  # small tensors: threads only contend
+cases_path, out_path, seconds = sys.argv[2], sys.argv[3], float(sys.argv[4])
+models, valid, cases = pickle.load(open(cases_path, "rb"))
+plane = ModelSet(models)
 _, y_ref = plane.entropy_decode(valid)
 x_ref = plane.decode(valid)
 start = time.perf_counter()
@@ -71,22 +75,31 @@ with open(out_path, "w") as out:
 """
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def pair(request: pytest.FixtureRequest) -> tuple[str, bytes, bytes]:
-    """(arch, valid, other): two files of different images of one size, by a tiny random codec of ``arch``."""
-    plane = ModelSet(tiny_models(request.param))
-    return request.param, plane.encode(make_image(0, 80, 112)).data, plane.encode(make_image(1, 80, 112)).data
+def codec_models(name: str) -> ModelsConfig:
+    """The tiny random models of an architecture, or with the shipped (trained) codec for ``shipped``."""
+    if name == "shipped":
+        return replace(tiny_models(), codec=preset_models("offline").codec)
+    return tiny_models(name)
+
+
+@pytest.fixture(scope="module", params=[*ARCHS, "shipped"])
+def pair(request: pytest.FixtureRequest) -> tuple[ModelsConfig, bytes, bytes]:
+    """(models, valid, other): two files of different images of one size by a codec: tiny random ones, and the
+    shipped trained one, whose sharp CDFs made CompressAI's decoder read far past a short stream."""
+    models = codec_models(request.param)
+    plane = ModelSet(models)
+    return models, plane.encode(make_image(0, 80, 112)).data, plane.encode(make_image(1, 80, 112)).data
 
 
 def decode_in_child(
-    tmp_path: Path, arch: str, valid: bytes, cases: list[tuple[str, bytes]], seconds: float = 600.0
+    tmp_path: Path, models: ModelsConfig, valid: bytes, cases: list[tuple[str, bytes]], seconds: float = 600.0
 ) -> tuple[list[dict[str, Any]], int]:
     """Decodes ``cases`` in a child process; returns the per-case results and the child's exit status."""
     cases_path, out_path = tmp_path / "cases.pickle", tmp_path / "results.jsonl"
-    cases_path.write_bytes(pickle.dumps((valid, cases)))
+    cases_path.write_bytes(pickle.dumps((models, valid, cases)))
     root = str(Path(__file__).resolve().parents[1])
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, root, arch, str(cases_path), str(out_path), str(seconds)],
+        [sys.executable, "-c", CHILD, root, str(cases_path), str(out_path), str(seconds)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -209,37 +222,55 @@ def test_a_well_coded_hyper_latent_out_of_range_is_the_files_fault() -> None:
         plane.decode(raw.with_stream(b"z", huge).pack())
 
 
+KERNEL_PROBE = (
+    "import time, numpy as np\n"
+    "t = time.perf_counter()\n"
+    "from licsearch.model import rans\n"
+    "tables = rans.RansTables.from_arrays(np.array([[0, 1 << 15, 1 << 16]]), np.array([3]), np.array([0]))\n"
+    "data = rans.STATE_LOW.to_bytes(8, 'little')\n"
+    "assert rans.decode_with_indexes(data, np.zeros(0, np.int32), tables, stream='z').size == 0\n"
+    "print(time.perf_counter() - t, type(rans._kernel()._cache).__name__)\n"
+)
+
+
 def test_the_rans_kernel_compiles_once_then_loads_from_numba_cache(tmp_path: Path) -> None:
     """First-call cost with an empty NUMBA_CACHE_DIR against a second process that finds the cache (figures only)."""
-    script = (
-        "import time, numpy as np\n"
-        "t = time.perf_counter()\n"
-        "from licsearch.model import rans\n"
-        "tables = rans.RansTables.from_arrays(np.array([[0, 1 << 15, 1 << 16]]), np.array([3]), np.array([0]))\n"
-        "data = rans.STATE_LOW.to_bytes(8, 'little')\n"
-        "assert rans.decode_with_indexes(data, np.zeros(0, np.int32), tables, stream='z').size == 0\n"
-        "print(time.perf_counter() - t)\n"
-    )
     cache = tmp_path / "numba-cache"
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
     times = []
     for _ in range(2):
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", KERNEL_PROBE], capture_output=True, text=True, env=env, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr
-        times.append(float(proc.stdout.strip()))
+        seconds, kind = proc.stdout.split()
+        assert kind == "FunctionCache"
+        times.append(float(seconds))
     assert any(cache.rglob("*.nbi")), "numba wrote no cache index under NUMBA_CACHE_DIR"
     print(f"\nrANS kernel: first call {times[0]:.2f} s, cached {times[1]:.2f} s ({times[0] / times[1]:.1f}x)")
+
+
+def test_the_rans_kernel_runs_where_no_cache_directory_is_writable() -> None:
+    """numba refuses ``cache=True`` when it finds no writable place (read-only site-packages and home)."""
+    no_locator = "import numba.core.caching as c\nc.CacheImpl._locator_classes = []\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", no_locator + KERNEL_PROBE], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[1] == "NullCache"
 
 
 # -- hostile files ----------------------------------------------------------------------------------------------
 
 
-def test_every_hostile_case_is_refused_cleanly_in_a_child(tmp_path: Path, pair: tuple[str, bytes, bytes]) -> None:
-    arch, valid, other = pair
+def test_every_hostile_case_is_refused_cleanly_in_a_child(
+    tmp_path: Path, pair: tuple[ModelsConfig, bytes, bytes]
+) -> None:
+    models, valid, other = pair
     cases = hostile_cases(valid, other)
     assert len(cases) > 250 and len({n for n, _ in cases}) == len(cases)
     # The two valid files go last, as controls: the harness tells a decode from a refusal.
-    results, _ = decode_in_child(tmp_path, arch, valid, [*cases, ("valid", valid), ("other", other)])
+    results, _ = decode_in_child(tmp_path, models, valid, [*cases, ("valid", valid), ("other", other)])
     assert len(results) == len(cases) + 2
     *hostile, valid_result, other_result = results
     assert (valid_result["outcome"], valid_result["same"]) == ("decoded", True)
@@ -247,16 +278,16 @@ def test_every_hostile_case_is_refused_cleanly_in_a_child(tmp_path: Path, pair: 
     not_refused = [(r["name"], r["outcome"], r.get("message")) for r in hostile if r["outcome"] != "refused"]
     assert not not_refused, not_refused
     assert all("Traceback" not in r["message"] and r["message"] for r in hostile)
-    print(f"\n{arch}: {len(cases)} hostile cases tried, {len(hostile)} refused cleanly, 0 crashes")
+    label = f"{models.codec.arch} q{models.codec.quality} {Path(models.codec.weights).name}"
+    print(f"\n{label}: {len(cases)} hostile cases tried, {len(hostile)} refused cleanly, 0 crashes")
 
 
 def test_fuzzed_files_are_refused_or_decode_exactly(tmp_path: Path) -> None:
-    arch = ARCHS[0]
-    plane = ModelSet(tiny_models(arch))
-    valid = plane.encode(make_image(0, 80, 112)).data
+    models = tiny_models()
+    valid = ModelSet(models).encode(make_image(0, 80, 112)).data
     cases = list(fuzz_cases(valid, FUZZ_SEED, FUZZ_CASES))
     assert cases == list(fuzz_cases(valid, FUZZ_SEED, FUZZ_CASES))  # deterministic in the seed
-    results, _ = decode_in_child(tmp_path, arch, valid, cases, seconds=FUZZ_SECONDS)
+    results, _ = decode_in_child(tmp_path, models, valid, cases, seconds=FUZZ_SECONDS)
     assert len(results) >= 200, "the fuzz loop ran too few cases to mean anything"
     decoded = [r for r in results if r["outcome"] == "decoded"]
     refused = [r for r in results if r["outcome"] == "refused"]
