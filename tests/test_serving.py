@@ -319,12 +319,18 @@ def test_production_config_with_tokens_serve_and_stop(model_store: tuple[Path, s
             assert r.status == 200 and json.loads(r.read())["source"] == "text"
         again = run_cli("serve", *args)
         assert again.returncode == 1 and "already running" in again.stderr
+        status = run_cli("serve", "--status", "--run-dir", str(run), "--json")  # management token from key_file
+        doc = json.loads(status.stdout)
+        assert status.returncode == 0 and doc["running"] is True and doc["ready"] is True, status.stdout
+        assert doc["workers"] == {"embed": 1}
     finally:
         stop = run_cli("serve", "--stop", "--run-dir", str(run), "--json")
     assert stop.returncode == 0 and json.loads(stop.stdout)["stopped"] is True
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/ping", timeout=5)
     assert json.loads(run_cli("serve", "--stop", "--run-dir", str(run), "--json").stdout)["stopped"] is False
+    gone = run_cli("serve", "--status", "--run-dir", str(run), "--json")
+    assert gone.returncode == 1 and json.loads(gone.stdout)["running"] is False
 
 
 def test_serve_without_java_says_how_to_install_it(model_store: tuple[Path, str], tmp_path: Path) -> None:

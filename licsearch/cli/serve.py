@@ -73,6 +73,9 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", metavar="NAME[,NAME]", help="models to serve (default: encode,decode,embed)")
     p.add_argument("--timeout", type=float, default=180, metavar="S", help="wait for the models (default 180 s)")
     p.add_argument("--stop", action="store_true", help="stop the server started from --run-dir")
+    p.add_argument(
+        "--status", action="store_true", help="is the server from --run-dir running and ready (exit 1 when not)"
+    )
     add_json_flag(p)
 
 
@@ -84,6 +87,14 @@ def cmd_serve(args: argparse.Namespace) -> Result:
         stopped = server.stop(run_dir)
         human = "TorchServe stopped" if stopped else f"no server was running from {run_dir}"
         return Result({"stopped": stopped, "run_dir": str(run_dir)}, human)
+    if args.status:
+        doc = server.status(run_dir)
+        workers = doc["workers"] if isinstance(doc["workers"], dict) else {}
+        if doc["ready"]:
+            human = "ready: " + ", ".join(f"{m} {n} live worker(s)" for m, n in workers.items())
+        else:
+            human = f"not ready: {doc['problem']}"
+        return Result(doc, human, 0 if doc["ready"] else 1)
     apis = (*server.PORTS, *server.GRPC_PORTS)
     ports = {api: getattr(args, f"{api}_port") for api in apis if getattr(args, f"{api}_port") is not None}
     if any(not 0 < p < 65536 for p in ports.values()) or len(set(ports.values())) < len(ports):

@@ -4,7 +4,7 @@ Steps (each journalled, idempotent, and skipped on a rerun once done):
 
 1. ``discover``: the live default version of encode, decode and embed (management API), and its bundle
    (:mod:`licsearch.rollout.bundles`).
-2. ``gate``: the parity gate (:func:`licsearch.ops.gate.run_gate`) of the candidate against the live bundle on
+2. ``gate``: the parity gate (:func:`licsearch.release.gate.run_gate`) of the candidate against the live bundle on
    the replay images. Passed: the candidate shares the live embedding space. Failed: it is a different space and
    is rejected, unless ``--store DIR`` is given (then step ``space`` builds the candidate's space in that store
    with :func:`licsearch.ops.reindex.reindex`, the candidate keeps its own space id, and the store's queries
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, LicsearchError, StoreError
 from ..faults import crash_point
-from ..ops.gate import GateThresholds
-from ..serving.client import ServerUnavailable, ServingClient
+from ..release.gate import GateThresholds
+from ..serving.client import NO_RETRY, ServerUnavailable, ServingClient
 from ..spaces import ACTIVE, COMPLETE, fork_space_id
 from . import bundles
 from .canary import MODELS, CanaryThresholds, run_canary, worker_died
@@ -97,7 +97,9 @@ class _Run:
     def __init__(self, opts: RolloutOptions, journal: Journal, op: Operation, hooks: Hooks) -> None:
         self.opts, self.journal, self.op, self.hooks = opts, journal, op, hooks
         self.mgmt = ManagementClient(opts.management, token=opts.management_token)
-        self.client = ServingClient(opts.server, token=opts.token)
+        # Each canary request is sent once: a retry would hide the candidate's failures from the comparison (a dead
+        # worker is also caught by watching worker pids) and resend a request that may itself kill a worker.
+        self.client = ServingClient(opts.server, token=opts.token, retry=NO_RETRY)
         self.version: str = op.candidate_version
 
     # -- journal plumbing ----------------------------------------------------------------------------------
@@ -144,7 +146,7 @@ class _Run:
 
     def gate(self) -> dict[str, Any]:
         from ..bundle.runtime import BundleModelSet
-        from ..ops.gate import run_gate
+        from ..release.gate import run_gate
 
         try:
             ref = BundleModelSet(Path(_known(self.op.live_bundle, "live bundle")))

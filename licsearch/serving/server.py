@@ -241,6 +241,26 @@ def stop(run_dir: Path, timeout_s: float = 60.0) -> bool:
     return True
 
 
+def status(run_dir: Path) -> dict[str, object]:
+    """Whether the server started from ``run_dir`` runs and is ready (every model has a live worker).
+
+    The addresses come from the ``config.properties`` that :func:`start` wrote there; readiness is
+    :func:`licsearch.serving.readiness.check`, the same test as the Kubernetes readiness probe.
+    """
+    from .readiness import check
+
+    run = run_dir.resolve()
+    pid = _pid(run)
+    config = run / "config.properties"
+    if pid is None or not config.is_file():
+        return {"running": False, "ready": False, "run_dir": str(run), "pid": None, "workers": {},
+                "problem": f"no server is running from {run}"}  # fmt: skip
+    props = read_properties(config)
+    management = props.get("management_address") or f"http://127.0.0.1:{PORTS['management']}"
+    answer = check(management, token=read_keys(run).get("management"))
+    return {"running": True, "run_dir": str(run), "pid": pid, "management": management, **answer.to_dict()}
+
+
 def log_tail(run_dir: Path, lines: int = 40) -> str:
     """The last lines of the server's logs, for error messages."""
     out = []
