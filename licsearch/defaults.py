@@ -12,6 +12,10 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 """Largest payload (image or bitstream) of one request to a served model, in bytes."""
 MAX_TEXTS_PER_REQUEST = 256
 """Most texts in one request to the served ``embed`` model."""
+PREVIEW_SIDE_PX = 256
+"""Longest side of the WebP previews (thumbnails) a store keeps for its images, in pixels."""
+PREVIEW_WEBP_QUALITY = 80
+"""WebP quality of those previews."""
 
 CODEC_ARCH = "bmshj2018-hyperprior"
 CODEC_QUALITY = 3
@@ -39,3 +43,8 @@ RECALL_OVERLAP_MIN = 0.95
 """Parity gate: least overlap of the image rankings' top 10 (recall@10 overlap)."""
 LATENCY_RATIO_MAX = 1.5
 """Canary: largest candidate-over-live request time."""
+
+DUPES_THRESHOLD = 0.93
+"""``licsearch dupes``: least cosine similarity of two images joined as near-duplicates (README, Duplicates)."""
+WATCH_INTERVAL_S = 60.0
+"""``licsearch watch``: seconds between two rescans of the watched folders."""

@@ -5,7 +5,9 @@ an ``(H, W, 3)`` ``uint8`` RGB array, C-contiguous. Anything that cannot be made
 :class:`~licsearch.errors.ImageError` naming the file and what is wrong, never a raw Pillow or OS traceback.
 
 Accepted formats are JPEG (MPO files as their first, JPEG, frame, reported as ``"JPEG"``), PNG, WebP, BMP,
-TIFF and GIF; only the first frame of an animated or multi-page file is read.
+TIFF, GIF, HEIC/HEIF (through ``pillow-heif``, registered on first use) and AVIF (Pillow's own plugin); only the
+first frame of an animated or multi-page file, or the primary image of a HEIF collection, is read. EXIF fields of
+the file are read into :attr:`LoadedImage.exif` by :mod:`licsearch.exif`.
 
 Limits, checked in this order so that nothing large is read or decoded before it is refused:
 
@@ -40,14 +42,17 @@ import struct
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from licsearch import defaults
 from licsearch.errors import ImageError, InputError
+from licsearch.exif import read_exif
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -60,15 +65,17 @@ __all__ = [
     "save_image",
 ]
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
+)
 """Lowercase file suffixes picked up when a folder is walked."""
 
 DEFAULT_MAX_PIXELS: int = defaults.MAX_PIXELS
 DEFAULT_MAX_BYTES: int = 100 * 1024 * 1024
 
 # Pillow plugin ids tried when opening; MPO files are opened by the JPEG plugin.
-_DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
-_SUPPORTED_TEXT = "JPEG, PNG, WebP, BMP, TIFF, GIF"
+_DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF")
+_SUPPORTED_TEXT = "JPEG, PNG, WebP, BMP, TIFF, GIF, HEIC/HEIF, AVIF"
 
 # Errors Pillow's decoders raise on malformed input.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error)
@@ -87,11 +94,15 @@ class LoadedImage:
         pixels: ``(H, W, 3)`` ``uint8`` RGB array, C-contiguous.
         source_sha256: hex SHA-256 of the input bytes exactly as read (identity of the file).
         format: Pillow's name of the format the bytes were in, e.g. ``"PNG"`` or ``"JPEG"``.
+        exif: the EXIF fields of :func:`licsearch.exif.read_exif` (``taken``, ``camera``, ...); absent ones omitted.
+        exif_notices: one line per EXIF field that was present but unusable and so skipped.
     """
 
     pixels: np.ndarray
     source_sha256: str
     format: str
+    exif: dict[str, Any] = field(default_factory=dict)
+    exif_notices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_pixels(self.pixels)
@@ -307,9 +318,36 @@ def _check_png_chunks(data: bytes, label: str) -> None:
         pos = end + 4
 
 
+@cache
+def _register_heif() -> None:
+    """Registers pillow-heif's HEIF opener with Pillow, once, on the first decode rather than at import time."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # a core dependency; without it HEIC files are refused as unsupported
+        return
+    register_heif_opener()
+
+
+def _check_heif_extents(data: bytes, label: str, max_pixels: int) -> None:
+    """Refuses a HEIF/AVIF file any of whose ``ispe`` boxes (ISO/IEC 23008-12, image spatial extents) is too large.
+
+    Read from the container before any decoder sees the file, so the limit and its message are the same whichever
+    plugin would decode it (libavif, for one, refuses such a file itself, as "not an image").
+    """
+    pos = data.find(b"ispe")
+    while pos != -1 and pos + 16 <= len(data):
+        width, height = struct.unpack_from(">II", data, pos + 8)  # after the box type: version, flags, then the size
+        if width * height > max_pixels:
+            raise _too_many_pixels(label, f"{width}x{height} = {width * height} pixels > max_pixels {max_pixels}")
+        pos = data.find(b"ispe", pos + 4)
+
+
 def _decode(data: bytes, label: str, max_pixels: int) -> LoadedImage:
     if data.startswith(_PNG_SIGNATURE):
         _check_png_chunks(data, label)
+    if data[4:8] == b"ftyp":
+        _check_heif_extents(data, label, max_pixels)
+    _register_heif()
     with warnings.catch_warnings():
         # Local to this call: Pillow's bomb guard becomes an error; its limit itself is never changed.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -337,8 +375,13 @@ def _decode(data: bytes, label: str, max_pixels: int) -> LoadedImage:
                 pixels = _to_rgb(oriented)
             except ValueError as exc:
                 raise ImageError(f"{label}: unsupported colour mode {oriented.mode} ({exc})") from None
+            exif, notices = read_exif(image)
     return LoadedImage(
-        pixels=np.ascontiguousarray(pixels), source_sha256=hashlib.sha256(data).hexdigest(), format=file_format
+        pixels=np.ascontiguousarray(pixels),
+        source_sha256=hashlib.sha256(data).hexdigest(),
+        format=file_format,
+        exif=exif,
+        exif_notices=notices,
     )
 
 

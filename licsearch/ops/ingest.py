@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +38,15 @@ class IngestReport:
     ids: list[str] = field(default_factory=list)
     items: list[dict[str, Any]] = field(default_factory=list)
 
-    def record(self, path: Path, status: str, *, id: str | None = None, error: str | None = None) -> None:
+    def record(
+        self,
+        path: Path,
+        status: str,
+        *,
+        id: str | None = None,
+        error: str | None = None,
+        notices: Sequence[str] = (),
+    ) -> None:
         setattr(self, status, getattr(self, status) + 1)
         item: dict[str, Any] = {"path": str(path), "status": status}
         if id:
@@ -47,6 +55,8 @@ class IngestReport:
                 self.ids.append(id)
         if error:
             item["error"] = error
+        if notices:
+            item["notices"] = list(notices)
         self.items.append(item)
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +183,7 @@ def _store_batch(
             "created_at": now,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
         }
+        payload.update(p.image.exif)
         if meta:
             payload["meta"] = meta
         points.append(Point(id=p.id, vectors={store.space_id: enc.embedding}, payload=payload))
@@ -180,7 +191,7 @@ def _store_batch(
     store.index.upsert(points)
     crash_point("after_upsert")
     for p in batch:
-        report.record(p.path, "ingested", id=p.id)
+        report.record(p.path, "ingested", id=p.id, notices=p.image.exif_notices)
 
 
 def _progress(total: int, enabled: bool | None) -> tqdm | None:

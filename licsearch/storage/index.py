@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -41,14 +42,25 @@ INDEXED_FIELDS: dict[str, str] = {
     "bytes": "integer",
     "bpp": "float",
     "created_at": "float",
+    "taken": "datetime",
+    "camera": "keyword",
+    "lens": "keyword",
+    "gps_lat": "float",
+    "gps_lon": "float",
+    "orientation": "integer",
 }
 """Payload fields that get a server-side payload index, with their Qdrant index type."""
 
+DATETIME_FIELDS: frozenset[str] = frozenset({"taken"})
+"""Payload fields holding ISO 8601 date-times; ``KEY=DATE`` on them matches the whole day."""
+
 _FILTER_HINT = (
     "write filters as KEY=VALUE, KEY>=N, KEY<=N, KEY>N or KEY<N, where KEY is a payload field such as width or "
-    'meta.album (names of letters, digits, "_" and "-", joined by single dots), e.g. codec_profile=mbt2018-q3 or '
-    "width>=512"
+    'meta.album (names of letters, digits, "_" and "-", joined by single dots), and N a number or a date '
+    "(2024-06-01, 2024-06-01T18:30:00), e.g. codec_profile=mbt2018-q3, width>=512 or taken>=2024-06-01"
 )
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2})?")
 _FILTER_RE = re.compile(r"(?P<key>[^<>=!~]*)(?P<op>[<>=!~]+)(?P<value>.*)", re.DOTALL)
 _KEY_PART_RE = re.compile(r"[A-Za-z0-9_\-]+")
 _SYMBOL_OPS: dict[str, FilterOp] = {"=": "eq", "==": "eq", ">=": "gte", "<=": "lte", ">": "gt", "<": "lt"}
@@ -82,7 +94,7 @@ class FieldFilter:
 
     key: str
     op: FilterOp
-    value: str | int | float | bool
+    value: str | int | float | bool | date
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
@@ -91,10 +103,10 @@ class FieldFilter:
             raise InputError(f"filter field name {_clip(self.key)} {problem}", hint=_FILTER_HINT)
         if self.op not in get_args(FilterOp):
             raise InputError(f"unknown filter operator {self.op!r} on {self.key!r}", hint=_FILTER_HINT)
-        numeric = isinstance(self.value, int | float) and not isinstance(self.value, bool)
+        numeric = isinstance(self.value, int | float | date) and not isinstance(self.value, bool)
         if self.op != "eq" and not numeric:
             raise InputError(
-                f"a range ({self.op}) on {self.key!r} needs a number, got {self.value!r}", hint=_FILTER_HINT
+                f"a range ({self.op}) on {self.key!r} needs a number or a date, got {self.value!r}", hint=_FILTER_HINT
             )
         if not (numeric or isinstance(self.value, str | bool)):
             raise InputError(f"filter value of {self.key!r} must be a string, number or boolean", hint=_FILTER_HINT)
@@ -102,9 +114,23 @@ class FieldFilter:
             raise InputError(f"filter value of {self.key!r} must be finite, got {self.value!r}", hint=_FILTER_HINT)
 
 
-def _parse_value(text: str) -> str | int | float | bool:
+def _parse_date(text: str) -> date | None:
+    """A date (``2024-06-01``) or naive date-time (``2024-06-01T18:30[:00]``), None when the text is neither."""
+    try:
+        if _DATE_RE.fullmatch(text):
+            return date.fromisoformat(text)
+        if _DATETIME_RE.fullmatch(text):
+            return datetime.fromisoformat(text.replace(" ", "T"))
+    except ValueError:
+        raise InputError(f"{text!r} is not a valid date", hint="write dates as YYYY-MM-DD[THH:MM[:SS]]") from None
+    return None
+
+
+def _parse_value(text: str, *, as_date: bool) -> str | int | float | bool | date:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         return text[1:-1]  # quoted: always a string, e.g. codec_profile="3"
+    if as_date and (when := _parse_date(text)) is not None:
+        return when
     if _INT_RE.fullmatch(text) and len(text.lstrip("+-")) <= 18:  # beyond int64 it is compared as a float
         return int(text)
     if _FLOAT_RE.fullmatch(text):
@@ -141,7 +167,9 @@ def parse_filter(expr: str) -> FieldFilter:
     """Parse a filter expression such as ``width>=512`` or ``codec_profile=mbt2018-q3``.
 
     The value is read as an int, else a float, else ``true``/``false``, else a string; quote it to force a string
-    (``KEY=""`` matches the empty string).
+    (``KEY=""`` matches the empty string). In a range, and on :data:`DATETIME_FIELDS` also with ``=``, a date
+    or date-time (``2024-06-01``, ``2024-06-01T18:30:00``) compares as a date-time: a date alone means its whole
+    day, so ``taken<=2024-06-30`` includes that day and ``taken=2024-06-01`` matches any time on it.
 
     Raises:
         InputError: the expression is malformed (no operator, an unknown one, no field name or value, a bad field
@@ -166,7 +194,8 @@ def parse_filter(expr: str) -> FieldFilter:
     if not value:
         raise InputError(f"cannot parse filter {shown}: it has no value after {op!r}", hint=_FILTER_HINT)
     try:
-        return FieldFilter(key=key, op=_SYMBOL_OPS[op], value=_parse_value(value))
+        as_date = key in DATETIME_FIELDS or _SYMBOL_OPS[op] != "eq"
+        return FieldFilter(key=key, op=_SYMBOL_OPS[op], value=_parse_value(value, as_date=as_date))
     except InputError as exc:
         raise InputError(f"cannot parse filter {shown}: {exc.message}", hint=_FILTER_HINT) from None
 
@@ -186,6 +215,9 @@ def _to_filter(filters: Sequence[FieldFilter]) -> qm.Filter | None:
     conditions: list[qm.Condition] = []
     for flt in filters:
         value = flt.value
+        if isinstance(value, date):
+            conditions.append(qm.FieldCondition(key=flt.key, range=_datetime_range(flt.op, value)))
+            continue
         if flt.op == "eq" and not isinstance(value, float):
             conditions.append(qm.FieldCondition(key=flt.key, match=qm.MatchValue(value=value)))
             continue
@@ -194,6 +226,25 @@ def _to_filter(filters: Sequence[FieldFilter]) -> qm.Filter | None:
         bounds: dict[str, float] = {"gte": number, "lte": number} if flt.op == "eq" else {flt.op: number}
         conditions.append(qm.FieldCondition(key=flt.key, range=qm.Range(**bounds)))
     return qm.Filter(must=conditions)
+
+
+def _datetime_range(op: FilterOp, value: date) -> qm.DatetimeRange:
+    """Qdrant's DatetimeRange for a date or date-time; a date alone stands for the day from its midnight."""
+    from qdrant_client import models as qm
+
+    if isinstance(value, datetime):
+        bounds: dict[str, datetime] = {"gte": value, "lte": value} if op == "eq" else {op: value}
+        return qm.DatetimeRange(**bounds)
+    start = datetime(value.year, value.month, value.day)
+    end = start + timedelta(days=1)
+    day_bounds: dict[FilterOp, dict[str, datetime]] = {
+        "eq": {"gte": start, "lt": end},
+        "gte": {"gte": start},
+        "gt": {"gte": end},
+        "lte": {"lt": end},
+        "lt": {"lt": start},
+    }
+    return qm.DatetimeRange(**day_bounds[op])
 
 
 def _dense(vector: object) -> list[float] | None:
