@@ -531,7 +531,8 @@ def test_encode_image_refuses_unknown_formats(fmt: str) -> None:
 
 
 def test_image_suffixes() -> None:
-    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"} == IMAGE_SUFFIXES
+    wanted = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"}
+    assert wanted == IMAGE_SUFFIXES
     assert all(suffix == suffix.lower() for suffix in IMAGE_SUFFIXES)
 
 
