@@ -299,3 +299,26 @@ def test_watch_once_is_idempotent(tiny_store: Path, images_dir: Path, capsys: py
     assert again["ingested"] == 0 and again["skipped"] == 6
     bad = cli_inprocess(capsys, "watch", "--store", str(tiny_store), "--interval", "0", str(images_dir))
     assert bad.returncode == 2 and "interval" in bad.stderr
+
+
+def test_dupes_lists_the_exact_copies_ingest_skipped(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    Image.fromarray(make_image(30)).save(folder / "a.png")
+    Image.fromarray(make_image(30)).save(folder / "b_same_pixels.bmp")  # another file, the same pixels
+    Image.fromarray(make_image(31)).save(folder / "c.png")
+    store = ("--store", str(tiny_store), "--json")
+    for _ in range(2):  # a rerun records nothing twice
+        assert cli_inprocess(capsys, "ingest", *store, str(folder)).returncode == 0
+    (folder / "d_late_copy.png").write_bytes((folder / "a.png").read_bytes())
+    assert cli_inprocess(capsys, "ingest", *store, str(folder)).returncode == 0
+    res = cli_inprocess(capsys, "dupes", *store, "--threshold", "1.0")
+    assert res.returncode == 0, res.stderr
+    (group,) = json.loads(res.stdout)["groups"]
+    rows = [(Path(m["path"]).name, m["exact"], m["score"]) for m in group["members"]]
+    assert rows == [("a.png", False, 1.0), ("b_same_pixels.bmp", True, 1.0), ("d_late_copy.png", True, 1.0)]
+    assert len({m["id"] for m in group["members"]}) == 1
+    human = cli_inprocess(capsys, "dupes", "--store", str(tiny_store), "--threshold", "1.0")
+    assert "group 1 (3 images)" in human.stdout and "exact" in human.stdout

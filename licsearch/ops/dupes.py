@@ -1,10 +1,10 @@
 """Groups of near-duplicate images (re-encodes, crops, resizes) found from the stored embeddings.
 
 Exact-pixel duplicates never become two points (a point's id is the hash of its decoded pixels, so ingest skips a
-second copy); near-duplicates do. For each point its neighbours above a cosine threshold are looked up in the
-active space, and the pairs are joined into groups with union-find (Tarjan 1975), so a chain of close pairs is one
-group. A member whose pixels hash equals the group's first member's is flagged ``exact`` (possible across stores
-that were merged, or points written by other tools).
+second copy and records its path in the point's ``duplicate_paths``); near-duplicates do. For each point its
+neighbours above a cosine threshold are looked up in the active space, and the pairs are joined into groups with
+union-find (Tarjan 1975), so a chain of close pairs is one group. The skipped copies join their point's group as
+members flagged ``exact``, with the id and score of the point they copy.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ class DupeGroup:
     """One group of near-duplicates, its first member the one with the largest image (ties: smallest id).
 
     Attributes:
-        ids: member point ids, the first member first, then by falling score.
+        ids: member point ids, the first member first, then by falling score; an exact copy repeats its point's id.
         scores: cosine similarity of each member to the first (1.0 for the first itself).
-        exact: whether each member's decoded pixels equal the first member's (False for the first itself).
-        paths: each member's source path, as ingested.
+        exact: whether the member is an exact-pixel copy of the point before it, skipped by ingest.
+        paths: each member's source path, as ingested (for an exact copy: the skipped file's path).
     """
 
     ids: tuple[str, ...]
@@ -88,28 +88,29 @@ def find_duplicates(store: Store, threshold: float = DUPES_THRESHOLD) -> list[Du
     members: dict[str, list[str]] = {}
     for pid in ids:
         members.setdefault(find(pid), []).append(pid)
-    groups = [_group(store, group, payloads, vectors) for group in members.values() if len(group) > 1]
+    groups = [
+        _group(group, payloads, vectors)
+        for group in members.values()
+        if len(group) > 1 or payloads[group[0]].get("duplicate_paths")
+    ]
     return sorted(groups, key=lambda g: (-len(g.ids), g.ids[0]))
 
 
-def _group(
-    store: Store, ids: list[str], payloads: dict[str, dict[str, Any]], vectors: dict[str, list[float]]
-) -> DupeGroup:
+def _group(ids: list[str], payloads: dict[str, dict[str, Any]], vectors: dict[str, list[float]]) -> DupeGroup:
     def area(pid: str) -> int:
         payload = payloads[pid]
         return int(payload.get("width", 0)) * int(payload.get("height", 0))
 
     first = min(ids, key=lambda pid: (-area(pid), pid))
-    scores = {pid: _cosine(vectors[first], vectors[pid]) for pid in ids}
+    scores = {pid: _cosine(vectors[first], vectors[pid]) if pid in vectors else 0.0 for pid in ids}
     scores[first] = 1.0
-    order = sorted(ids, key=lambda pid: (pid != first, -scores[pid], pid))
-    first_pixels = payloads[first].get("pixels_sha256")
-    return DupeGroup(
-        ids=tuple(order),
-        scores=tuple(round(scores[pid], 6) for pid in order),
-        exact=tuple(pid != first and payloads[pid].get("pixels_sha256") == first_pixels for pid in order),
-        paths=tuple(str(payloads[pid].get("source_path", "")) for pid in order),
-    )
+    rows: list[tuple[str, float, bool, str]] = []
+    for pid in sorted(ids, key=lambda pid: (pid != first, -scores[pid], pid)):
+        payload = payloads[pid]
+        rows.append((pid, round(scores[pid], 6), False, str(payload.get("source_path", ""))))
+        rows.extend((pid, round(scores[pid], 6), True, str(copy)) for copy in payload.get("duplicate_paths") or [])
+    ids_, scores_, exact, paths = zip(*rows, strict=True)
+    return DupeGroup(ids=ids_, scores=scores_, exact=exact, paths=paths)
 
 
 def _cosine(a: list[float], b: list[float]) -> float:

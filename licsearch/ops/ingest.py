@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 DEFAULT_BATCH = 8
+MAX_DUPLICATE_PATHS = 100
+"""Most paths of exact-pixel copies remembered per point."""
 
 
 @dataclass
@@ -107,6 +109,7 @@ def ingest(
     bar = _progress(len(files), progress)
     groups: dict[tuple[int, int], list[_Pending]] = {}
     seen: set[str] = set()
+    duplicates: dict[str, list[str]] = {}
     meta = dict(metadata or {})
 
     def fail(path: Path, message: str) -> None:
@@ -137,6 +140,7 @@ def ingest(
         pid = point_id(image.pixels_sha256())
         if pid in seen or store.index.existing([pid]):
             report.record(path, "skipped", id=pid)
+            duplicates.setdefault(pid, []).append(str(path.resolve()))
             _tick(bar)
             continue
         seen.add(pid)
@@ -148,9 +152,28 @@ def ingest(
             flush(max(groups, key=lambda k: len(groups[k])))  # bound memory when sizes vary
     for key in list(groups):
         flush(key)
+    _record_duplicates(store, duplicates)
     if bar is not None:
         bar.close()
     return report
+
+
+def _record_duplicates(store: Store, duplicates: dict[str, list[str]]) -> None:
+    """Adds the paths of skipped exact-pixel copies to their point's ``duplicate_paths`` (for ``licsearch dupes``).
+
+    Only paths not yet recorded are added, so a rerun changes nothing; the list is bounded by
+    :data:`MAX_DUPLICATE_PATHS`.
+    """
+    if not duplicates:
+        return
+    for pid, payload, _ in store.index.retrieve(list(duplicates)):
+        known = list(payload.get("duplicate_paths") or [])
+        new = [p for p in dict.fromkeys(duplicates[pid]) if p != payload.get("source_path") and p not in known]
+        if new and len(known) < MAX_DUPLICATE_PATHS:
+            merged = (known + new)[:MAX_DUPLICATE_PATHS]
+            store.index.client.set_payload(
+                store.index.collection, payload={"duplicate_paths": merged}, points=[pid], wait=True
+            )
 
 
 def _store_batch(
