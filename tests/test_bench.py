@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from licsearch.errors import InputError
-from licsearch.ops.bench import load_bench_images
+from licsearch.release.bench import load_bench_images
 from tests.conftest import TINY_FLAGS, run_cli
 
 STAGES = {

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from licsearch.ops.promql import dashboard_queries, metric_names, rule_queries
+from licsearch.observe.promql import dashboard_queries, metric_names, rule_queries
 from licsearch.serving import server as ts_server
 from licsearch.serving.metrics import METRICS, TORCHSERVE_METRICS
 

@@ -20,7 +20,7 @@ from licsearch.metrics import psnr, recall_overlap
 from licsearch.model.adapter import Adapter, AdapterShape
 from licsearch.model.models import ModelSet
 from licsearch.model.weights import save_state_dict
-from licsearch.ops.gate import CheckFailure, GateThresholds, run_gate
+from licsearch.release.gate import CheckFailure, GateThresholds, run_gate
 
 from .conftest import make_image, run_cli, tiny_models, write_png
 from .test_bundle import TinyBundles, cli_inprocess, tiny_bundles

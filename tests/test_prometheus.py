@@ -3,7 +3,7 @@
 A tiny bundle is archived and served with ``licsearch serve`` on free 127.0.0.1 ports (a server of this module's
 own: tests/test_serving.py asserts exact request counts on its server, which this module's traffic would change);
 Debian's Prometheus server scrapes its metrics port every second and evaluates deploy/prometheus's rules every
-second; real encode, decode and embed requests are sent (licsearch.ops.observe, which ``make demo-observe`` runs
+second; real encode, decode and embed requests are sent (licsearch.observe.prometheus, which ``make demo-observe`` runs
 too), then every expression of deploy/grafana/licsearch-serving.json and of the rule files goes through
 ``/api/v1/query``. Every wait is bounded; both servers are stopped in teardown.
 """
@@ -21,8 +21,8 @@ import pytest
 
 from licsearch.bundle.export import export_bundle
 from licsearch.errors import InputError
-from licsearch.ops import observe
-from licsearch.ops.promql import Query, dashboard_queries, label_values_selector, rule_queries, substitute
+from licsearch.observe import prometheus as observe
+from licsearch.observe.promql import Query, dashboard_queries, label_values_selector, rule_queries, substitute
 
 from .conftest import run_cli, tiny_models
 

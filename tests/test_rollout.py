@@ -29,7 +29,7 @@ import pytest
 from licsearch.bundle.export import export_bundle
 from licsearch.bundle.manifest import Manifest
 from licsearch.cli.main import main
-from licsearch.ops.gate import GateThresholds
+from licsearch.release.gate import GateThresholds
 from licsearch.rollout import routing
 from licsearch.rollout.canary import MODELS, CanaryThresholds
 from licsearch.rollout.management import ManagementClient

@@ -10,7 +10,7 @@ images (and their latents and token samples), by the figure the graph can move:
 - ``g_s``: ``psnr_vs_fp32_db``, PSNR of the int8 synthesis against the fp32 synthesis of the same latents.
 
 The bounds (:data:`INT8_BOUNDS`) are the parity gate's budget (0.99 cosine, -0.1 dB PSNR, +1 % bpp; see
-:class:`licsearch.ops.gate.GateThresholds`), given to each graph whole: a graph outside them would fail the gate on
+:class:`licsearch.release.gate.GateThresholds`), given to each graph whole: a graph outside them would fail the gate on
 its own, so keeping it as int8 could only buy speed for a bundle that cannot replace its fp32 one. g_s gets 40 dB
 against fp32 (an RMS difference of 2.55 grey levels, 255 / 10^2), below the distortion of the codec itself at the
 qualities a store uses. A graph outside a bound is not kept as int8 (:mod:`.quantize`); figures and bounds are

@@ -13,7 +13,7 @@ from .options import add_server_flags, add_store_flags, add_threshold_flags, loa
 
 if TYPE_CHECKING:
     from ..config import ModelsConfig
-    from ..ops.bench import BenchOptions
+    from ..release.bench import BenchOptions
 
 
 def configure_export(p: argparse.ArgumentParser) -> None:
@@ -69,7 +69,7 @@ def configure_gate(p: argparse.ArgumentParser) -> None:
 
 def cmd_gate(args: argparse.Namespace) -> Result:
     from ..bundle.runtime import BundleModelSet
-    from ..ops.gate import DEFAULT_TEXTS, GateThresholds, run_gate
+    from ..release.gate import DEFAULT_TEXTS, GateThresholds, run_gate
 
     ref, cand = BundleModelSet(Path(args.reference)), BundleModelSet(Path(args.candidate))
     images = load_images(args.images, limit=args.max_images)
@@ -122,7 +122,7 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> Result:
     from ..config import StoreConfig
-    from ..ops.bench import BenchOptions, format_report, run_bench
+    from ..release.bench import BenchOptions, format_report, run_bench
 
     models, space, cache = models_from_flags(args), None, None
     if models is None and (args.store or not args.bundle):
@@ -142,7 +142,7 @@ def cmd_bench(args: argparse.Namespace) -> Result:
     warn_random(doc["random_weights"])
     human = format_report(doc)
     if args.server:
-        from ..ops.serving_bench import format_serving
+        from ..release.serving_bench import format_serving
 
         doc["serving"] = _bench_serving(args, models, options)
         human += "\n" + format_serving(doc["serving"])
@@ -157,8 +157,8 @@ def _bench_serving(args: argparse.Namespace, models: ModelsConfig | None, option
 
     from ..config import StoreConfig
     from ..model.models import ModelPlane, ModelSet
-    from ..ops.bench import load_bench_images
-    from ..ops.serving_bench import ServingBenchOptions, run_serving_bench
+    from ..release.bench import load_bench_images
+    from ..release.serving_bench import ServingBenchOptions, run_serving_bench
     from ..serving.client import ServingClient
     from ..storage.store import model_plane_for
 

@@ -90,7 +90,7 @@ def replay_images(args: argparse.Namespace) -> list[Any]:
 
 def cmd_rollout(args: argparse.Namespace) -> Result:
     """Rolls the candidate out, rolls back, or reports the status."""
-    from ..ops.gate import GateThresholds
+    from ..release.gate import GateThresholds
     from ..rollout.canary import CanaryThresholds
     from ..rollout.operation import Hooks
     from ..rollout.orchestrator import RolloutOptions, run_rollout

@@ -1,1 +1,1 @@
-"""Control plane operations over a store: ingest, search, retrieval, maintenance."""
+"""Control plane operations over a store: ingest, search, reindex, spaces, maintenance."""

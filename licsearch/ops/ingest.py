@@ -105,6 +105,7 @@ def ingest(
     # Load (and fingerprint-check) the models before touching any file: a store-level problem such as
     # changed weights is one error for the run, not one failure per file.
     _ = store.models.codec, store.models.adapter
+    store.index.ensure_payload_indexes()  # a store made before a field was indexed gets its index now
     files = list(iter_image_files(paths))
     bar = _progress(len(files), progress)
     groups: dict[tuple[int, int], list[_Pending]] = {}

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..storage.blobs import parse_ref
+from ..storage.previews import Previews
 from ..storage.store import Store
 
 # A blob younger than this may belong to an ingest in flight on another process (only possible with a
@@ -31,6 +32,7 @@ def stats(store: Store) -> dict[str, Any]:
         "mean_bpp": bpp_sum / n if n else 0.0,
         "mean_bytes": total_bytes / n if n else 0.0,
         "blob_bytes_on_disk": store.blobs.total_bytes(),
+        **Previews(store.root).stats(),
         "space_id": store.space_id,
         "spaces": store.index.spaces(),
         "codec_profile": _profile(store),
@@ -54,6 +56,7 @@ class FsckReport:
     corrupt: list[str] = field(default_factory=list)  # point ids whose bitstream fails its hash
     orphans: list[str] = field(default_factory=list)  # blob refs no point references
     temp_files_removed: int = 0
+    preview_orphans: list[str] = field(default_factory=list)  # previews of bitstreams no point references
     repaired: bool = False
 
     @property
@@ -68,6 +71,7 @@ class FsckReport:
             "corrupt": self.corrupt,
             "orphans": self.orphans,
             "temp_files_removed": self.temp_files_removed,
+            "preview_orphans": self.preview_orphans,
             "repaired": self.repaired,
             "ok": self.ok,
         }
@@ -112,7 +116,10 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
         rep.bitstreams += 1
         if ref not in referenced and now - store.blobs.path(ref).stat().st_mtime >= grace:
             rep.orphans.append(ref)
+    previews = Previews(store.root)
+    rep.preview_orphans = previews.orphans(referenced - corrupt_refs)
     if repair:
+        previews.remove(rep.preview_orphans)
         if bad_points:
             store.index.delete(bad_points)
         for ref in [*rep.orphans, *corrupt_refs]:

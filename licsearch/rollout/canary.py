@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .. import defaults
 from ..errors import LicsearchError
 from ..metrics import psnr
-from ..ops.gate import DEFAULT_TEXTS, CheckFailure
+from ..release.gate import DEFAULT_TEXTS, CheckFailure
 from ..serving.client import JSON, OCTET, ServerUnavailable, ServingClient
 
 if TYPE_CHECKING:

@@ -1,9 +1,9 @@
 """A local Prometheus scraping a running TorchServe, and the PromQL of ``deploy/`` evaluated against it.
 
-``tests/test_prometheus.py`` and ``make demo-observe`` (``python -m licsearch.ops.observe``) use it to show that the
-dashboard and the rules that ``deploy/`` ships work on the metrics the handlers really export: Prometheus (Debian's
-``prometheus`` package, or any on PATH) is started on a free 127.0.0.1 port with a temporary configuration that
-scrapes TorchServe's metrics port every second and loads ``deploy/prometheus``'s rule files (copied with a
+``tests/test_prometheus.py`` and ``make demo-observe`` (``python -m licsearch.observe.prometheus``) use it to show
+that the dashboard and the rules that ``deploy/`` ships work on the metrics the handlers really export: Prometheus
+(Debian's ``prometheus`` package, or any on PATH) is started on a free 127.0.0.1 port with a temporary configuration
+that scrapes TorchServe's metrics port every second and loads ``deploy/prometheus``'s rule files (copied with a
 one-second evaluation interval); real encode, decode and embed requests are sent; then every expression is
 evaluated through ``/api/v1/query``. Every wait is bounded.
 """
@@ -335,7 +335,7 @@ def observe(model_store: Path, work: Path, deploy: Path, *, rounds: int = 4, hol
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m licsearch.ops.observe", description=observe.__doc__)
+    p = argparse.ArgumentParser(prog="python -m licsearch.observe.prometheus", description=observe.__doc__)
     p.add_argument("--model-store", required=True, type=Path, help="folder of the .mar files (licsearch archive)")
     p.add_argument("--work", type=Path, default=Path(".demo-observe"), help="run directories and logs")
     p.add_argument("--deploy", type=Path, default=Path("deploy"), help="the deploy/ folder whose PromQL to check")

@@ -1,7 +1,7 @@
 """What ``licsearch bench`` runs for each backend: the eager baseline and a bundle, stage by stage.
 
 Each runner measures the same operations on the same image (analysis, entropy coding, adapter, synthesis,
-entropy decoding, text queries, vector search, and the end-to-end flows); :mod:`licsearch.ops.bench` interleaves
+entropy decoding, text queries, vector search, and the end-to-end flows); :mod:`licsearch.release.bench` interleaves
 them image by image and summarises the timings.
 """
 

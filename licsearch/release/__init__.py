@@ -1,0 +1,1 @@
+"""Release checks: the parity gate and the benchmarks that decide whether a model plane may ship."""
