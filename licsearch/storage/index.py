@@ -439,6 +439,14 @@ class VectorIndex:
         if not self._local:
             self._ensure_payload_indexes()
 
+    def ensure_payload_indexes(self) -> None:
+        """Creates the payload indexes of :data:`INDEXED_FIELDS` a server's collection lacks (an older store's).
+
+        A no-op in local mode (it filters by scanning) and on a read-only index.
+        """
+        if not self._local and not self.read_only:
+            self._ensure_payload_indexes()
+
     def _ensure_payload_indexes(self) -> None:
         from qdrant_client import models as qm
 
