@@ -99,5 +99,5 @@ demo-observe: setup
 	$(BIN)/licsearch export --out $(OBSERVE_DIR)/bundle --codec bmshj2018-hyperprior:1 --codec-weights random \
 		--clip licsearch-tiny --clip-weights random --adapter-weights random
 	$(BIN)/licsearch archive --bundle $(OBSERVE_DIR)/bundle --out $(OBSERVE_DIR)/model_store
-	$(BIN)/python -m licsearch.ops.observe --model-store $(OBSERVE_DIR)/model_store --work $(OBSERVE_DIR) \
+	$(BIN)/python -m licsearch.observe.prometheus --model-store $(OBSERVE_DIR)/model_store --work $(OBSERVE_DIR) \
 		--hold $(OBSERVE_HOLD)
