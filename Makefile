@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
-	$(BIN)/python -m pip install --quiet -e '.[dev,serve,eval]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,serve,eval,ui]'
 	touch $(STAMP)
 
 lint: setup
@@ -52,6 +52,7 @@ demo: setup
 	$(BIN)/licsearch decode $(DEMO_DIR)/00000.lics -o $(DEMO_DIR)/00000.decoded.png --store $(DEMO_DIR)/store
 	$(BIN)/licsearch fsck --store $(DEMO_DIR)/store
 	@echo "demo done: decoded text-search hit in $(DEMO_DIR)/hit.png"
+	@echo "browse it: $(BIN)/licsearch ui --store $(DEMO_DIR)/store --open"
 
 # The recipe that trained licsearch/shipped/offline (CPU figures as shipped; on a GPU raise the steps, e.g.
 # make train-offline CODEC_STEPS=200000 CODEC_CROP=256 CODEC_BATCH=16 FT_STEPS=50000 CLIP_STEPS=20000).

@@ -2,8 +2,8 @@
 
 ``pip install licsearch`` gives the library and the CLI (codec, CLIP, bundles on ONNX Runtime, the store). The
 serving stack and the plotting stack are extras: ``[serve]`` (TorchServe and its model archiver), ``[eval]``
-(matplotlib for figures, pytorch-msssim for MS-SSIM; without it a reference implementation is used) and ``[gpu]``
-(onnxruntime-gpu).
+(matplotlib for figures, pytorch-msssim for MS-SSIM; without it a reference implementation is used) ``[gpu]``
+(onnxruntime-gpu) and ``[ui]`` (FastAPI and uvicorn for ``licsearch ui``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ EXTRAS = {
     "serve": ("torchserve", "torch-model-archiver"),
     "eval": ("matplotlib", "pytorch-msssim"),
     "gpu": ("onnxruntime-gpu",),
+    "ui": ("fastapi", "uvicorn", "jinja2", "python-multipart"),
 }
 """Each extra and the distributions it installs (pyproject.toml's optional-dependencies say the same)."""
 
