@@ -173,6 +173,18 @@ def test_image_cosine_min_and_latency_ratio_fail_when_held(bundles: TinyBundles,
     assert CheckFailure.from_dict(latency.to_dict()) == latency
 
 
+def test_image_cosine_min_and_latency_ratio_flags_fail_the_gate_cli(bundles: TinyBundles, image_dir: Path) -> None:
+    rc, doc = gate_cli(bundles.fp32, bundles.fp32, image_dir, "--max-images", "2")
+    assert rc == 0 and doc["passed"], "neither bound is held by default"
+    rc, doc = gate_cli(bundles.fp32, bundles.fp32, image_dir, "--max-images", "2", "--cos-min-min", "1.001",
+                       "--latency-ratio-max", "0")  # fmt: skip
+    assert rc == 1 and not doc["passed"]
+    failed = {f["check"]: f for f in doc["failed_checks"]}
+    assert sorted(failed) == ["image_cos_min", "latency_ratio"]
+    assert failed["image_cos_min"]["measured"] == doc["image_cos_min"] and failed["image_cos_min"]["threshold"] == 1.001
+    assert failed["latency_ratio"]["measured"] == doc["latency_ratio"] > 0 and failed["latency_ratio"]["threshold"] == 0
+
+
 class _OutOfStepDecoder(BundleModelSet):
     """A runtime whose entropy decoder disagrees with the encoder's by one quantization step in one place."""
 

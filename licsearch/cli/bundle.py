@@ -58,6 +58,10 @@ def configure_gate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, metavar="DIR")
     p.add_argument("--texts", metavar="FILE", help="one query per line (default: a built-in set)")
     add_threshold_flags(p)
+    p.add_argument("--cos-min-min", type=float, help="least cosine of any one image's embeddings (default: not held)")
+    p.add_argument(
+        "--latency-ratio-max", type=float, help="candidate over reference time, in-process (default: not held)"
+    )
     p.add_argument(
         "--assign-space",
         action="store_true",
@@ -79,7 +83,14 @@ def cmd_gate(args: argparse.Namespace) -> Result:
             texts = [t.strip() for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()]
         except OSError as e:
             raise InputError(f"cannot read {args.texts}: {e.strerror or e}") from e
-    th = GateThresholds(args.psnr_delta_min, args.bpp_delta_max, args.cos_mean_min, args.recall_overlap_min)
+    th = GateThresholds(
+        args.psnr_delta_min,
+        args.bpp_delta_max,
+        args.cos_mean_min,
+        args.recall_overlap_min,
+        cos_min_min=args.cos_min_min,
+        latency_ratio_max=args.latency_ratio_max,
+    )
     rep = run_gate(ref, cand, images, texts, th)
     doc = rep.to_dict()
     doc.update(reference=args.reference, candidate=args.candidate, candidate_space_id=cand.space_id)
