@@ -20,8 +20,8 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 from . import defaults
 from .errors import StoreError
 from .fsutil import atomic_write
+from .readonly import is_writable, read_only_error
 from .spaces import BUILDING, SPACE_STATES
-from .storage.readonly import is_writable, read_only_error
 
 STORE_FORMAT = 1
 _T = TypeVar("_T")

@@ -179,3 +179,41 @@ def test_no_command_module_imports_a_private_name_of_another() -> None:
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"cli/{path.name} imports private {private} from cli/{node.module}.py"
+
+
+def layer_table() -> dict[str, tuple[int, int]]:
+    """CONTRIBUTING.md's layer table: each top-level module or package of ``licsearch`` -> (row, place in its row).
+
+    Within a row, names after ``then`` come later (``model/``, then ``bundle/``); ``(what it holds)`` notes and
+    names outside ``licsearch/`` (``handlers/``, ``export/``) are ignored.
+    """
+    text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
+    ranks: dict[str, tuple[int, int]] = {}
+    for row, line in enumerate(rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if set(cells[0]) <= {"-"}:
+            continue
+        modules = re.sub(r"\([^)]*\)", "", cells[1])
+        for place, part in enumerate(modules.split("then")):
+            for name in re.findall(r"`([^`]+)`", part):
+                ranks[name.rstrip("/")] = (row, place)
+    return ranks
+
+
+def test_every_import_respects_the_layer_table() -> None:
+    ranks = layer_table()
+    assert ranks["errors"] < ranks["model"] < ranks["bundle"] < ranks["storage"] < ranks["cli"], "table misread"
+
+    def rank(module: str) -> tuple[int, int] | None:
+        top = module.split(".")[1] if "." in module else "errors"  # the package's own __init__ is core
+        return ranks.get(top)
+
+    graph = import_graph()
+    unplaced = sorted({m.split(".")[1] for m in graph if "." in m and rank(m) is None})
+    assert not unplaced, f"give these a row in CONTRIBUTING.md's layer table: {unplaced}"
+    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if rank(d) > rank(m))  # type: ignore[operator]
+    assert not upward, f"imports from a layer above (see CONTRIBUTING.md's layer table): {upward}"
+    assert not graph["licsearch.errors"] and not graph["licsearch.defaults"], (
+        "errors and defaults import nothing of ours"
+    )

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from licsearch.errors import ConfigMismatchError, InputError, LicsearchError
-from licsearch.rollout.routing import ROUTING_ENV, write_routing
 from licsearch.serving.client import NO_RETRY, RemoteModelPlane, RetryPolicy, Routing, ServerUnavailable, ServingClient
+from licsearch.serving.routing import ROUTING_ENV, write_routing
 
 from .serving_fixtures import free_ports
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from ..errors import LicsearchError
 from ..faults import crash_point
+from ..serving.routing import ROUTING_FILE, clear_routing
 from .management import ManagementClient
-from .routing import ROUTING_FILE, clear_routing
 from .state import Journal, Operation
 
 PROMOTE_ORDER = ("decode", "embed", "encode")

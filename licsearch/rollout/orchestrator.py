@@ -13,7 +13,7 @@ Steps (each journalled, idempotent, and skipped on a rerun once done):
    ``<model>-<version>.mar`` in the model store.
 4. ``register``: each model's new version registered next to the live one with its own workers.
 5. ``canary``: :func:`licsearch.rollout.canary.run_canary` against both versions; with ``--canary PERCENT`` that
-   share of ``licsearch`` client traffic goes to the candidate meanwhile (:mod:`licsearch.rollout.routing`).
+   share of ``licsearch`` client traffic goes to the candidate meanwhile (:mod:`licsearch.serving.routing`).
 6. ``promote`` (every check passed: set-default, decode first, then embed, then encode) or ``cleanup`` (the
    candidate is unregistered, its archives removed; the live default is never touched).
 
@@ -36,13 +36,13 @@ from ..errors import InputError, LicsearchError, StoreError
 from ..faults import crash_point
 from ..release.gate import GateThresholds
 from ..serving.client import NO_RETRY, ServerUnavailable, ServingClient
+from ..serving.routing import ROUTING_FILE, clear_routing, write_routing
 from ..spaces import ACTIVE, COMPLETE, fork_space_id
 from . import bundles
 from .canary import MODELS, CanaryThresholds, run_canary, worker_died
 from .management import ManagementClient, ManagementRefused, ManagementUnavailable
 from .metrics import write_metrics
 from .operation import PROMOTE_ORDER, RETRY_HINT, Hooks, Rejected, new_operation, report, run_step, undo
-from .routing import ROUTING_FILE, clear_routing, write_routing
 from .state import Journal, Operation, locked
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..bitstream import Bitstream
 from ..errors import BitstreamError, ConfigMismatchError, InputError, LicsearchError
 from ..model.models import Encoded, ModelPlane
-from ..rollout.routing import ROUTING_ENV, pick_version
+from .routing import ROUTING_ENV, pick_version
 
 if TYPE_CHECKING:
     import numpy as np
@@ -105,7 +105,7 @@ NO_RETRY = RetryPolicy(attempts=1)
 class Routing:
     """Canary routing of bare model names, by the file ``licsearch rollout --canary`` writes.
 
-    The file's format and its reading are :mod:`licsearch.rollout.routing`'s.
+    The file's format and its reading are :mod:`licsearch.serving.routing`'s.
 
     Attributes:
         path: the routing file; None routes nothing.

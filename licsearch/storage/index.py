@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from licsearch.errors import ConfigMismatchError, InputError, StoreError
 
+from ..readonly import read_only_error
 from .local import LocalIndex, open_local
-from .readonly import read_only_error
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from licsearch.errors import StoreError
 
-from .readonly import is_writable
+from ..readonly import is_writable
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient

@@ -20,11 +20,11 @@ from .. import defaults
 from ..config import CONFIG_FILE, ModelsConfig, QdrantConfig, StoreConfig
 from ..errors import ConfigMismatchError, StoreError
 from ..model.models import ModelPlane, ModelSet
+from ..readonly import is_writable, read_only_error
 from ..spaces import space_id_for
 from .blobs import BlobStore
 from .index import VectorIndex
 from .local import INDEX_REPAIR_HINT
-from .readonly import is_writable, read_only_error
 
 DEFAULT_STORE = "./licsearch-data"
 CREDENTIALS_FILE = "credentials.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from licsearch.errors import StoreError
+from .errors import StoreError
 
 READ_ONLY_HINT = (
     "search, get, stats and fsck without --repair work on a read-only store; to change it, copy it to writable "
