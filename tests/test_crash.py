@@ -1,4 +1,4 @@
-"""Crash safety of ingest (design invariant 4) with a real SIGKILL at chosen crash points.
+"""Crash safety of ingest with a real SIGKILL at chosen crash points.
 
 A CLI ingest of six images in batches of two kills itself (``LICSEARCH_CRASH_AT``); fsck then sees only
 orphan bitstreams, never a point without its bitstream; a rerun (one image per batch, so an orphan is

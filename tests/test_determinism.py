@@ -1,4 +1,4 @@
-"""DESIGN invariant 2: decoding is deterministic across backends, thread counts and batch sizes.
+"""Decoding is deterministic across backends, thread counts and batch sizes.
 
 The matrix: three backends (eager torch, ONNX Runtime fp32 bundle, ONNX Runtime int8 bundle), each encoding
 crops of random sizes (16-96 px) cut from generated images and, when present, the shared photos; every backend
@@ -9,7 +9,7 @@ batch sizes (1 and 3) must not change the bytes an encoder writes. Decoding uses
 decoding only); synthesis runs on a handful.
 
 Two codecs run the matrix. ``tiny`` is ``tiny_models()`` itself, whose random hyperprior is dead: z quantizes to
-zero and every y symbol gets the first CDF, so the scale selection that invariant 2 is about is never exercised.
+zero and every y symbol gets the first CDF, so the scale selection that determinism is about is never exercised.
 ``live`` is the same codec with the last layers of ``h_a`` and ``h_s`` scaled up (a checkpoint file, like any
 trained one) so that z varies and y's scales spread over the whole scale table; it carries the full matrix of a
 few hundred crops, ``tiny`` a smaller one.

@@ -2,7 +2,7 @@
 
 Only the heavy transforms, the adapter and the text tower run in ONNX Runtime. The canonical entropy path
 and the CDF tables are rebuilt from the bundle's codec checkpoint, so a bitstream encoded by any backend
-decodes to exactly the same latent on any other (DESIGN invariant 2).
+decodes to exactly the same latent on any other.
 """
 
 from __future__ import annotations

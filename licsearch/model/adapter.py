@@ -1,4 +1,4 @@
-"""The multi-scale adapter of seed 000: codec latent y_hat -> CLIP-aligned embedding.
+"""The multi-scale adapter of Luo 2024 (arXiv 2404.10234): codec latent y_hat -> CLIP-aligned embedding.
 
 Three resolution-alignment branches read y_hat at 1/16, 1/32 and 1/64 of the image resolution (the
 identity, then one and two strided 3x3 convolutions); each is pooled globally (mean and max) so that any

@@ -1,6 +1,6 @@
 """Ingest: image files -> bitstreams in the blob store + embeddings with payload in Qdrant.
 
-Crash safety (DESIGN invariant 4): a point's id derives from the image's decoded pixels, its bitstream is
+Crash safety: a point's id derives from the image's decoded pixels, its bitstream is
 written durably before the point that references it is upserted, and images whose point already exists
 are skipped. A run killed at any moment and run again therefore completes without duplicates; a blob
 written just before a kill is referenced by the rerun (encoding is deterministic) or found by fsck.

@@ -1,7 +1,7 @@
 """The Qdrant collection that makes stored images searchable.
 
 One point per image: a UUID id derived from content by the caller, one *named* vector per embedding space (so
-vectors of different spaces never meet in one query, design invariant 3) and a payload with the bitstream
+vectors of different spaces never meet in one query) and a payload with the bitstream
 reference, hashes, size and codec profile. The same code runs against qdrant-client's embedded local mode
 (``path=``, one process at a time) and against a Qdrant server or cluster (``url=``).
 """

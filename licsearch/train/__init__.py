@@ -1,8 +1,9 @@
 """Training tools: the codec (rate-distortion), the adapter (distillation from CLIP), both jointly, and a small
 CLIP on the procedural world.
 
-Two-phase training after seed 000: first the codec with ``L = R + λ·D``, then the adapter with the codec frozen
-and ``Ds = 1 - cos(adapter(y_hat), CLIP(x))``; then optionally joint fine-tuning with ``L = R + λ·D + λs·Ds``.
+Two-phase training after Luo 2024 (arXiv 2404.10234): first the codec with ``L = R + λ·D``, then the adapter with
+the codec frozen and ``Ds = 1 - cos(adapter(y_hat), CLIP(x))``; then optionally joint fine-tuning with
+``L = R + λ·D + λs·Ds``.
 
 Layout: :mod:`.run` (output folder: checkpoints, JSONL log, provenance), :mod:`.loop` (device, learning-rate
 schedule, the step loop), :mod:`.data` (image folders, deterministic sampling, augmentations), :mod:`.latent`

@@ -1,4 +1,4 @@
-"""Distillation of the adapter with the codec frozen (seed 000's second phase): ``Ds = 1 - cos(adapter(y_hat), t)``.
+"""Distillation of the adapter with the codec frozen (Luo 2024's second phase): ``Ds = 1 - cos(adapter(y_hat), t)``.
 
 ``y_hat`` is computed exactly as at inference (:func:`.latent.inference_y_hat`) and ``t`` is the CLIP image
 tower's embedding of the same augmented crop (:class:`.teacher.ClipTeacher`). Any CLIP weights serve as the

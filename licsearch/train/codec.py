@@ -1,4 +1,4 @@
-"""Rate-distortion training of a CompressAI codec (seed 000's first phase): ``L = R + λ·255²·MSE``.
+"""Rate-distortion training of a CompressAI codec (Luo 2024's first phase): ``L = R + λ·255²·MSE``.
 
 As CompressAI's ``examples/train.py``: :class:`compressai.losses.RateDistortionLoss`, one optimizer for the
 network and one, with its own loss (``aux_loss``), for the entropy bottleneck's quantiles; gradient clipping.

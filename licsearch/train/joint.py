@@ -1,4 +1,4 @@
-"""Joint fine-tuning of codec and adapter (seed 000): ``L = R + λ·D + λs·Ds``.
+"""Joint fine-tuning of codec and adapter (Luo 2024, arXiv 2404.10234): ``L = R + λ·D + λs·Ds``.
 
 ``R + λ·D`` is CompressAI's rate-distortion loss on the noisy training forward (``R`` in bits per pixel,
 ``D = 255²·MSE``); ``Ds = 1 - cos`` between the adapter's embedding of the latent and the frozen CLIP image
