@@ -234,10 +234,19 @@ def test_page_search_upload_detail_download_filter(browser: Any, sample_store: A
         page.click("button[type=submit]")
         page.wait_for_selector("#grid .card img[src^='blob:']")
         first = page.locator("#grid .card").first.get_attribute("data-id")
+        page.wait_for_function(
+            "[...document.querySelectorAll('#grid .card img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
         shot = page.screenshot()
         _png_ok(shot)
         if target := os.environ.get("LICSEARCH_UI_SCREENSHOT"):
-            Path(target).write_bytes(page.screenshot(type="png", scale="css"))
+            import io
+
+            from PIL import Image
+
+            # A 128-colour palette keeps the README's screenshot small (about 60 KB instead of 220 KB).
+            small = Image.open(io.BytesIO(shot)).convert("RGB").quantize(128, method=Image.Quantize.MEDIANCUT)
+            small.save(target, optimize=True)
         alt = page.locator("#grid .card img").first.get_attribute("alt") or ""
         assert next(c["caption"] for c in caps if c["file"] == Path(alt).name) == caps[3]["caption"]
         # upload an image: itself first
@@ -259,7 +268,7 @@ def test_page_search_upload_detail_download_filter(browser: Any, sample_store: A
         page.fill("#f-meta", "meta.album=early")
         page.fill("#q", "a scene")
         page.click("button[type=submit]")
-        page.wait_for_selector("#grid .card")
+        page.wait_for_selector("#message:has-text('6 results')")  # the six "early" scenes, not the old twelve
         names = [Path(a or "").name for a in page.locator("#grid .card img").evaluate_all("e => e.map(i => i.alt)")]
         assert names and set(names) <= {c["file"] for c in caps[:6]}
         assert first
