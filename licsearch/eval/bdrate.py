@@ -168,10 +168,6 @@ def _prepare(rate: Sequence[float], metric: Sequence[float], what: str) -> tuple
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def _nan(note: str, method: Method) -> BDResult:
-    return BDResult(math.nan, None, note, method)
-
-
 def _check(xs: list[float], what: str, method: Method) -> str:
     """Why a curve cannot be fitted, or ''."""
     if len(xs) < 2:

@@ -231,19 +231,7 @@ def run_eval(planes: Sequence[EvalPlane], options: EvalOptions, log: Log | None 
         queries = caption_queries(paths, load_captions(options.captions), options.captions.parent)
     say(f"{len(images)} images from {source}" + (f", {len(queries.gallery)} captioned" if queries else ""))
 
-    baselines = []
-    for name in options.baselines:
-        codec = PILLOW_CODECS.get(name)
-        if not codec.available():
-            notes.append(f"{name}: this Pillow build cannot write it (features.check({codec.feature!r})); skipped")
-            continue
-        baselines.append(sweep_pillow(codec, images, progress=say))
-    anchors = load_anchors(options.anchors) if options.anchors else []
-    if anchors:
-        notes.append(
-            "anchors are published means over their own image set (Kodak, 24 images); BD-rates against them "
-            f"compare like with like only when --images is that set (this run: {len(images)} images from {source})"
-        )
+    baselines, anchors = _reference_curves(options, images, source, notes, say)
 
     if len(images) <= 11:
         notes.append(
@@ -260,23 +248,7 @@ def run_eval(planes: Sequence[EvalPlane], options: EvalOptions, log: Log | None 
         points.setdefault(ep.curve, []).append(point)
         curve_planes.setdefault(ep.curve, []).append(ep)
         sem = semantic.setdefault(ep.curve, {"available": True, "note": "", "per_quality": {}})
-        if ep.semantic_note:
-            sem["per_quality"][str(ep.quality)] = {"available": False, "note": ep.semantic_note}
-            continue
-        if not sem["available"]:
-            continue
-        try:
-            if "clip_pixels" not in sem:
-                sem["clip_pixels"] = _clip_pixels_reference(ep, ctx)
-        except LicsearchError as e:  # CLIP cannot be loaded (e.g. pretrained, offline): RD still stands
-            sem.update(available=False, note=f"semantic evaluation skipped: {e}")
-            notes.append(f"{ep.curve}: semantic evaluation skipped: {e}")
-            continue
-        try:
-            sem["per_quality"][str(ep.quality)] = _semantic_quality(ep, ctx, point, latents, decoded)
-        except LicsearchError as e:  # this quality's adapter cannot be loaded
-            sem["per_quality"][str(ep.quality)] = {"available": False, "note": str(e)}
-            notes.append(f"{ep.curve} q{ep.quality}: semantic evaluation skipped: {e}")
+        _plane_semantic(ep, ctx, sem, notes, (point, latents, decoded))
 
     codec_curves = [_codec_curve(label, points[label], curve_planes[label]) for label in points]
     rows = _bd_rows(codec_curves, [*baselines, *anchors], options.bd_method)
@@ -317,6 +289,53 @@ def run_eval(planes: Sequence[EvalPlane], options: EvalOptions, log: Log | None 
 
         doc["plots"] = [str(p) for p in write_plots(doc, options.plots)]
     return doc
+
+
+def _reference_curves(
+    options: EvalOptions, images: list[np.ndarray], source: str, notes: list[str], say: Log
+) -> tuple[list[RDCurve], list[RDCurve]]:
+    """(Pillow baselines this build can write, published anchors); a note for each skipped codec and for anchors."""
+    baselines = []
+    for name in options.baselines:
+        codec = PILLOW_CODECS.get(name)
+        if not codec.available():
+            notes.append(f"{name}: this Pillow build cannot write it (features.check({codec.feature!r})); skipped")
+            continue
+        baselines.append(sweep_pillow(codec, images, progress=say))
+    anchors = load_anchors(options.anchors) if options.anchors else []
+    if anchors:
+        notes.append(
+            "anchors are published means over their own image set (Kodak, 24 images); BD-rates against them "
+            f"compare like with like only when --images is that set (this run: {len(images)} images from {source})"
+        )
+    return baselines, anchors
+
+
+def _plane_semantic(
+    ep: EvalPlane,
+    ctx: _Semantic,
+    sem: dict[str, Any],
+    notes: list[str],
+    measured: tuple[RDPoint, list[torch.Tensor], list[np.ndarray]],
+) -> None:
+    """Adds one quality's semantic figures to its curve's ``sem``; a CLIP or adapter that cannot load is a note."""
+    if ep.semantic_note:
+        sem["per_quality"][str(ep.quality)] = {"available": False, "note": ep.semantic_note}
+        return
+    if not sem["available"]:
+        return
+    try:
+        if "clip_pixels" not in sem:
+            sem["clip_pixels"] = _clip_pixels_reference(ep, ctx)
+    except LicsearchError as e:  # CLIP cannot be loaded (e.g. pretrained, offline): RD still stands
+        sem.update(available=False, note=f"semantic evaluation skipped: {e}")
+        notes.append(f"{ep.curve}: semantic evaluation skipped: {e}")
+        return
+    try:
+        sem["per_quality"][str(ep.quality)] = _semantic_quality(ep, ctx, *measured)
+    except LicsearchError as e:  # this quality's adapter cannot be loaded
+        sem["per_quality"][str(ep.quality)] = {"available": False, "note": str(e)}
+        notes.append(f"{ep.curve} q{ep.quality}: semantic evaluation skipped: {e}")
 
 
 def _codec_curve(label: str, points: list[RDPoint], planes: list[EvalPlane]) -> RDCurve:

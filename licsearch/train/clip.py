@@ -129,9 +129,12 @@ def retrieval_hits(
 ) -> dict[str, float]:
     """Text-to-image hit@k over the distinct captions (queries in sorted order), and the chance level of each.
 
-    A query hits at k when one of the k best-scored images has exactly the query's caption.
+    A query hits at k when one of the k best-scored images has exactly the query's caption
+    (:func:`licsearch.metrics.hits_at_k`); the chance level and the median rank of the first hit go with it.
     """
     import torch
+
+    from ..metrics import hits_at_k
 
     queries = sorted(set(captions))
     relevant = torch.tensor([[c == q for c in captions] for q in queries])
@@ -139,9 +142,11 @@ def retrieval_hits(
     ranked = torch.gather(relevant, 1, order)
     n = len(captions)
     counts = relevant.sum(dim=1).tolist()
+    sets = [{i for i, c in enumerate(captions) if c == q} for q in queries]
+    hits = hits_at_k(query_emb.detach().cpu().float().numpy(), image_emb.detach().cpu().float().numpy(), sets, ks)
     out: dict[str, float] = {"queries": float(len(queries)), "images": float(n)}
     for k in ks:
-        out[f"hit@{k}"] = float(ranked[:, :k].any(dim=1).float().mean())
+        out[f"hit@{k}"] = hits[k]
         kk = min(k, n)
         out[f"chance@{k}"] = sum(1.0 - math.comb(n - r, kk) / math.comb(n, kk) for r in counts) / len(queries)
     first = ranked.float().argmax(dim=1) + 1  # rank of the first relevant image (every query has one)

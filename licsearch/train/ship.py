@@ -79,7 +79,8 @@ def semantic_figures(cfg: ModelsConfig, captions: list[str], images: list[np.nda
     """
     import numpy as np
 
-    from ..eval.semantic import Teacher, hits_at_k
+    from ..eval.semantic import Teacher
+    from ..metrics import hits_at_k
     from ..model.models import ModelSet
 
     models = ModelSet(cfg)
