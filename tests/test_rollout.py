@@ -30,7 +30,6 @@ from licsearch.bundle.export import export_bundle
 from licsearch.bundle.manifest import Manifest
 from licsearch.cli.main import main
 from licsearch.release.gate import GateThresholds
-from licsearch.rollout import routing
 from licsearch.rollout.canary import MODELS, CanaryThresholds
 from licsearch.rollout.management import ManagementClient
 from licsearch.rollout.metrics import TEXTFILE
@@ -38,6 +37,7 @@ from licsearch.rollout.operation import Hooks
 from licsearch.rollout.orchestrator import RolloutOptions, run_rollout
 from licsearch.rollout.rollback import rollout_status, run_rollback
 from licsearch.rollout.state import Journal
+from licsearch.serving import routing
 from licsearch.serving import server as ts_server
 from licsearch.serving.archive import ArchiveSettings, archive_bundle, default_version
 from licsearch.serving.client import ServingClient
