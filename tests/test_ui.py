@@ -291,3 +291,44 @@ def test_page_empty_store(browser: Any, tiny_store: Path) -> None:
         page.close()
     finally:
         server.stop()
+
+
+def test_page_date_and_camera_filters_on_exif(browser: Any, tiny_store: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.conftest import make_image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, seed, make, taken in (
+        ("june", 1, "Canon", "2024:06:15 10:30:00"),
+        ("may", 2, "NIKON", "2024:05:31 23:59:59"),
+    ):
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110] = make, "Model X"  # Make, Model
+        exif.get_ifd(0x8769)[0x9003] = taken  # DateTimeOriginal
+        Image.fromarray(make_image(seed)).save(photos / f"{name}.jpg", "JPEG", quality=90, exif=exif)
+    run_cli("ingest", "--store", str(tiny_store), str(photos), check=True)
+    server = _Server(tiny_store)
+    try:
+        page = browser.new_page()
+        page.goto(server.url)
+        page.wait_for_selector("#message:has-text('2 images')")
+        page.fill("#f-from", "2024-06-01")
+        page.fill("#q", "a photo")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#message:has-text('1 results')")
+        assert Path(page.locator("#grid .card img").first.get_attribute("alt") or "").name == "june.jpg"
+        page.fill("#f-from", "")
+        page.fill("#f-camera", "NIKON Model X")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#grid .card img[alt$='may.jpg']")
+        assert page.locator("#grid .card").count() == 1
+        page.fill("#f-camera", "")
+        page.fill("#f-meta", "width>=")
+        page.click("button[type=submit]")
+        page.wait_for_selector("#message.error")
+        assert "filter" in page.inner_text("#message")
+        page.close()
+    finally:
+        server.stop()
