@@ -1,8 +1,8 @@
 """The learned image codec: CompressAI hyperprior models behind named streams and a canonical entropy path.
 
 The heavy transforms (``g_a``, ``h_a``, ``g_s``) come from CompressAI and may later run on other backends;
-entropy coding is CompressAI's rANS encoder and, to decode, the memory-safe equivalent in
-:mod:`licsearch.model.rans`. We go around ``model.compress()`` / ``model.decompress()`` because they compute the
+entropy coding is :mod:`licsearch.model.rans`, byte-identical with CompressAI's rANS coder (one compiled call per
+stream). We go around ``model.compress()`` / ``model.decompress()`` because they compute the
 entropy parameters in backend-dependent floating point and address streams by list position; here the parameters
 come from :mod:`licsearch.model.entropy` and streams are named.
 """
@@ -18,7 +18,7 @@ from ..bitstream import make_profile_id
 from ..errors import BitstreamError, InputError, ModelError
 from ..registry import Registry
 from .entropy import CanonicalEntropyPath
-from .rans import RansTables, decode_with_indexes
+from .rans import RansTables, decode_with_indexes, encode_with_indexes
 from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dict_sha256
 
 if TYPE_CHECKING:
@@ -286,15 +286,14 @@ class Codec:
 
     def _code_one(self, y: torch.Tensor, z: torch.Tensor, width: int, height: int) -> Compressed:
         import torch
-        from compressai.entropy_models.entropy_models import EntropyModel
 
         z_sym = torch.round(z - self._z_medians.view(1, -1, 1, 1))
         z_idx = self._z_indexes(z_sym.shape)
-        # Called on the base class so that symbols are passed through as they are (no medians re-applied).
-        z_string = EntropyModel.compress(self._eb, z_sym, z_idx)[0]
+        # The bytes of CompressAI's EntropyModel.compress on these symbols (no medians re-applied).
+        z_string = encode_with_indexes(z_sym.to(torch.int32).numpy(), z_idx.numpy(), self._z_tables)
         params = self.entropy_path(z_sym)
         y_sym = torch.round(y - params.means)
-        y_string = EntropyModel.compress(self._gc, y_sym, params.indexes)[0]
+        y_string = encode_with_indexes(y_sym.to(torch.int32).numpy(), params.indexes.numpy(), self._y_tables)
         return Compressed(
             streams={STREAM_Z: z_string, STREAM_Y: y_string},
             latent_hash=latent_hash(z_sym, y_sym),

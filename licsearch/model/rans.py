@@ -1,10 +1,14 @@
-"""A memory-safe rANS decoder, bit-exact with CompressAI's ``RansDecoder.decode_with_indexes``.
+"""rANS coding byte-identical with CompressAI's ``RansEncoder`` / ``RansDecoder`` ``*_with_indexes``, in numba.
+
+The encoder exists for speed: CompressAI's Python binding takes Python lists (``tolist()`` of every symbol, index
+and the whole CDF table on each call), which costs far more than the coding itself. Here the parameter path (offsets,
+escapes, CDF starts and frequencies) is NumPy over whole arrays and one compiled loop codes a stream.
 
 Why we go around CompressAI's decoder: its C++ ``RansDecoder`` trusts its input. It reads 32-bit words past the end
 of the string whenever the coded data runs out, and its bypass loop (``while (val == max_bypass_val)``) has no bound,
 so a crafted ``.lics`` (an empty or short stream, for instance) makes it read out of bounds and kill the process
 with SIGSEGV. Bitstreams reach the decoder from files and HTTP requests, so they are untrusted input. CompressAI's
-encoder is kept: what it writes is decoded here symbol for symbol.
+encoder's output is what :func:`encode_with_indexes` writes byte for byte, and is decoded here symbol for symbol.
 
 The coder is Fabian Giesen's rans64 (64-bit state in ``[2**31, 2**63)``, 32-bit words, 16-bit probability precision)
 with CompressAI's escape for values outside a CDF's range: the last symbol of each CDF is a sentinel followed by a
@@ -145,6 +149,100 @@ def decode_with_indexes(
             hint="the file is damaged or was not written by this codec; nothing was decoded",
         )
     return out
+
+
+def encode_with_indexes(symbols: np.ndarray, indexes: np.ndarray, tables: RansTables) -> bytes:
+    """Encodes int32 symbols to the bytes CompressAI's ``RansEncoder.encode_with_indexes`` writes for them.
+
+    Args:
+        symbols: the integer symbols, in coding order.
+        indexes: the CDF index of each symbol.
+        tables: the entropy model's CDFs.
+
+    Values outside a CDF's range are escaped as CompressAI does (the sentinel symbol, then 4-bit nibbles of the raw
+    value), with its int32/uint32 arithmetic, wrap-around included.
+    """
+    import numpy as np
+
+    sym = np.ascontiguousarray(symbols).reshape(-1).astype(np.int64)
+    idx = np.ascontiguousarray(indexes, dtype=np.int32).reshape(-1)
+    if sym.size != idx.size:
+        raise ValueError(f"{sym.size} symbols but {idx.size} CDF indexes: give one index per symbol")
+    if idx.size and (idx.min() < 0 or idx.max() >= len(tables.sizes)):
+        raise ValueError(f"CDF indexes must lie in [0, {len(tables.sizes)}): the indexes do not fit these tables")
+    max_value = (tables.sizes[idx] - 2).astype(np.int64)
+    value = _wrap_int32(sym - tables.offsets[idx])
+    below, above = value < 0, value >= max_value
+    raw = np.zeros(sym.size, dtype=np.int64)
+    raw[below] = (-2 * value[below] - 1) & 0xFFFFFFFF
+    raw[above] = (2 * (value[above] - max_value[above])) & 0xFFFFFFFF
+    coded = np.where(below | above, max_value, value)
+    start = tables.cdfs[idx, coded].astype(np.int64)
+    freq = tables.cdfs[idx, coded + 1].astype(np.int64) - start
+    if (freq >= 1 << PRECISION).any():
+        raise ValueError("a CDF of a single symbol cannot be coded (CompressAI's coder stores frequencies in 16 bits)")
+    escaped = np.flatnonzero(below | above).astype(np.int64)
+    raw_escaped = raw[escaped]
+    # Each symbol emits at most one word; an escape at most 1 + 1 + MAX_BYPASS_NIBBLES bypass symbols besides.
+    out = np.empty(sym.size + escaped.size * (2 + MAX_BYPASS_NIBBLES) + FLUSH_BYTES // WORD_BYTES, dtype=np.uint32)
+    first = _encoder_kernel()(start, freq, escaped, raw_escaped, out)
+    return out[first:].astype("<u4", copy=False).tobytes()
+
+
+def _wrap_int32(values: np.ndarray) -> np.ndarray:
+    return ((values + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+@cache
+def _encoder_kernel() -> Callable[..., int]:
+    """The compiled encoder, compiled (or loaded from numba's cache) on first use, as :func:`_kernel`."""
+    from numba import njit
+
+    try:
+        return njit(cache=True, nogil=True)(_encode)
+    except RuntimeError:
+        return njit(cache=False, nogil=True)(_encode)
+
+
+def _encode(start: Any, freq: Any, escaped: Any, raw_escaped: Any, out: Any) -> int:
+    # rans64 (Giesen) run backwards over the symbols, as CompressAI's BufferedRansEncoder.flush pops its buffer;
+    # returns the index of the first word written. Every state stays below 2**63, so int64 holds it.
+    low = 1 << 31
+    bypass_max = (1 << BYPASS_BITS) - 1
+    bypass_freq = 1 << (PRECISION - BYPASS_BITS)
+    x = low
+    pos = len(out)
+    e = len(escaped) - 1
+    for i in range(len(start) - 1, -1, -1):
+        if e >= 0 and escaped[e] == i:
+            raw = raw_escaped[e]
+            e -= 1
+            n_bypass = 0
+            while (raw >> (n_bypass * BYPASS_BITS)) != 0:
+                n_bypass += 1
+            # Pushed forwards as: the count in pieces of at most bypass_max, then the nibbles; popped backwards.
+            for j in range(n_bypass - 1, -2 - n_bypass // bypass_max, -1):
+                if j >= 0:
+                    val = (raw >> (j * BYPASS_BITS)) & bypass_max
+                elif j == -1:
+                    val = n_bypass % bypass_max
+                else:
+                    val = bypass_max
+                if x >= ((low >> PRECISION) << 32) * bypass_freq:
+                    pos -= 1
+                    out[pos] = x & 0xFFFFFFFF
+                    x >>= 32
+                x = (x << BYPASS_BITS) | val
+        f = freq[i]
+        if x >= ((low >> PRECISION) << 32) * f:
+            pos -= 1
+            out[pos] = x & 0xFFFFFFFF
+            x >>= 32
+        x = ((x // f) << PRECISION) + (x % f) + start[i]
+    pos -= 2
+    out[pos] = x & 0xFFFFFFFF
+    out[pos + 1] = x >> 32
+    return pos
 
 
 @cache
