@@ -110,7 +110,9 @@ def test_detail_preview_download_and_stats(client: TestClient, sample_store: Any
     root = sample_store[0]
     hit = client.post("/api/search", json={"text": "a scene", "top_k": 1}).json()["hits"][0]
     d = client.get(f"/api/images/{hit['id']}").json()
-    assert d["bytes"] == hit["payload"]["bytes"] and d["source_bytes"] > 0
+    assert d["bytes"] == hit["payload"]["bytes"]
+    source = Path(hit["payload"]["source_path"]).stat().st_size
+    assert d["source_bytes"] == hit["payload"]["source_bytes"] == source
     assert d["compression_ratio"] == pytest.approx(d["source_bytes"] / d["bytes"])
     p = client.get(f"/api/images/{hit['id']}/preview")
     assert p.headers["content-type"] == "image/webp" and Image.open(io.BytesIO(p.content)).format == "WEBP"

@@ -195,6 +195,7 @@ def _store_batch(
             "blob": ref,
             "bitstream_sha256": hashlib.sha256(enc.data).hexdigest(),
             "source_sha256": p.image.source_sha256,
+            "source_bytes": p.path.stat().st_size,
             "pixels_sha256": p.image.pixels_sha256(),
             "bytes": len(enc.data),
             "bpp": enc.bpp,
