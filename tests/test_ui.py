@@ -124,6 +124,7 @@ def test_detail_preview_download_and_stats(client: TestClient, sample_store: Any
         assert Image.open(io.BytesIO(img.content)).format == name
     s = client.get("/api/stats").json()
     assert s["images"] == 12 and s["previews"] >= 1 and s["preview_bytes"] > 0
+    assert [(sp["state"], sp["with_vector"]) for sp in s["space_states"]] == [("active", 12)]
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/api/search", "/api/search/image", "/api/stats"}
 
 
@@ -290,6 +291,10 @@ def test_page_empty_store(browser: Any, tiny_store: Path) -> None:
         page.fill("#q", "anything")
         page.click("button[type=submit]")
         page.wait_for_selector("#message:has-text('No images match')")
+        page.click("#show-stats")
+        page.wait_for_selector("#stats table")
+        text = page.inner_text("#stats")
+        assert "images\t0" in text and "active, 0 of 0 vectors" in text
         page.close()
     finally:
         server.stop()

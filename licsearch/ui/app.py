@@ -64,6 +64,7 @@ def create_app(
     """
     from ..ops.maintenance import stats
     from ..ops.search import fetch_bitstream, search
+    from ..ops.spaces import space_status
     from ..storage.index import parse_filter
     from ..storage.previews import Previews
 
@@ -98,9 +99,12 @@ def create_app(
     def _filters(exprs: list[str]) -> list[Any]:
         return [parse_filter(f) for f in exprs if f.strip()]
 
-    @app.get("/api/stats", summary="images, bytes, mean bpp, spaces and previews of the store")
+    @app.get("/api/stats", summary="`licsearch stats --json`, plus each space's state (`reindex --status`)")
     def api_stats() -> dict[str, Any]:
-        return dict(locked(lambda: stats(store)))
+        def both() -> dict[str, Any]:
+            return {**stats(store), "space_states": [sp.to_dict() for sp in space_status(store)]}
+
+        return dict(locked(both))
 
     @app.post("/api/search", summary="search by text or like a stored image (the document of `search --json`)")
     def api_search(q: TextQuery) -> dict[str, Any]:

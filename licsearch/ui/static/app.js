@@ -113,7 +113,7 @@ async function stats() {
     const t = document.createElement("table");
     const rows = [["images", s.images], ["bytes", s.bytes], ["mean bpp", s.mean_bpp.toFixed(4)],
       ["previews", s.previews + " (" + s.preview_bytes + " bytes)"], ["active space", s.space_id]];
-    for (const sp of s.spaces || []) rows.push(["space " + (sp.id || sp.space_id || ""), sp.state || JSON.stringify(sp)]);
+    for (const sp of s.space_states) rows.push(["space " + sp.space_id, sp.state + ", " + sp.with_vector + " of " + sp.points + " vectors"]);
     for (const [k, v] of rows) { const tr = t.insertRow(); tr.insertCell().textContent = k; tr.insertCell().textContent = v; }
     $("stats").replaceChildren(t);
   } catch (e) { say(e.message, true); }
