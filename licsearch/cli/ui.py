@@ -31,7 +31,7 @@ def _loopback(host: str) -> bool:
 def cmd_ui(args: argparse.Namespace) -> Result:
     need("fastapi", "ui", "licsearch ui")
     need("uvicorn", "ui", "licsearch ui")
-    need("multipart", "ui", "licsearch ui")
+    need("python_multipart", "ui", "licsearch ui")
     if not _loopback(args.host) and not args.token:
         raise InputError(
             f"--host {args.host} serves the store beyond this machine without a token",
