@@ -175,6 +175,22 @@ def test_fsck_repair_removes_orphan_previews(sample_store: Any, tmp_path: Path) 
     assert not orphan.exists()
 
 
+def test_fsck_repair_rebuilds_a_damaged_preview(client: TestClient, sample_store: Any, tmp_path: Path) -> None:
+    from licsearch.ops.maintenance import fsck
+
+    hit = client.post("/api/search", json={"text": "a scene", "top_k": 1}).json()["hits"][0]
+    good = client.get(f"/api/images/{hit['id']}/preview").content
+    copy = tmp_path / "store"
+    shutil.copytree(sample_store[0], copy)
+    damaged = copy / "previews" / f"{hit['payload']['blob'].split(':')[1]}.webp"
+    damaged.write_bytes(good[: len(good) // 2])  # a torn write
+    with Store.open(copy) as store:
+        assert fsck(store).preview_damaged == [hit["payload"]["blob"]]
+        assert fsck(store, repair=True).ok
+        assert fsck(store).preview_damaged == []
+    assert damaged.read_bytes() == good
+
+
 # ---- the page in a real browser -------------------------------------------------------------------------------
 
 
@@ -324,7 +340,7 @@ def test_page_date_and_camera_filters_on_exif(browser: Any, tiny_store: Path, tm
         page.fill("#f-from", "2024-06-01")
         page.fill("#q", "a photo")
         page.click("button[type=submit]")
-        page.wait_for_selector("#message:has-text('1 results')")
+        page.wait_for_selector("#message:has-text('1 result')")
         assert Path(page.locator("#grid .card img").first.get_attribute("alt") or "").name == "june.jpg"
         page.fill("#f-from", "")
         page.fill("#f-camera", "NIKON Model X")

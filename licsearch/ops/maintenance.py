@@ -57,6 +57,7 @@ class FsckReport:
     orphans: list[str] = field(default_factory=list)  # blob refs no point references
     temp_files_removed: int = 0
     preview_orphans: list[str] = field(default_factory=list)  # previews of bitstreams no point references
+    preview_damaged: list[str] = field(default_factory=list)  # previews that are not a readable WebP (rebuilt)
     repaired: bool = False
 
     @property
@@ -72,6 +73,7 @@ class FsckReport:
             "orphans": self.orphans,
             "temp_files_removed": self.temp_files_removed,
             "preview_orphans": self.preview_orphans,
+            "preview_damaged": self.preview_damaged,
             "repaired": self.repaired,
             "ok": self.ok,
         }
@@ -118,8 +120,11 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
             rep.orphans.append(ref)
     previews = Previews(store.root)
     rep.preview_orphans = previews.orphans(referenced - corrupt_refs)
+    if verify:
+        rep.preview_damaged = previews.damaged(referenced - corrupt_refs)
     if repair:
         previews.remove(rep.preview_orphans)
+        previews.rebuild(store, rep.preview_damaged)  # derived data: made again from the (verified) bitstream
         if bad_points:
             store.index.delete(bad_points)
         for ref in [*rep.orphans, *corrupt_refs]:

@@ -77,6 +77,34 @@ class Previews:
         keep = set(referenced)
         return [ref for ref in self.iter_refs() if ref not in keep]
 
+    def damaged(self, refs: Iterable[str]) -> list[str]:
+        """Previews among ``refs`` that are not a readable WebP (a torn or overwritten file)."""
+        from PIL import Image, UnidentifiedImageError
+
+        bad = []
+        for ref in refs:
+            path = self.path(ref)
+            if not path.is_file():
+                continue
+            try:
+                with Image.open(path) as image:
+                    ok = image.format == "WEBP"
+                    image.load()
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+                ok = False
+            if not ok:
+                bad.append(ref)
+        return bad
+
+    def rebuild(self, store: Store, refs: Iterable[str]) -> int:
+        """Makes the previews of ``refs`` again from their bitstreams; returns how many were written."""
+        n = 0
+        for ref in refs:
+            self.path(ref).unlink(missing_ok=True)
+            self.get(store, ref)
+            n += 1
+        return n
+
     def remove(self, refs: Iterable[str]) -> int:
         """Deletes the previews of ``refs`` (and temp files of interrupted writes); returns how many went."""
         n = 0

@@ -34,7 +34,7 @@ function render(doc) {
   const grid = $("grid");
   grid.replaceChildren();
   if (!doc.hits.length) { say("No images match. Try other words or fewer filters."); return; }
-  say(doc.hits.length + " results" + (doc.notices.length ? " — " + doc.notices.join("; ") : ""));
+  say(doc.hits.length + (doc.hits.length === 1 ? " result" : " results") + (doc.notices.length ? " — " + doc.notices.join("; ") : ""));
   for (const h of doc.hits) {
     const card = document.createElement("div");
     card.className = "card";
