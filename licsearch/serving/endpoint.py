@@ -102,6 +102,7 @@ class Endpoint(Generic[T, R]):
     def initialize(self, context: Any) -> None:
         """Loads the bundle extracted from the archive, with ONNX Runtime settings from the environment."""
         from ..bundle.runtime import BundleModelSet, RuntimeOptions
+        from ..model.rans import warm_up
 
         root = Path(context.system_properties["model_dir"]) / BUNDLE_DIR
         cfg = getattr(context, "model_yaml_config", None) or {}
@@ -111,6 +112,7 @@ class Endpoint(Generic[T, R]):
         self.plane = TimedPlane(self.bundle, self.clock)
         for component in self.components:
             getattr(self.plane, component)
+        warm_up()  # the entropy coder's JIT, paid here rather than by the first request
         model = (getattr(context, "manifest", None) or {}).get("model", {})
         version = str(model.get("modelVersion") or "unknown")
         self.recorder = Recorder(getattr(context, "metrics", None), context.model_name, version)
