@@ -85,8 +85,23 @@ class CheckFailure:
         return cls(str(d["check"]), str(d["model"]), d.get("measured"), d.get("threshold"), str(d["message"]))
 
 
+class CheckedReport:
+    """What the gate's and the canary's reports share: the checks that failed, as data, and what follows from them."""
+
+    failed_checks: list[CheckFailure]
+
+    @property
+    def failures(self) -> list[str]:
+        """The failed checks' messages."""
+        return [f.message for f in self.failed_checks]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed_checks
+
+
 @dataclass
-class GateReport:
+class GateReport(CheckedReport):
     """Measured figures, the thresholds they were held to, and the verdict.
 
     ``to_dict`` gives every field, ``failures`` as messages (as always) and ``failed_checks`` as
@@ -110,15 +125,6 @@ class GateReport:
     latency_ratio: float
     thresholds: GateThresholds
     failed_checks: list[CheckFailure] = field(default_factory=list)
-
-    @property
-    def failures(self) -> list[str]:
-        """The failed checks' messages."""
-        return [f.message for f in self.failed_checks]
-
-    @property
-    def passed(self) -> bool:
-        return not self.failed_checks
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

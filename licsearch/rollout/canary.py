@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .. import defaults
 from ..errors import LicsearchError
 from ..metrics import psnr
-from ..release.gate import DEFAULT_TEXTS, CheckFailure
+from ..release.gate import DEFAULT_TEXTS, CheckedReport, CheckFailure
 from ..serving.client import JSON, OCTET, ServerUnavailable, ServingClient
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class CanaryThresholds:
 
 
 @dataclass
-class CanaryReport:
+class CanaryReport(CheckedReport):
     """Measured figures, per-check failures (with the model each concerns) and the verdict."""
 
     images: int
@@ -68,15 +68,6 @@ class CanaryReport:
     worker_restarts: list[str]
     thresholds: CanaryThresholds
     failed_checks: list[CheckFailure] = field(default_factory=list)
-
-    @property
-    def failures(self) -> list[str]:
-        """The failed checks' messages."""
-        return [f.message for f in self.failed_checks]
-
-    @property
-    def passed(self) -> bool:
-        return not self.failed_checks
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
