@@ -21,7 +21,7 @@ from . import defaults
 from .errors import StoreError
 from .fsutil import atomic_write
 from .readonly import is_writable, read_only_error
-from .spaces import BUILDING, SPACE_STATES
+from .spaces import ADAPTER_KIND, BUILDING, SPACE_KINDS, SPACE_STATES
 
 STORE_FORMAT = 1
 _T = TypeVar("_T")
@@ -101,13 +101,15 @@ class SpaceConfig:
     """An embedding space besides the active one: the models that produce its vectors, and its state.
 
     ``bundle``, when set, is the bundle whose adapter and text encoder produce the space; ``models`` then
-    records the bundle's source models. ``state`` is one of :data:`SPACE_STATES`.
+    records the bundle's source models. ``state`` is one of :data:`SPACE_STATES`, ``kind`` one of
+    :data:`~licsearch.spaces.SPACE_KINDS` (absent in older files: ``adapter``).
     """
 
     models: ModelsConfig
     dim: int
     state: str = BUILDING
     bundle: str | None = None
+    kind: str = ADAPTER_KIND
     created_at: float = field(default_factory=time.time)
     completed_at: float | None = None
 
@@ -121,7 +123,13 @@ class SpaceConfig:
         space = _typed(cls, {"created_at": 0.0, **_object(d, where)}, where)
         if space.state not in SPACE_STATES:
             raise _damaged(f"{where}.state {space.state!r} is unknown (known: {', '.join(SPACE_STATES)})")
+        _check_kind(space.kind, f"{where}.kind")
         return space
+
+
+def _check_kind(kind: str, where: str) -> None:
+    if kind not in SPACE_KINDS:
+        raise _damaged(f"{where} {kind!r} is unknown (known: {', '.join(SPACE_KINDS)})")
 
 
 _JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
@@ -190,7 +198,8 @@ class StoreConfig:
 
     ``bundle``, when set, is the model bundle directory whose ONNX graphs run the models in place of eager
     PyTorch; ``models`` then records the bundle's source models. ``models``, ``space_id`` and ``bundle``
-    describe the active space; ``spaces`` the others (see :class:`SpaceConfig`).
+    describe the active space, ``kind`` its kind (absent in older files: ``adapter``); ``spaces`` the others (see
+    :class:`SpaceConfig`).
     """
 
     models: ModelsConfig
@@ -201,6 +210,7 @@ class StoreConfig:
     format: int = STORE_FORMAT
     created_at: float = field(default_factory=time.time)
     spaces: dict[str, SpaceConfig] = field(default_factory=dict)
+    kind: str = ADAPTER_KIND
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -218,6 +228,7 @@ class StoreConfig:
         cfg = _typed(cls, {"created_at": 0.0, **data}, "store", required=("models", "space_id", "format"))
         if not cfg.space_id:
             raise _damaged("store.space_id is empty")
+        _check_kind(cfg.kind, "store.kind")
         if cfg.max_pixels < 1:
             raise _damaged(f"store.max_pixels must be positive, got {cfg.max_pixels}")
         q = cfg.qdrant

@@ -44,7 +44,21 @@ RECALL_OVERLAP_MIN = 0.95
 LATENCY_RATIO_MAX = 1.5
 """Canary: largest candidate-over-live request time."""
 
+DISTILL_HOLDOUT = 0.1
+"""``licsearch distill``: fraction of the points held out (by id) to measure the distilled adapter."""
+DISTILL_MIN_POINTS = 50
+"""``licsearch distill``: fewest points with a teacher vector a store needs to distil its adapter."""
+DISTILL_STEPS = 3000
+DISTILL_BATCH = 64
+DISTILL_LR = 1e-3
+"""``licsearch distill``: optimisation steps, pairs per step and peak learning rate (AdamW, cosine decay)."""
+DISTILL_TEXTS = 200
+"""``licsearch distill``: text queries drawn from the CLIP tokenizer's vocabulary for the top-10 agreement."""
+
 DUPES_THRESHOLD = 0.93
 """``licsearch dupes``: least cosine similarity of two images joined as near-duplicates (README, Duplicates)."""
 WATCH_INTERVAL_S = 60.0
 """``licsearch watch``: seconds between two rescans of the watched folders."""
+
+ADAPTER_RECALL_OVERLAP_MIN = 0.9
+"""``distill`` and ``migrate``: least held-out recall@10 overlap (adapter against teacher) for a space to activate."""

@@ -6,6 +6,12 @@ passed shares the reference's id; one that failed gets an id of its own, forked 
 candidate's file hashes (:func:`fork_space_id`), so the same candidate always forks to the same id. Ids are
 opaque strings once recorded: stores and bundles keep whatever id they were given, and every one stays valid.
 
+A space has a *kind* (:data:`SPACE_KINDS`): ``adapter`` spaces map the codec latent y_hat to CLIP's space through
+the multi-scale adapter (Luo 2024, arXiv 2404.10234), so they are rebuilt from bitstreams by entropy decoding
+alone; ``pixels`` spaces hold CLIP's image tower on the pixels as ingested (the teacher a store uses until it has an
+adapter for its codec and CLIP, and from which ``licsearch distill`` trains one). A pixels space is rebuilt only by
+decoding every image.
+
 The store operations on spaces (status, activation, removal, re-index) are :mod:`licsearch.ops.spaces` and
 :mod:`licsearch.ops.reindex`.
 """
@@ -35,12 +41,29 @@ UNRECORDED = "unrecorded"
 SPACE_STATES = (BUILDING, COMPLETE, RETIRED)
 """States a non-active space is recorded with in ``store.json``."""
 
+ADAPTER_KIND = "adapter"
+"""A space of adapter vectors: y_hat -> vector, rebuildable from the bitstreams without decoding."""
+PIXELS_KIND = "pixels"
+"""A space of CLIP image-tower vectors of the ingested pixels: the teacher, not rebuildable from bitstreams alone."""
+SPACE_KINDS = (ADAPTER_KIND, PIXELS_KIND)
+"""Kinds a space is recorded with (absent in older ``store.json`` files: ``adapter``)."""
+
 
 def space_id_for(models: ModelsConfig) -> str:
     """The default space id of fingerprinted models: the CLIP model's name and a hash of the three weights."""
     c = models
     h = hashlib.sha256(f"{c.codec.sha256}|{c.adapter.sha256}|{c.clip.model}|{c.clip.sha256}".encode())
     return f"{c.clip.model.lower()}-{h.hexdigest()[:12]}"
+
+
+def pixels_space_id(models: ModelsConfig) -> str:
+    """The space id of a ``pixels`` space: the CLIP model's name, ``pixels`` and a hash of the CLIP weights.
+
+    Its vectors depend on CLIP alone (and the ingested pixels), not on the codec or any adapter.
+    """
+    c = models.clip
+    h = hashlib.sha256(f"pixels|{c.model}|{c.sha256}".encode())
+    return f"{c.model.lower()}-pixels-{h.hexdigest()[:12]}"
 
 
 def files_digest(files: Mapping[str, str]) -> str:

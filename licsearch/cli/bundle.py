@@ -29,7 +29,7 @@ def cmd_export(args: argparse.Namespace) -> Result:
     from ..bundle.export import export_bundle
     from ..config import StoreConfig
     from ..model.models import ModelSet
-    from ..spaces import space_id_for
+    from ..spaces import PIXELS_KIND, space_id_for
 
     flags = models_from_flags(args)
     if flags is not None:
@@ -38,6 +38,12 @@ def cmd_export(args: argparse.Namespace) -> Result:
         cfg = StoreConfig.load(store_dir(args))
         if cfg.bundle:
             raise InputError("this store runs from a bundle already", hint="export from the source models' flags")
+        if cfg.kind == PIXELS_KIND:
+            raise InputError(
+                f"the store's active space {cfg.space_id!r} is a pixels space: it has no adapter graph to export "
+                "(a bundle embeds images and bitstreams through the adapter)",
+                hint="distil an adapter space first (`licsearch distill --activate`), then export",
+            )
         models, space = cfg.models, cfg.space_id
     calibration = load_images(args.calibration) if args.calibration else None
     if space is None:

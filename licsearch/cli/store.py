@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import defaults
 from ..errors import InputError
-from .base import Command, Result, warn_random
+from .base import Command, Result, note, warn_random
 from .model_flags import add_model_flags, models_from_flags
 from .options import add_store_flags, open_store, store_dir
 
@@ -25,8 +25,19 @@ def configure_init(p: argparse.ArgumentParser) -> None:
     )
 
 
+def init_kind(args: argparse.Namespace) -> str:
+    """The active space's kind for ``init``: ``pixels`` when no adapter weights are named for the codec/CLIP pair
+    (no ``--adapter-weights``, no preset, no bundle), so search is CLIP's own from the first ingest; else
+    ``adapter``. ``--adapter-weights random`` keeps an adapter space (labelled random) for tests."""
+    from ..spaces import ADAPTER_KIND, PIXELS_KIND
+
+    named = args.preset or args.bundle or getattr(args, "adapter_weights", None) is not None
+    return ADAPTER_KIND if named else PIXELS_KIND
+
+
 def cmd_init(args: argparse.Namespace) -> Result:
     from ..config import ModelsConfig, QdrantConfig
+    from ..spaces import PIXELS_KIND
     from ..storage.store import Store
 
     flags = models_from_flags(args)
@@ -46,13 +57,27 @@ def cmd_init(args: argparse.Namespace) -> Result:
     if args.bundle and flags is not None:
         raise InputError("--bundle and model flags exclude each other", hint="a bundle names its own models")
     bundle = Path(args.bundle) if args.bundle else None
+    kind = init_kind(args)
     with Store.create(
-        root, models, qdrant=qdrant, api_key=args.api_key, max_pixels=args.max_pixels, bundle=bundle
+        root, models, qdrant=qdrant, api_key=args.api_key, max_pixels=args.max_pixels, bundle=bundle, kind=kind
     ) as store:
         rnd = warn_random(store.models.random_components())
         cfg = store.config
-        doc = {"store": str(root), "space_id": cfg.space_id, "models": cfg.to_dict()["models"], "random_weights": rnd}
-        return Result(doc, f"initialised store {root} (space {cfg.space_id}, Qdrant {cfg.qdrant.url or 'local'})")
+        doc = {
+            "store": str(root),
+            "space_id": cfg.space_id,
+            "kind": cfg.kind,
+            "models": cfg.to_dict()["models"],
+            "random_weights": rnd,
+        }
+        if kind == PIXELS_KIND:
+            note(
+                "no adapter weights for this codec and CLIP: the active space is a pixels space (CLIP's image tower "
+                f"on each ingested image); once images are in, `licsearch distill --store {root} --activate` trains "
+                "the adapter from them"
+            )
+        human = f"initialised store {root} (space {cfg.space_id}, {cfg.kind}, Qdrant {cfg.qdrant.url or 'local'})"
+        return Result(doc, human)
 
 
 def cmd_stats(args: argparse.Namespace) -> Result:

@@ -3,7 +3,9 @@
 This is the in-process model plane. It turns images into ``.lics`` bytes plus an embedding, bitstreams
 back into pixels or embeddings (the latter by entropy decoding alone), and texts into query vectors.
 Components load on first use, so ingest never pays for the text tower and text search never pays for
-the codec's synthesis.
+the codec's synthesis. A plane embeds images into a space of one kind (:data:`~licsearch.spaces.SPACE_KINDS`): by
+the adapter from y_hat (``adapter``), or by CLIP's image tower on the pixels (``pixels``); only the former can
+rebuild an embedding from a bitstream.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..bitstream import Bitstream
 from ..config import ModelsConfig
-from ..errors import BitstreamError, ConfigMismatchError
+from ..errors import BitstreamError, ConfigMismatchError, ModelError
+from ..spaces import ADAPTER_KIND, PIXELS_KIND
 from ..spaces import space_id_for as space_id_for  # re-exported: callers that fingerprint models name the space
 from .adapter import Adapter, AdapterShape
 from .codec import Codec
+from .image_tower import ImageTower
 from .text import TextEmbedding, TextEncoder
 
 if TYPE_CHECKING:
@@ -66,10 +70,12 @@ class TextLike(Protocol):
 class ModelPlane:
     """The operations of the model plane over a codec, an adapter and a text encoder of any backend.
 
-    Subclasses provide ``cfg`` and the attributes ``codec``, ``adapter`` and ``text`` (loaded lazily).
+    Subclasses provide ``cfg`` and the attributes ``codec``, ``adapter`` and ``text`` (loaded lazily), and
+    ``image_tower`` when they can embed into a ``pixels`` space; ``kind`` is the kind of space images go into.
     """
 
     cfg: ModelsConfig
+    kind: str = ADAPTER_KIND
 
     @property
     def codec(self) -> Codec:
@@ -83,18 +89,38 @@ class ModelPlane:
     def text(self) -> TextLike:
         raise NotImplementedError
 
+    @property
+    def image_tower(self) -> ImageTower:
+        raise ModelError(
+            "these models have no CLIP image tower, which a pixels space needs",
+            hint="run the store's own models (not a bundle), or distil an adapter: `licsearch distill --activate`",
+        )
+
     def random_components(self) -> list[str]:
-        """Names of the components configured with random weights (their results mean nothing)."""
+        """Names of the components configured with random weights (their results mean nothing).
+
+        A pixels plane never runs its adapter, so the adapter's weights do not count.
+        """
         c = self.cfg
-        pairs = (("codec", c.codec.weights), ("clip", c.clip.weights), ("adapter", c.adapter.weights))
+        pairs = [("codec", c.codec.weights), ("clip", c.clip.weights)]
+        if self.kind != PIXELS_KIND:
+            pairs.append(("adapter", c.adapter.weights))
         return [name for name, w in pairs if w == "random"]
 
+    def embed_pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        """CLIP's image tower on the images as given: (B, D) unit vectors of a ``pixels`` space."""
+        return self.image_tower.embed(images)
+
     def encode_batch(self, images: list[np.ndarray]) -> list[Encoded]:
-        """Compresses and embeds images of one size in a single pass of the transforms and the adapter."""
+        """Compresses and embeds images of one size: the transforms once, then the adapter on their y_hat (an
+        ``adapter`` plane) or CLIP's image tower on the pixels (a ``pixels`` plane)."""
         import torch
 
         comp = self.codec.compress_batch(images)
-        emb = self.adapter.embed(torch.cat([c.y_hat for c in comp])).tolist()
+        if self.kind == PIXELS_KIND:
+            emb = self.embed_pixels(images).tolist()
+        else:
+            emb = self.adapter.embed(torch.cat([c.y_hat for c in comp])).tolist()
         out = []
         for c, e in zip(comp, emb, strict=True):
             bs = Bitstream(self.codec.profile_id, c.width, c.height, c.latent_hash, c.streams)
@@ -130,7 +156,17 @@ class ModelPlane:
         return self.codec.synthesize(y_hat, bs.width, bs.height)
 
     def embed_bitstream(self, data: bytes) -> list[float]:
-        """Embedding rebuilt from ``.lics`` bytes by entropy decoding and the adapter (no synthesis)."""
+        """Embedding rebuilt from ``.lics`` bytes by entropy decoding and the adapter (no synthesis).
+
+        Raises:
+            ModelError: the plane embeds into a ``pixels`` space, which a bitstream alone cannot reach.
+        """
+        if self.kind == PIXELS_KIND:
+            raise ModelError(
+                "a pixels space cannot embed a bitstream without decoding it (its vectors are CLIP's image tower on "
+                "pixels)",
+                hint="decode the image and embed the pixels, or distil an adapter: `licsearch distill --activate`",
+            )
         _, y_hat = self.entropy_decode(data)
         return list(self.adapter.embed(y_hat)[0].tolist())
 
@@ -143,10 +179,12 @@ class ModelSet(ModelPlane):
 
     Args:
         cfg: the models to load; when its ``sha256`` fields are set, loaded weights must match them.
+        kind: the kind of space images are embedded into (``adapter`` or ``pixels``).
     """
 
-    def __init__(self, cfg: ModelsConfig) -> None:
+    def __init__(self, cfg: ModelsConfig, *, kind: str = ADAPTER_KIND) -> None:
         self.cfg = cfg
+        self.kind = kind
 
     @cached_property
     def codec(self) -> Codec:
@@ -181,6 +219,11 @@ class ModelSet(ModelPlane):
         enc = TextEncoder.load(c.model, c.tag, c.weights, seed=c.seed)
         _check_hash("CLIP", c.weights, c.sha256, enc.weights_sha256)
         return enc
+
+    @cached_property
+    def image_tower(self) -> ImageTower:
+        """CLIP's image tower, sharing the text encoder's model (one load, one fingerprint check)."""
+        return ImageTower(self.text.model)
 
     def fingerprinted(self) -> ModelsConfig:
         """The config with every weight fingerprint filled in (loads all three components)."""

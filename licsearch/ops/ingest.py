@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InputError, LicsearchError
 from ..faults import crash_point
 from ..imageio import LoadedImage, iter_image_files, load_image
+from ..spaces import PIXELS_KIND
 from ..storage.index import Point
 from ..storage.store import Store, point_id
 
@@ -103,8 +104,10 @@ def ingest(
     store.require_writable("ingest")
     report = IngestReport()
     # Load (and fingerprint-check) the models before touching any file: a store-level problem such as
-    # changed weights is one error for the run, not one failure per file.
-    _ = store.models.codec, store.models.adapter
+    # changed weights is one error for the run, not one failure per file. A pixels space embeds with CLIP's image
+    # tower, an adapter space with the adapter only (it never loads the image tower).
+    models = store.models
+    _ = models.codec, (models.image_tower if models.kind == PIXELS_KIND else models.adapter)
     store.index.ensure_payload_indexes()  # a store made before a field was indexed gets its index now
     files = list(iter_image_files(paths))
     bar = _progress(len(files), progress)

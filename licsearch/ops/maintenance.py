@@ -35,6 +35,8 @@ def stats(store: Store) -> dict[str, Any]:
         **Previews(store.root).stats(),
         "space_id": store.space_id,
         "spaces": store.index.spaces(),
+        "kind": store.config.kind,
+        "space_kinds": {store.space_id: store.config.kind, **{s: sp.kind for s, sp in store.config.spaces.items()}},
         "codec_profile": _profile(store),
         "qdrant": store.config.qdrant.url or "local",
         "random_weights": store.models.random_components(),

@@ -30,7 +30,7 @@ from ..config import ModelsConfig, SpaceConfig
 from ..errors import ConfigMismatchError, InputError, LicsearchError
 from ..faults import crash_point
 from ..model.models import ModelPlane, ModelSet
-from ..spaces import ACTIVE, BUILDING, COMPLETE, space_id_for
+from ..spaces import ACTIVE, BUILDING, COMPLETE, PIXELS_KIND, space_id_for
 from ..storage import space_vectors
 from ..storage.store import Store, model_plane_for
 from .spaces import SpaceNotReadyError, activate_space, config_for_space, record_space, space_config
@@ -144,9 +144,11 @@ def resolve_target(
     elif space_id is None:
         raise InputError("say which space to build", hint="give --bundle DIR, --adapter-weights PATH or --space ID")
     elif space_id == cfg.space_id:
+        _refuse_pixels(store, space_id, cfg.kind)
         return Target(space_id, cfg.models, cfg.bundle, store.index.spaces().get(space_id, 0), store.models)
     else:
         sp = space_config(store, space_id)
+        _refuse_pixels(store, space_id, sp.kind)
         return Target(space_id, sp.models, sp.bundle, sp.dim, model_plane_for(config_for_space(cfg, space_id)))
     _check_codec(cfg.models, target.models)
     recorded = cfg.spaces.get(target.space_id)
@@ -162,6 +164,17 @@ def resolve_target(
             hint="give the new space its own --space id (or none: it defaults to the weights' fingerprint)",
         )
     return target
+
+
+def _refuse_pixels(store: Store, space_id: str, kind: str) -> None:
+    """A pixels space holds CLIP's image tower on pixels: a bitstream gives y_hat, never those vectors."""
+    if kind == PIXELS_KIND:
+        raise InputError(
+            f"embedding space {space_id!r} is a pixels space (CLIP's image tower on the ingested pixels): it cannot "
+            "be rebuilt from bitstreams without decoding every image",
+            hint=f"train an adapter space from it with `licsearch distill --store {store.root}`, or move to another "
+            f"CLIP with `licsearch migrate --store {store.root}`",
+        )
 
 
 def _bundle_target(bundle: Path, space_id: str | None) -> Target:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..imageio import load_image
+from ..spaces import ADAPTER_KIND
 from ..storage.index import FieldFilter, Hit
 from ..storage.store import Store
 
@@ -18,16 +19,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Hits best first, plus what a caller should be told about the query."""
+    """Hits best first, the space searched and its kind (``adapter`` or ``pixels``), and what a caller should be told
+    about the query."""
 
     hits: list[Hit]
     space_id: str
     notices: list[str] = field(default_factory=list)
+    kind: str = ADAPTER_KIND
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "hits": [{"id": h.id, "score": h.score, "payload": h.payload} for h in self.hits],
             "space_id": self.space_id,
+            "kind": self.kind,
             "notices": self.notices,
         }
 
@@ -97,7 +101,9 @@ def search(
     hits = store.index.search(space_id, vector, top_k=k, filters=filters)
     if like:
         hits = [h for h in hits if h.id != _norm(like)][:top_k]
-    return SearchResult(hits=hits, space_id=space_id, notices=notices)
+    from .spaces import space_kind
+
+    return SearchResult(hits=hits, space_id=space_id, notices=notices, kind=space_kind(store, space_id))
 
 
 def fetch_bitstream(store: Store, image_id: str) -> tuple[bytes, dict[str, Any]]:

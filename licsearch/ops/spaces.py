@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import SpaceConfig, StoreConfig
+from ..config import ModelsConfig, SpaceConfig, StoreConfig
 from ..errors import InputError
 from ..model.models import ModelPlane
-from ..spaces import ACTIVE, BUILDING, RETIRED, UNRECORDED
+from ..spaces import ACTIVE, BUILDING, PIXELS_KIND, RETIRED, UNRECORDED
 from ..storage import space_vectors
 from ..storage.store import Store, model_plane_for
 
@@ -28,7 +28,10 @@ class SpaceNotReadyError(InputError):
 
 @dataclass(frozen=True)
 class SpaceStatus:
-    """One embedding space: its state (``active``, ``building``, ``complete``, ``retired``) and coverage."""
+    """One embedding space: its state (``active``, ``building``, ``complete``, ``retired``), kind and coverage.
+
+    ``kind`` is ``adapter`` or ``pixels`` (:data:`~licsearch.spaces.SPACE_KINDS`), empty for unrecorded vectors.
+    """
 
     space_id: str
     state: str
@@ -37,6 +40,7 @@ class SpaceStatus:
     with_vector: int
     bundle: str | None = None
     adapter_sha256: str = ""
+    kind: str = ""
 
     @property
     def missing(self) -> int:
@@ -67,19 +71,39 @@ def space_status(store: Store) -> list[SpaceStatus]:
     cfg = store.config
     dims = store.index.spaces()
     total = store.index.count()
-    out = [_status(store, cfg.space_id, ACTIVE, dims, total, cfg.bundle, cfg.models.adapter.sha256)]
+    out = [_status(store, cfg.space_id, ACTIVE, dims, total, cfg.bundle, _adapter_sha(cfg.models, cfg.kind), cfg.kind)]
     for sid, sp in sorted(cfg.spaces.items()):
-        out.append(_status(store, sid, sp.state, dims, total, sp.bundle, sp.models.adapter.sha256))
+        out.append(_status(store, sid, sp.state, dims, total, sp.bundle, _adapter_sha(sp.models, sp.kind), sp.kind))
     for sid in sorted(set(dims) - {cfg.space_id, *cfg.spaces}):
-        out.append(_status(store, sid, UNRECORDED, dims, total, None, ""))
+        out.append(_status(store, sid, UNRECORDED, dims, total, None, "", ""))
     return out
 
 
+def space_kind(store: Store, space_id: str) -> str:
+    """The kind of a recorded space (the active one included): ``adapter`` or ``pixels``.
+
+    Raises:
+        InputError: the store records no such space.
+    """
+    return store.config.kind if space_id == store.space_id else space_config(store, space_id).kind
+
+
+def _adapter_sha(models: ModelsConfig, kind: str) -> str:
+    return "" if kind == PIXELS_KIND else models.adapter.sha256
+
+
 def _status(
-    store: Store, sid: str, state: str, dims: dict[str, int], total: int, bundle: str | None, adapter: str
+    store: Store,
+    sid: str,
+    state: str,
+    dims: dict[str, int],
+    total: int,
+    bundle: str | None,
+    adapter: str,
+    kind: str,
 ) -> SpaceStatus:
     have = space_vectors.count_with(store.index, sid) if sid in dims else 0
-    return SpaceStatus(sid, state, dims.get(sid), total, have, bundle, adapter)
+    return SpaceStatus(sid, state, dims.get(sid), total, have, bundle, adapter, kind)
 
 
 def check_queryable(store: Store, space_id: str) -> None:
@@ -110,7 +134,7 @@ def config_for_space(cfg: StoreConfig, space_id: str) -> StoreConfig:
     if space_id == cfg.space_id:
         return cfg
     sp = cfg.spaces[space_id]
-    return dataclasses.replace(cfg, models=sp.models, bundle=sp.bundle, space_id=space_id)
+    return dataclasses.replace(cfg, models=sp.models, bundle=sp.bundle, space_id=space_id, kind=sp.kind)
 
 
 def plane_for_space(store: Store, space_id: str) -> ModelPlane:
@@ -158,12 +182,13 @@ def activate_space(store: Store, space_id: str) -> StoreConfig:
         dim=store.index.spaces()[cfg.space_id],
         state=RETIRED,
         bundle=cfg.bundle,
+        kind=cfg.kind,
         created_at=cfg.created_at,
         completed_at=time.time(),
     )
     spaces = {k: v for k, v in cfg.spaces.items() if k != space_id}
     spaces[cfg.space_id] = old
-    new = dataclasses.replace(cfg, models=sp.models, bundle=sp.bundle, space_id=space_id, spaces=spaces)
+    new = dataclasses.replace(cfg, models=sp.models, bundle=sp.bundle, space_id=space_id, spaces=spaces, kind=sp.kind)
     new.save(store.root)  # one atomic write switches queries, ingest and the recorded models together
     store.config = new
     store.models = model_plane_for(new)

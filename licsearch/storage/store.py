@@ -21,7 +21,7 @@ from ..config import CONFIG_FILE, ModelsConfig, QdrantConfig, StoreConfig
 from ..errors import ConfigMismatchError, StoreError
 from ..model.models import ModelPlane, ModelSet
 from ..readonly import is_writable, read_only_error
-from ..spaces import space_id_for
+from ..spaces import ADAPTER_KIND, PIXELS_KIND, pixels_space_id, space_id_for
 from .blobs import BlobStore
 from .index import VectorIndex
 from .local import INDEX_REPAIR_HINT
@@ -87,11 +87,15 @@ class Store:
         api_key: str | None = None,
         max_pixels: int = defaults.MAX_PIXELS,
         bundle: Path | None = None,
+        kind: str = ADAPTER_KIND,
     ) -> Store:
         """Initialises a store: loads the models to fingerprint them, writes the config, creates the collection.
 
-        With ``bundle``, the models are the bundle's (``models`` is ignored) and its space id is used.
+        With ``bundle``, the models are the bundle's (``models`` is ignored) and its space id is used. ``kind`` is
+        the active space's kind: ``pixels`` embeds ingested images with CLIP's image tower (no bundle then).
         """
+        if bundle is not None and kind == PIXELS_KIND:
+            raise StoreError("a bundle has no CLIP image tower, so it cannot make a pixels space")
         if (root / CONFIG_FILE).exists():
             raise StoreError(f"a store already exists at {root}", hint="use it, or choose another --store DIR")
         if root.exists() and not root.is_dir():
@@ -109,15 +113,17 @@ class Store:
             ms, fp, space = bms, bms.manifest.models, bms.space_id
             dim = bms.embed_dim
         else:
-            eager = ModelSet(models)
+            eager = ModelSet(models, kind=kind)
             ms, fp = eager, eager.fingerprinted()
-            space, dim = space_id_for(fp), eager.embed_dim
+            space = pixels_space_id(fp) if kind == PIXELS_KIND else space_id_for(fp)
+            dim = eager.embed_dim
         cfg = StoreConfig(
             models=fp,
             space_id=space,
             qdrant=qdrant or QdrantConfig(),
             bundle=str(bundle.resolve()) if bundle is not None else None,
             max_pixels=max_pixels,
+            kind=kind,
         )
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -185,7 +191,7 @@ def check_models(config: StoreConfig, requested: ModelsConfig | None) -> None:
 def model_plane_for(config: StoreConfig) -> ModelPlane:
     """The store's models: eager PyTorch, or its bundle on ONNX Runtime."""
     if config.bundle is None:
-        return ModelSet(config.models)
+        return ModelSet(config.models, kind=config.kind)
     from ..bundle.runtime import BundleModelSet
 
     return BundleModelSet(Path(config.bundle))
