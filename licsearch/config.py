@@ -89,11 +89,31 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class QdrantConfig:
-    """Where embeddings live: local mode at ``path`` (relative to the store) unless ``url`` is set."""
+    """Where embeddings live, and how each space's vectors are kept.
+
+    ``engine`` is ``edge`` (a Qdrant Edge shard at ``path``, relative to the store: the embedded default) or
+    ``client`` (qdrant-client: the server at ``url``, or, without one, an old local-mode folder at ``path``). A
+    ``store.json`` without the field was written before Edge: its engine is ``client``. ``vectors`` maps a space
+    id to its vector setting (``licsearch.storage.vectors``); a space not listed is float32.
+    """
 
     url: str | None = None
-    path: str = "qdrant"
+    path: str = "edge"
     collection: str = "licsearch"
+    engine: str = "edge"
+    vectors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, where: str = "qdrant") -> QdrantConfig:
+        """The section from its JSON object; without ``engine`` (an older store) the engine is ``client``."""
+        q = _typed(cls, {"engine": "client", **_object(d, where)}, where)
+        if q.engine not in INDEX_ENGINES:
+            raise _damaged(f"{where}.engine {q.engine!r} is unknown (known: {', '.join(INDEX_ENGINES)})")
+        return q
+
+
+INDEX_ENGINES = ("edge", "client")
+"""Engines of the vector index: Qdrant Edge in-process, or qdrant-client (a server, or an old local-mode store)."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +258,8 @@ class StoreConfig:
             raise _damaged(f"store.qdrant.path must be a folder inside the store, got {q.path!r}")
         if not q.collection:
             raise _damaged("store.qdrant.collection is empty")
+        if q.engine == "edge" and q.url is not None:
+            raise _damaged("store.qdrant.engine is edge (embedded), but store.qdrant.url names a server")
         return cfg
 
     def save(self, root: Path) -> None:

@@ -91,6 +91,14 @@ def filled_template(tmp_path_factory: pytest.TempPathFactory, tiny_store_templat
     return root
 
 
+@pytest.fixture(scope="module")
+def legacy_template(tmp_path_factory: pytest.TempPathFactory, filled_template: Path) -> Path:
+    """``filled_template`` as a store made before the Edge engine (qdrant-client local mode in ``qdrant/``)."""
+    from tests.legacy_store import make_legacy
+
+    return make_legacy(filled_template, tmp_path_factory.mktemp("legacy") / "store")
+
+
 # -- filters --------------------------------------------------------------------------------------------------
 
 MALFORMED_FILTERS = [
@@ -279,10 +287,10 @@ INDEX_DAMAGE: dict[str, tuple[Path, Callable[[bytes], bytes], str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(INDEX_DAMAGE))
-def test_damaged_index_is_refused_naming_the_file(filled_template: Path, tmp_path: Path, case: str) -> None:
+def test_damaged_index_is_refused_naming_the_file(legacy_template: Path, tmp_path: Path, case: str) -> None:
     relative, damage, expected = INDEX_DAMAGE[case]
     store = tmp_path / "store"
-    shutil.copytree(filled_template, store)
+    shutil.copytree(legacy_template, store)
     target = store / relative
     target.write_bytes(damage(target.read_bytes()))
     before = tree_state(store)
@@ -304,12 +312,12 @@ class _Planted:
 
 
 @pytest.mark.parametrize("row", ["planted", "garbage"])
-def test_a_point_row_that_is_not_a_point_is_refused_unloaded(filled_template: Path, tmp_path: Path, row: str) -> None:
+def test_a_point_row_that_is_not_a_point_is_refused_unloaded(legacy_template: Path, tmp_path: Path, row: str) -> None:
     import pickle
     import sqlite3
 
     store, marker = tmp_path / "store", tmp_path / "ran"
-    shutil.copytree(filled_template, store)
+    shutil.copytree(legacy_template, store)
     blob = pickle.dumps(_Planted(marker)) if row == "planted" else b"\x80\x04garbage"
     with sqlite3.connect(store / POINTS) as db:
         db.execute("UPDATE points SET point = ? WHERE rowid = (SELECT MIN(rowid) FROM points)", (blob,))
@@ -321,11 +329,11 @@ def test_a_point_row_that_is_not_a_point_is_refused_unloaded(filled_template: Pa
     assert tree_state(store) == before
 
 
-def test_cli_refuses_damaged_index(filled_template: Path, tmp_path: Path) -> None:
+def test_cli_refuses_damaged_index(legacy_template: Path, tmp_path: Path) -> None:
     for case in ("meta garbage", "points garbage", "points truncated"):
         relative, damage, expected = INDEX_DAMAGE[case]
         store = tmp_path / case.replace(" ", "-")
-        shutil.copytree(filled_template, store)
+        shutil.copytree(legacy_template, store)
         (store / relative).write_bytes(damage((store / relative).read_bytes()))
         before = tree_state(store)
         proc = run_cli("search", "--store", str(store), "--text", "x")
@@ -338,19 +346,19 @@ def test_missing_index_folder_is_not_silently_recreated(filled_template: Path, t
 
     store = tmp_path / "store"
     shutil.copytree(filled_template, store)
-    shutil.rmtree(store / "qdrant")
+    shutil.rmtree(store / "edge")
     with pytest.raises(StoreError, match=r"vector index folder .* is missing"):
         Store.open(store)
-    assert not (store / "qdrant").exists()
+    assert not (store / "edge").exists()
 
 
 # -- read-only stores -----------------------------------------------------------------------------------------
 
 
-def test_a_view_and_a_writer_exclude_each_other(filled_template: Path, tmp_path: Path) -> None:
-    """The one-writer guarantee: a reader's shared lock refuses a writer, and a writer refuses a view."""
+def test_a_view_and_a_writer_exclude_each_other(legacy_template: Path, tmp_path: Path) -> None:
+    """The one-writer guarantee of local mode: a reader's shared lock refuses a writer, and a writer a view."""
     store = tmp_path / "store"
-    shutil.copytree(filled_template, store)
+    shutil.copytree(legacy_template, store)
     view = open_view(store / "qdrant")
     try:
         assert view.read_only and view.client.count("licsearch").count == 6
@@ -423,7 +431,7 @@ def view_dirs() -> Iterator[Callable[[], set[str]]]:
 
 
 def _point_of(store: Path) -> str:
-    with VectorIndex(path=store / "qdrant") as index:
+    with VectorIndex(path=store / "edge") as index:
         return next(index.iter_points())[0]
 
 

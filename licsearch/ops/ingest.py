@@ -175,9 +175,7 @@ def _record_duplicates(store: Store, duplicates: dict[str, list[str]]) -> None:
         new = [p for p in dict.fromkeys(duplicates[pid]) if p != payload.get("source_path") and p not in known]
         if new and len(known) < MAX_DUPLICATE_PATHS:
             merged = (known + new)[:MAX_DUPLICATE_PATHS]
-            store.index.client.set_payload(
-                store.index.collection, payload={"duplicate_paths": merged}, points=[pid], wait=True
-            )
+            store.index.set_payload([pid], {"duplicate_paths": merged})
 
 
 def _store_batch(

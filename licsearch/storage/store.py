@@ -6,13 +6,16 @@ Layout of a store directory::
     credentials.json    Qdrant API key when one was given (mode 0600)
     blobs/objects/ab/cdef....lics   bitstreams, content-addressed by sha256
     blobs/tmp/          temp files of writes in flight
-    qdrant/             Qdrant local-mode data (absent when a server URL is configured)
+    edge/               the Qdrant Edge shard (engine ``edge``, the embedded default; absent with a server URL)
+    qdrant/             qdrant-client local-mode data of a store made before Edge (``licsearch store upgrade``)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -25,10 +28,17 @@ from ..spaces import ADAPTER_KIND, PIXELS_KIND, pixels_space_id, space_id_for
 from .blobs import BlobStore
 from .index import VectorIndex
 from .local import INDEX_REPAIR_HINT
+from .vectors import DEFAULT_VECTORS, VECTOR_SETTINGS
 
 DEFAULT_STORE = "./licsearch-data"
 CREDENTIALS_FILE = "credentials.json"
 API_KEY_ENV = "LICSEARCH_QDRANT_API_KEY"
+UPGRADE_HINT = (
+    "run `licsearch store upgrade --store DIR` to move it to Qdrant Edge (search and stats work meanwhile; "
+    "qdrant-client's local mode opens slowly beyond ~20,000 points)"
+)
+"""What to do about a store still on qdrant-client's local mode."""
+_noticed: set[Path] = set()
 
 
 def default_store_dir() -> Path:
@@ -50,9 +60,24 @@ class Store:
         self.models: ModelPlane = model_plane_for(config)
         self.blobs = BlobStore(root / "blobs")
         q = config.qdrant
+        legacy = self.legacy_local(config)
+        if legacy and root.resolve() not in _noticed:
+            _noticed.add(root.resolve())
+            print(f"note: the store at {root} uses qdrant-client's local mode; {UPGRADE_HINT}", file=sys.stderr)
         self.index = VectorIndex(
-            path=None if q.url else root / q.path, url=q.url, api_key=api_key, collection=q.collection
+            path=None if q.url else root / q.path,
+            url=q.url,
+            api_key=api_key,
+            collection=q.collection,
+            engine="edge" if q.engine == "edge" else "client",
+            vectors=q.vectors,
+            legacy_hint=UPGRADE_HINT if legacy else None,
         )
+
+    @staticmethod
+    def legacy_local(config: StoreConfig) -> bool:
+        """True for a store still on qdrant-client's local mode (made before the Edge engine)."""
+        return config.qdrant.engine == "client" and config.qdrant.url is None
 
     @property
     def space_id(self) -> str:
@@ -74,6 +99,8 @@ class Store:
         Raises:
             StoreError: the store is read-only; the message says what still works on it.
         """
+        if self.legacy_local(self.config):
+            self.index.require_writable(action)
         if self.read_only:
             raise read_only_error(f"the store at {self.root}", action)
 
@@ -88,11 +115,14 @@ class Store:
         max_pixels: int = defaults.MAX_PIXELS,
         bundle: Path | None = None,
         kind: str = ADAPTER_KIND,
+        vectors: str = DEFAULT_VECTORS,
     ) -> Store:
         """Initialises a store: loads the models to fingerprint them, writes the config, creates the collection.
 
         With ``bundle``, the models are the bundle's (``models`` is ignored) and its space id is used. ``kind`` is
         the active space's kind: ``pixels`` embeds ingested images with CLIP's image tower (no bundle then).
+        ``vectors`` is the space's vector setting (:mod:`licsearch.storage.vectors`). Without a server URL the
+        index is a Qdrant Edge shard in ``DIR/edge``.
         """
         if bundle is not None and kind == PIXELS_KIND:
             raise StoreError("a bundle has no CLIP image tower, so it cannot make a pixels space")
@@ -117,10 +147,17 @@ class Store:
             ms, fp = eager, eager.fingerprinted()
             space = pixels_space_id(fp) if kind == PIXELS_KIND else space_id_for(fp)
             dim = eager.embed_dim
+        q = qdrant or QdrantConfig()
+        q = dataclasses.replace(
+            q,
+            engine="client" if q.url else "edge",
+            path=q.path if q.url or q.engine == "edge" else QdrantConfig.path,
+            vectors={**q.vectors, space: vectors} if vectors != DEFAULT_VECTORS else dict(q.vectors),
+        )
         cfg = StoreConfig(
             models=fp,
             space_id=space,
-            qdrant=qdrant or QdrantConfig(),
+            qdrant=q,
             bundle=str(bundle.resolve()) if bundle is not None else None,
             max_pixels=max_pixels,
             kind=kind,
@@ -139,7 +176,7 @@ class Store:
         store = cls(root, cfg, api_key=api_key)
         store.models = ms  # reuse the loaded models
         try:
-            store.index.ensure_collection({cfg.space_id: dim})
+            store.index.ensure_collection({cfg.space_id: dim}, {cfg.space_id: vectors})
         except BaseException:
             store.close()
             raise
@@ -154,6 +191,13 @@ class Store:
             StoreError: there is no store at ``root``, or its config or embedded index is damaged or missing.
         """
         cfg = StoreConfig.load(root)
+        for space, setting in cfg.qdrant.vectors.items():
+            if setting not in VECTOR_SETTINGS:
+                raise StoreError(
+                    f"{root / CONFIG_FILE} is damaged: store.qdrant.vectors[{json.dumps(space)}] {setting!r} is "
+                    f"not a vector setting (known: {', '.join(VECTOR_SETTINGS)})",
+                    hint="correct the named field by hand, or restore store.json from a backup",
+                )
         if cfg.qdrant.url is None and not (root / cfg.qdrant.path).is_dir():
             raise StoreError(
                 f"the vector index folder {root / cfg.qdrant.path} of the store at {root} is missing",
