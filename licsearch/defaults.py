@@ -62,3 +62,13 @@ WATCH_INTERVAL_S = 60.0
 
 ADAPTER_RECALL_OVERLAP_MIN = 0.9
 """``distill`` and ``migrate``: least held-out recall@10 overlap (adapter against teacher) for a space to activate."""
+
+ARC_MARGIN_SCALE = 30.0
+ARC_MARGIN_MARGIN = 0.1
+"""ArcMargin (Deng et al. 2019, as Schall et al. 2024 use it): logit scale s and additive angular margin m, radians."""
+PSEUDO_CAPTION_THRESHOLD = 0.27
+PSEUDO_CAPTION_COUNT = 20
+"""MCIP's pseudo-captions (Schall et al. 2024): an image's nearest captions, at most this many, above this cosine."""
+MCIP_LAMBDA_LABELS = 0.5
+MCIP_LAMBDA_CAPTIONS = 0.5
+"""MCIP's weights of ArcMargin on labels (λ1) and MCArcMargin on pseudo-captions (λ2) (Schall et al. 2024)."""

@@ -14,6 +14,9 @@ level (numpy and torch load inside the functions), so the gate never pulls in ev
   side exceeds :data:`MS_SSIM_MIN_SIDE` pixels; smaller images get NaN (written ``null`` in JSON).
 - **Recall overlap**: how far the top-k neighbour lists of every item under two sets of embeddings agree.
 - **hit@k**: the fraction of queries with a relevant gallery item among their top k.
+- **mAP@R** (Musgrave et al. 2020, "A Metric Learning Reality Check"): each item queries all the others; with R the
+  number of other items of its label, the mean over ranks i <= R of precision@i at the relevant ranks, divided by R.
+  **recall@k** of a labelled set: the fraction of queries with an item of their label among their k nearest others.
 """
 
 from __future__ import annotations
@@ -69,6 +72,43 @@ def hits_at_k(
 
     order = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
     return {k: float(np.mean([bool(rel & set(order[i, :k].tolist())) for i, rel in enumerate(relevant)])) for k in ks}
+
+
+def _ranked_labels(embeddings: np.ndarray, labels: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
+    """(is-same-label matrix in each query's order of the other items, their counts); the query itself is excluded."""
+    import numpy as np
+
+    lab = np.asarray([str(x) for x in labels])
+    sims = embeddings @ embeddings.T
+    np.fill_diagonal(sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :-1]  # the query sorts last; drop it
+    same = lab[order] == lab[:, None]
+    return same, same.sum(axis=1)
+
+
+def map_at_r(embeddings: np.ndarray, labels: Sequence[object]) -> float:
+    """mAP@R of unit embeddings with class labels (module docstring); queries alone in their class are skipped."""
+    import numpy as np
+
+    same, counts = _ranked_labels(embeddings, labels)
+    scores = []
+    for row, r in zip(same, counts, strict=True):
+        if r == 0:
+            continue
+        hits = row[:r]
+        precision = np.cumsum(hits) / np.arange(1, r + 1)
+        scores.append(float((precision * hits).sum() / r))
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def labelled_recall_at_k(embeddings: np.ndarray, labels: Sequence[object], ks: Sequence[int]) -> dict[int, float]:
+    """recall@k of a labelled set (module docstring) for each k; queries alone in their class are skipped."""
+
+    same, counts = _ranked_labels(embeddings, labels)
+    keep = counts > 0
+    if not keep.any():
+        return {k: math.nan for k in ks}
+    return {k: float(same[keep, :k].any(axis=1).mean()) for k in ks}
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)

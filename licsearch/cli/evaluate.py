@@ -19,6 +19,7 @@ from .options import add_store_flags, store_dir
 
 if TYPE_CHECKING:
     from ..eval.planes import EvalPlane
+    from ..eval.retrieval import RetrievalOptions
 
 
 def configure_eval(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,23 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
         help=f"Pillow codecs to sweep, comma-separated, or 'none' (default: {','.join(PILLOW_CODECS.names())})",
     )
     p.add_argument("--bd-method", choices=METHODS, default="cubic", help="BD fit: cubic polynomial or pchip")
+    r = p.add_argument_group("image-to-image retrieval (--retrieval; licsearch/eval/retrieval.py)")
+    r.add_argument("--retrieval", action="store_true", help="add mAP@R, recall@k and near-duplicate search")
+    r.add_argument(
+        "--retrieval-adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another adapter (a training run folder or weights file) over the same codec (repeatable)",
+    )
+    r.add_argument("--retrieval-world", type=int, default=200, metavar="N", help="held-out world scenes (0: none)")
+    r.add_argument(
+        "--retrieval-images",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="image set for near-duplicate search (repeatable; default: --images)",
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> Result:
@@ -69,10 +87,27 @@ def cmd_eval(args: argparse.Namespace) -> Result:
         plots=Path(args.plots) if args.plots else None,
         baselines=baselines,
         bd_method=args.bd_method,
+        retrieval=_retrieval_options(args),
     )
     warn_random(sorted({c for p in planes for c in p.plane.random_components()}))
     doc = json_safe(run_eval(planes, options, log=note))
     return Result(doc, format_report(doc))
+
+
+def _retrieval_options(args: argparse.Namespace) -> RetrievalOptions | None:
+    from ..eval.retrieval import RetrievalOptions, parse_entry
+
+    if not args.retrieval:
+        if args.retrieval_adapter or args.retrieval_images:
+            raise InputError("--retrieval-adapter and --retrieval-images need --retrieval", hint="add --retrieval")
+        return None
+    sets = args.retrieval_images or ([args.images] if args.images else [])
+    return RetrievalOptions(
+        entries=tuple(parse_entry(e) for e in args.retrieval_adapter),
+        world_scenes=args.retrieval_world,
+        sets=tuple(Path(s) for s in sets),
+        max_images=args.max_images,
+    )
 
 
 def eval_planes(args: argparse.Namespace) -> list[EvalPlane]:

@@ -72,6 +72,34 @@ def _configure_adapter(a: argparse.ArgumentParser) -> None:
     a.add_argument("--init", default="random", metavar="random|PATH", help="initial adapter weights")
     a.add_argument("--eval-images", type=int, default=64, help="images scored through bitstreams at the end")
     _workers(a)
+    _objective_flags(a)
+
+
+def _objective_flags(a: argparse.ArgumentParser) -> None:
+    from ..train.objectives import OBJECTIVES
+
+    o = a.add_argument_group("retrieval objectives (Schall et al. 2024: 2SFT and MCIP; --images are the photos)")
+    o.add_argument("--objective", choices=OBJECTIVES, default="distill", help="loss (default distill: 1 - cos)")
+    o.add_argument("--world-scenes", type=int, default=1200, help="world train scenes, labelled by scene class")
+    o.add_argument("--world-seed", type=int, default=0, help="seed of those scenes and of the world caption pool")
+    o.add_argument("--photos", type=int, default=30, help="first N of --images, each an instance class (0: none)")
+    o.add_argument("--views", type=int, default=3, help="augmented near-duplicate views per source image")
+    o.add_argument("--arc-scale", type=float, default=defaults.ARC_MARGIN_SCALE, help="ArcMargin logit scale s")
+    o.add_argument("--arc-margin", type=float, default=defaults.ARC_MARGIN_MARGIN, help="angular margin m, radians")
+    o.add_argument("--captions", type=Path, metavar="FILE", help="MCIP caption pool (default: the world's grammar)")
+    o.add_argument("--caption-pool", type=int, default=4000, help="world scenes whose captions form the pool")
+    o.add_argument(
+        "--caption-threshold",
+        type=float,
+        default=defaults.PSEUDO_CAPTION_THRESHOLD,
+        help="least image-caption cosine of a pseudo-caption",
+    )
+    o.add_argument("--caption-count", type=int, default=defaults.PSEUDO_CAPTION_COUNT, help="most pseudo-captions")
+    o.add_argument("--lambda-labels", type=float, default=defaults.MCIP_LAMBDA_LABELS, help="MCIP λ1 (ArcMargin)")
+    o.add_argument("--lambda-captions", type=float, default=defaults.MCIP_LAMBDA_CAPTIONS, help="MCIP λ2 (MCArcMargin)")
+    o.add_argument("--text-steps", type=int, default=300, help="2SFT stage 2: text-tower re-alignment steps")
+    o.add_argument("--text-lr", type=float, default=1e-4, help="2SFT stage 2 learning rate")
+    o.add_argument("--cache", type=Path, metavar="DIR", help="cached latents (default: OUT/../objective-cache)")
 
 
 def _configure_joint(j: argparse.ArgumentParser) -> None:
@@ -206,21 +234,43 @@ def _train_codec(args: argparse.Namespace, common: dict[str, Any]) -> TrainRepor
 def _train_adapter(args: argparse.Namespace, common: dict[str, Any]) -> TrainReport:
     from ..train.adapter import AdapterTrainOptions, train_adapter
 
-    return train_adapter(
-        AdapterTrainOptions(
-            images=Path(args.images),
-            models=train_models(args),
-            crop=args.crop,
-            weight_decay=args.weight_decay,
-            warmup=args.warmup,
-            augment=not args.no_augment,
-            jitter=args.jitter,
-            init=resolve_weights(args.init, "random"),
-            eval_images=args.eval_images,
-            workers=args.workers,
-            **common,
-        )
+    options = AdapterTrainOptions(
+        images=Path(args.images),
+        models=train_models(args),
+        crop=args.crop,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        augment=not args.no_augment,
+        jitter=args.jitter,
+        init=resolve_weights(args.init, "random"),
+        eval_images=args.eval_images,
+        workers=args.workers,
+        **common,
     )
+    if args.objective == "distill":
+        return train_adapter(options)
+    from ..train.objectives import ObjectiveOptions, train_objective
+
+    names: tuple[str, ...] = (
+        "world_scenes",
+        "world_seed",
+        "photos",
+        "views",
+        "arc_scale",
+        "arc_margin",
+        "captions",
+        "caption_pool",
+    )
+    names += (
+        "caption_threshold",
+        "caption_count",
+        "lambda_labels",
+        "lambda_captions",
+        "text_steps",
+        "text_lr",
+        "cache",
+    )
+    return train_objective(ObjectiveOptions(options, args.objective, **{n: getattr(args, n) for n in names}))
 
 
 def _train_joint(args: argparse.Namespace, common: dict[str, Any]) -> TrainReport:

@@ -21,7 +21,10 @@ JSON document, ``schema`` 1 (keys may be added; none renamed or removed without 
                                               {EDIT: {"recall_at_1", "recall_at_5"}}} | {"available": false, "note"}}}},
      "hit1_adapter", "hit5_adapter", "hit1_clip_pixels", "hit5_clip_pixels", "hit1_clip_decoded",
      "hit5_clip_decoded": {Q: fraction}     # first codec curve, when captions are given
-     "random_weights": [component, ...], "plots": [PNG, ...], "notes": [text, ...]}
+     "random_weights": [component, ...], "plots": [PNG, ...], "notes": [text, ...],
+     "retrieval"?: {"sets": {SET: {...}}, "entries": {NAME: {"adapter", "clip", "sets": {SET: {"map_at_r"?,
+                    "recall_at_1"?, "recall_at_10"?, "text_hit_at_1"?, "text_hit_at_5"?, "instance_map_at_r",
+                    "near_duplicate": {EDIT: {"recall_at_1", "recall_at_5"}}, ...}}}}}   # with --retrieval
 
 Quality keys are strings (JSON object keys). Non-finite numbers are written as ``null``.
 """
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 
     from ..config import ClipConfig
     from ..model.text import TextEncoder
+    from .retrieval import RetrievalOptions
 
 SCHEMA = 1
 SIDES = ("adapter", "clip_decoded", "clip_pixels")
@@ -75,6 +79,7 @@ class EvalOptions:
         plots: a folder to write PNG figures into.
         baselines: Pillow codecs to sweep (see :data:`~licsearch.eval.baselines.PILLOW_CODECS`).
         bd_method: ``cubic`` or ``pchip``.
+        retrieval: image-to-image retrieval to measure besides (:mod:`.retrieval`), or None.
     """
 
     images: Path | None = None
@@ -84,6 +89,7 @@ class EvalOptions:
     plots: Path | None = None
     baselines: tuple[str, ...] = ("JPEG", "WebP", "AVIF")
     bd_method: Method = "cubic"
+    retrieval: RetrievalOptions | None = None
 
 
 def load_eval_images(options: EvalOptions) -> tuple[list[Path], list[np.ndarray], str]:
@@ -284,10 +290,17 @@ def run_eval(planes: Sequence[EvalPlane], options: EvalOptions, log: Log | None 
             for side in SIDES:
                 key = f"hit{k}_{side}"
                 doc[key] = {q: r.get(key) for q, r in per_q.items()}
+    if options.retrieval is not None and planes:
+        from .retrieval import run_retrieval
+
+        doc["retrieval"] = run_retrieval(planes[0].plane.cfg, planes[0].curve, options.retrieval, say)
     if options.plots is not None:
         from .plots import write_plots
+        from .retrieval import write_retrieval_plot
 
         doc["plots"] = [str(p) for p in write_plots(doc, options.plots)]
+        if "retrieval" in doc and (extra := write_retrieval_plot(doc["retrieval"], options.plots)) is not None:
+            doc["plots"].append(str(extra))
     return doc
 
 
