@@ -48,8 +48,8 @@ DISTILL_HOLDOUT = 0.1
 """``licsearch distill``: fraction of the points held out (by id) to measure the distilled adapter."""
 DISTILL_MIN_POINTS = 50
 """``licsearch distill``: fewest points with a teacher vector a store needs to distil its adapter."""
-DISTILL_STEPS = 3000
-DISTILL_BATCH = 64
+DISTILL_STEPS = 2000
+DISTILL_BATCH = 32
 DISTILL_LR = 1e-3
 """``licsearch distill``: optimisation steps, pairs per step and peak learning rate (AdamW, cosine decay)."""
 DISTILL_TEXTS = 200

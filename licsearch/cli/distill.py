@@ -46,6 +46,7 @@ def configure_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-min", type=float, default=0.0, help="least held-out text top-10 agreement (default 0)")
     p.add_argument("--activate", action="store_true", help="switch queries and ingest to the space if it passes")
     p.add_argument("--force", action="store_true", help="with --activate, activate even when a threshold fails")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of PyTorch (default: its own choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -67,6 +68,7 @@ def cmd_distill(args: argparse.Namespace) -> Result:
         activate=args.activate,
         force=args.force,
         progress=progress,
+        threads=args.threads,
     )
     with Store.open(store_dir(args)) as store:
         report = distill(store, options)

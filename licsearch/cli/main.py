@@ -18,10 +18,40 @@ from typing import Any, NoReturn
 
 from ..errors import LicsearchError
 from ..registry import Registry
-from . import bundle, codec, distill, evaluate, images, photos, reindex, rollout, samples, serve, store, train, ui
+from . import (
+    bundle,
+    codec,
+    distill,
+    evaluate,
+    images,
+    maintenance,
+    photos,
+    reindex,
+    rollout,
+    samples,
+    serve,
+    store,
+    train,
+    ui,
+)
 from .base import Command, Result, note
 
-GROUPS = (store, images, photos, codec, bundle, serve, samples, evaluate, reindex, distill, rollout, train, ui)
+GROUPS = (
+    store,
+    maintenance,
+    images,
+    photos,
+    codec,
+    bundle,
+    serve,
+    samples,
+    evaluate,
+    reindex,
+    distill,
+    rollout,
+    train,
+    ui,
+)
 """The command groups, in the order ``licsearch --help`` lists their commands."""
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import defaults
 from ..errors import InputError, LicsearchError, StoreError
+from ..faults import crash_point
 from ..model.adapter import Adapter, AdapterShape
 from ..model.weights import RANDOM, save_state_dict, state_dict_sha256
 from ..spaces import BUILDING, PIXELS_KIND
@@ -119,8 +120,13 @@ class TrainOptions:
     lr: float = defaults.DISTILL_LR
     weight_decay: float = 0.01
     seed: int = defaults.SEED
-    checkpoint_every: int = 200
+    checkpoint_every: int | None = None
     progress: bool | None = None
+
+    @property
+    def every(self) -> int:
+        """Steps between checkpoints: as given, else a tenth of the run (at most 200)."""
+        return self.checkpoint_every or max(1, min(200, self.steps // 10))
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ class DistillOptions:
     activate: bool = False
     force: bool = False
     progress: bool | None = None
+    threads: int | None = None
 
 
 @dataclass
@@ -272,6 +279,7 @@ class _PairTrainer:
         loss, cos = cosine_loss(pred, self.teacher[order])
         loss.backward()
         self.opt.step()
+        crash_point("distill_step")
         return {"loss": float(loss.detach()), "cos": float(cos), "lr": lr}
 
 
@@ -306,11 +314,11 @@ def train_from_pairs(
         raise InputError("no training pairs", hint="ingest images into the store first")
     loop = LoopOptions(
         steps=options.steps,
-        checkpoint_every=options.checkpoint_every,
+        checkpoint_every=options.every,
         log_every=max(1, min(50, options.steps)),
         progress=options.progress,
     )
-    full = {**identity, "shape": shape.to_dict(), **asdict(options), "progress": None}
+    full = {**identity, "shape": shape.to_dict(), **asdict(options), "progress": None, "checkpoint_every": None}
     run = RunDir(run_dir)
     ck = run.prepare(resume=True, identity=full)
     torch.manual_seed(options.seed)
@@ -385,6 +393,12 @@ def distill(store: Store, options: DistillOptions) -> DistillReport:
 
     started = time.perf_counter()
     store.require_writable("distill")
+    if options.threads is not None:
+        import torch
+
+        if options.threads < 1:
+            raise InputError(f"--threads {options.threads} must be at least 1")
+        torch.set_num_threads(options.threads)
     teacher = teacher_space(store)
     ids = _ids_with(store, teacher)
     if len(ids) < defaults.DISTILL_MIN_POINTS:
@@ -415,7 +429,9 @@ def distill(store: Store, options: DistillOptions) -> DistillReport:
     a = models.adapter
     shape = AdapterShape(store.models.codec.latent_channels, pairs.teacher.shape[1], width=a.width, hidden=a.hidden)
     identity = {"teacher": teacher, "codec": models.codec.sha256, "train_ids": _digest(train_ids)}
-    run_dir = store.root / DISTILL_DIR / f"{teacher}-{_digest([json.dumps(identity, sort_keys=True)])[:12]}"
+    recipe = {k: v for k, v in asdict(options.train).items() if k not in ("progress", "checkpoint_every")}
+    key = json.dumps({**identity, **recipe}, sort_keys=True)
+    run_dir = store.root / DISTILL_DIR / f"{teacher}-{_digest([key])[:12]}"  # another recipe trains in another run
     trained = train_from_pairs(pairs.subset(train_ids), shape, run_dir, options.train, identity=identity)
     weights = _save_weights(store, trained, shape)
 
