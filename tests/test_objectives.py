@@ -41,6 +41,7 @@ from licsearch.train.objectives import (
     embed_items,
     mc_arc_margin_loss,
     mine_pseudo_captions,
+    train_objective,
     world_sources,
 )
 from licsearch.train.teacher import ClipTeacher
@@ -272,20 +273,63 @@ def test_objective_options_refuse_unusable_values(tmp_path: Path) -> None:
         _options(tmp_path, "distill").check()
 
 
-def test_cli_mcip_run_becomes_a_space_built_from_bitstreams_whose_queries_never_mix(
-    tiny_store_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _scene_store(template: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the tiny store holding five held-out world scenes (64 px); its root and active space."""
     from licsearch.world import render
 
-    from .test_reindex import cli_inprocess
-
     root = tmp_path / "store"
-    shutil.copytree(tiny_store_template, root)
+    shutil.copytree(template, root)
     for i, spec in enumerate(sample_specs(5, seed=4, split="test")):
         write_png(tmp_path / "images" / f"{i}.png", render(spec, (64, 64)))
     with Store.open(root) as store:
         assert ingest(store, [tmp_path / "images"], batch_size=5, progress=False).ingested == 5
-        old_space = store.space_id
+        return root, store.space_id
+
+
+@pytest.mark.slow
+def test_2sft_space_is_queried_through_its_realigned_text_tower(tiny_store_template: Path, tmp_path: Path) -> None:
+    from licsearch.bundle.export import export_bundle
+    from licsearch.spaces import space_id_for
+
+    root, old_space = _scene_store(tiny_store_template, tmp_path)
+    models = StoreConfig.load(root).models
+    options = _options(tmp_path, "2sft", steps=3, text_steps=3, text_lr=1e-2, cache=tmp_path / "cache")
+    options = dataclasses.replace(options, base=dataclasses.replace(options.base, models=models, batch_size=4))
+    report = train_objective(options)
+    assert set(report.outputs) == {"adapter", "clip"}
+    run = report.out
+    tuned = dataclasses.replace(
+        models,
+        clip=dataclasses.replace(models.clip, weights=str(run / "clip.safetensors"), sha256=""),
+        adapter=dataclasses.replace(models.adapter, weights=str(run / "adapter.safetensors"), sha256=""),
+    )
+    plane = ModelSet(tuned)
+    bundle = tmp_path / "bundle-2sft"
+    export_bundle(tuned, bundle, space_id=space_id_for(plane.fingerprinted()))
+    built = reindex(root, bundle=bundle, progress=False)
+    assert built.state == "complete" and built.space_id != old_space
+    space = StoreConfig.load(root).spaces[built.space_id]
+    assert space.bundle == str(bundle.resolve()) and space.models.clip.weights == str(run / "clip.safetensors")
+    q_new = plane.embed_texts(["a red circle"]).vectors[0].numpy()
+    q_old = ModelSet(models).embed_texts(["a red circle"]).vectors[0].numpy()
+    assert not np.allclose(q_new, q_old, atol=1e-3)  # stage 2 moved the text tower
+    with Store.open(root) as store:
+        hits = search(store, text="a red circle", top_k=5, space=built.space_id)
+        ids = [p for p, _ in store.index.iter_points()]
+        vecs = {
+            pid: np.asarray(v[built.space_id]) for pid, _, v in store.index.retrieve(ids, with_vectors=[built.space_id])
+        }
+    assert hits.space_id == built.space_id
+    for h in hits.hits:  # the space's queries come from the re-aligned text tower (the bundle's ONNX graph)
+        assert h.score == pytest.approx(float(q_new @ vecs[h.id]), abs=1e-4)
+
+
+def test_cli_mcip_run_becomes_a_space_built_from_bitstreams_whose_queries_never_mix(
+    tiny_store_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .test_reindex import cli_inprocess
+
+    root, old_space = _scene_store(tiny_store_template, tmp_path)
     out = tmp_path / "mcip"
     code, stdout, stderr = cli_inprocess(
         "train", "adapter", "--objective", "mcip", "--store", str(root), "--images", str(tmp_path / "images"),
