@@ -62,6 +62,10 @@ WATCH_INTERVAL_S = 60.0
 
 ADAPTER_RECALL_OVERLAP_MIN = 0.9
 """``distill`` and ``migrate``: least held-out recall@10 overlap (adapter against teacher) for a space to activate."""
+MIGRATE_HOLDOUT = 0.2
+"""``licsearch migrate``: fraction of the decoded sample held out to measure the new adapter."""
+MIGRATE_STEPS = 300
+"""``licsearch migrate``: training steps of a fresh adapter on the sample (when the store has no adapter space)."""
 
 ARC_MARGIN_SCALE = 30.0
 ARC_MARGIN_MARGIN = 0.1

@@ -143,6 +143,10 @@ def ship_offline(runs: Path, qualities: tuple[int, ...] = (1, 2, 3, 4)) -> list[
         ship_run(runs / f"codec-q{q}", "codec.safetensors", "offline", f"codec-q{q}.safetensors") for q in qualities
     ]
     written.append(ship_run(runs / "clip-world", "clip.safetensors", "offline", "clip-world.safetensors", half=True))
+    if (runs / "clip-world-b").is_dir():  # a second, differently seeded world CLIP: what `migrate` moves to
+        written.append(
+            ship_run(runs / "clip-world-b", "clip.safetensors", "offline", "clip-world-b.safetensors", half=True)
+        )
     for q in qualities:
         if (runs / f"adapter-q{q}").is_dir():
             written.append(
