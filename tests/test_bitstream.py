@@ -96,3 +96,30 @@ def test_header_overhead_is_small(real: bytes) -> None:
     bs = Bitstream.from_bytes(real)
     # magic+version+flags (6) + profile id (~37) + size (8) + latent hash (16) + 2 stream entries (12) + CRC (4)
     assert len(real) - bs.payload_bytes <= 96
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN_MODELS = {"offline-q3": "offline", "mbt2018-mean-q1-random": "mbt2018-mean"}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_MODELS))
+def test_golden_v1_files_decode_to_the_same_pixels(name: str) -> None:
+    """Files written in format 1 (by the encoder of that time) decode to the latent and pixels they did then."""
+    import hashlib
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from licsearch.presets import preset_models
+
+    expected = json.loads((GOLDEN / "expected.json").read_text())[name]
+    data = (GOLDEN / f"{name}.v1.lics").read_bytes()
+    assert data[4] == 1 and hashlib.sha256(data).hexdigest() == expected["bytes_sha256"]
+    source = GOLDEN_MODELS[name]
+    models = ModelSet(preset_models(source) if source == "offline" else tiny_models(source, 1))
+    _, y_hat = models.entropy_decode(data)
+    assert hashlib.sha256(y_hat.numpy().astype("<f4").tobytes()).hexdigest() == expected["y_hat_sha256"]
+    pixels = models.decode(data)
+    assert np.array_equal(pixels, np.asarray(Image.open(GOLDEN / f"{name}.v1.png").convert("RGB")))
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == expected["pixels_sha256"]
