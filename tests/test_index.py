@@ -265,7 +265,7 @@ def test_delete(filled: VectorIndex) -> None:
 def test_second_open_on_same_path_is_refused(tmp_path: Path) -> None:
     with VectorIndex(path=tmp_path / "q") as first:
         first.ensure_collection(SPACES)
-        with pytest.raises(StoreError, match=f"in use by process {os.getpid()}") as info:
+        with pytest.raises(StoreError, match=rf"held by another process \(pid {os.getpid()}\)") as info:
             VectorIndex(path=tmp_path / "q")
         assert "--qdrant" in str(info.value)
     with VectorIndex(path=tmp_path / "q") as again:  # released on close

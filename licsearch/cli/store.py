@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import defaults
 from ..errors import InputError
+from ..storage.vectors import add_vectors_flag
 from .base import Command, Result, note, warn_random
 from .model_flags import add_model_flags, models_from_flags
 from .options import add_store_flags, open_store, store_dir
@@ -15,9 +16,10 @@ from .options import add_store_flags, open_store, store_dir
 def configure_init(p: argparse.ArgumentParser) -> None:
     add_store_flags(p)
     add_model_flags(p)
-    p.add_argument("--qdrant", metavar="URL", help="Qdrant server URL (default: embedded local mode in the store)")
+    p.add_argument("--qdrant", metavar="URL", help="Qdrant server URL (default: an embedded Qdrant Edge shard)")
     p.add_argument("--api-key", metavar="KEY", help="Qdrant API key (kept in the store's credentials.json, 0600)")
     p.add_argument("--collection", default="licsearch", help="Qdrant collection name")
+    add_vectors_flag(p)
     p.add_argument("--max-pixels", type=int, default=defaults.MAX_PIXELS, help="largest image accepted, in pixels")
     p.add_argument("--bundle", metavar="DIR", help="run the models from this exported bundle (ONNX Runtime)")
     p.add_argument(
@@ -59,7 +61,14 @@ def cmd_init(args: argparse.Namespace) -> Result:
     bundle = Path(args.bundle) if args.bundle else None
     kind = init_kind(args)
     with Store.create(
-        root, models, qdrant=qdrant, api_key=args.api_key, max_pixels=args.max_pixels, bundle=bundle, kind=kind
+        root,
+        models,
+        qdrant=qdrant,
+        api_key=args.api_key,
+        max_pixels=args.max_pixels,
+        bundle=bundle,
+        kind=kind,
+        vectors=args.vectors,
     ) as store:
         rnd = warn_random(store.models.random_components())
         cfg = store.config

@@ -39,7 +39,27 @@ def stats(store: Store) -> dict[str, Any]:
         "space_kinds": {store.space_id: store.config.kind, **{s: sp.kind for s, sp in store.config.spaces.items()}},
         "codec_profile": _profile(store),
         "qdrant": store.config.qdrant.url or "local",
+        "index": index_state(store),
         "random_weights": store.models.random_components(),
+    }
+
+
+def index_state(store: Store) -> dict[str, Any]:
+    """The vector index: engine, points, vectors in an HNSW graph, segments, vector setting per space.
+
+    Segments smaller than the threshold keep no graph and are searched exactly, so ``indexed_vectors`` below
+    ``points`` times the spaces is normal for a small store.
+    """
+    from ..storage.vectors import INDEXING_THRESHOLD_KB
+
+    state = store.index.state()
+    return {
+        "engine": store.index.engine_name if store.config.qdrant.url is None else "server",
+        "points": state.points,
+        "indexed_vectors": state.indexed_vectors,
+        "segments": state.segments,
+        "exact_below_kb": INDEXING_THRESHOLD_KB,
+        "vectors": {space: store.index.setting(space).name for space in store.index.spaces()},
     }
 
 

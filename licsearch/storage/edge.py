@@ -498,9 +498,9 @@ class EdgeEngine:
 
 def held_error(path: Path, holder: str) -> StoreError:
     """The refusal of a store another process holds, naming that process's pid when it is known."""
-    who = f"process {holder}" if holder.isdigit() else "another process"
+    who = f" (pid {holder})" if holder.isdigit() else ""
     return StoreError(
-        f"the vector index at {path} is in use by {who} (the embedded index allows one process at a time)",
+        f"the vector index at {path} is held by another process{who} (the embedded index allows one at a time)",
         hint="wait for that process to finish (or stop it), or keep the index on a Qdrant server (--qdrant URL), "
         "which allows concurrent access",
     )
