@@ -1,20 +1,26 @@
 """The ``.lics`` container: a self-describing, checksummed wrapper around a codec's named streams.
 
-Layout, version 1 (integers little-endian)::
+Layout, version 2 (integers little-endian)::
 
     offset  size  field
     0       4     magic b"LICS"
-    4       1     format version (1)
+    4       1     format version (2)
     5       1     flags (0; reserved)
     6       1     P: length of the codec profile id
     7       P     codec profile id, ASCII ("bmshj2018-hyperprior:q3:<12 hex of the weights sha256>")
     .       4     original image width
     .       4     original image height
-    .       16    latent hash: blake2b-128 of the int32 symbols of z then y
+    .       16    latent hash: blake2b-128 of the header (every byte above and below but these 16, up to the first
+                  payload) then of the int32 symbols of z then y
     .       1     S: number of streams
     .       S x   per stream: 1-byte name length, ASCII name, 4-byte payload length
     .       ...   the stream payloads, in header order
     end-4   4     CRC-32 of every preceding byte
+
+Version 1 has the same layout; its latent hash covers only the symbols, so a declared size changed within the
+codec's 64-pixel blocks decoded (to a crop or an extension of the image). Version 1 files are still read; new files
+are version 2, whose hash covers everything a decoder trusts: version, flags, profile id, size, stream names and
+lengths (:meth:`Bitstream.hash_context`).
 
 A reader checks, in order: magic, version, exact total length, CRC, then every header field (flags, the form of
 the profile id, image size, stream count and names). The CRC guards against accidents only: a sender can recompute
@@ -34,7 +40,9 @@ from dataclasses import dataclass, field
 from .errors import BitstreamError
 
 MAGIC = b"LICS"
-VERSION = 1
+VERSION = 2  # what new files are written as
+READABLE_VERSIONS = (1, 2)
+HEADER_HASHED_FROM = 2  # the first version whose latent hash covers the header
 SUFFIX = ".lics"
 HASH_BYTES = 16
 MAX_SIDE = 1 << 16
@@ -49,6 +57,35 @@ def make_profile_id(arch: str, quality: int, weights_sha256: str) -> str:
     return f"{arch}:q{quality}:{weights_sha256[:12]}"
 
 
+def hash_context(
+    profile_id: str, width: int, height: int, stream_lengths: dict[str, int], *, version: int = VERSION
+) -> bytes:
+    """The header bytes a container's latent hash covers before the symbols: empty for version 1.
+
+    Args:
+        profile_id, width, height: the header fields.
+        stream_lengths: each stream's payload length, by name, in the order they are stored.
+        version: the container's format version.
+    """
+    if version < HEADER_HASHED_FROM:
+        return b""
+    head, tail = _header(version, 0, profile_id, width, height, stream_lengths)
+    return head + tail
+
+
+def _header(
+    version: int, flags: int, profile_id: str, width: int, height: int, stream_lengths: dict[str, int]
+) -> tuple[bytes, bytes]:
+    """The header before the latent hash and after it (up to the first payload)."""
+    pid = profile_id.encode("ascii")
+    head = MAGIC + struct.pack("<BBB", version, flags, len(pid)) + pid + struct.pack("<II", width, height)
+    tail = bytearray(struct.pack("<B", len(stream_lengths)))
+    for name, length in stream_lengths.items():
+        n = name.encode("ascii")
+        tail += struct.pack("<B", len(n)) + n + struct.pack("<I", length)
+    return head, bytes(tail)
+
+
 @dataclass(frozen=True)
 class Bitstream:
     """A parsed ``.lics`` container.
@@ -56,8 +93,9 @@ class Bitstream:
     Attributes:
         profile_id: the codec profile that made it.
         width, height: the original image size.
-        latent_hash: fingerprint of the decoded symbols.
+        latent_hash: fingerprint of the header (from version 2) and the decoded symbols.
         streams: payloads by name, in the order they are stored.
+        version: the format version; new containers are :data:`VERSION`, a parsed one keeps its own.
     """
 
     profile_id: str
@@ -65,6 +103,7 @@ class Bitstream:
     height: int
     latent_hash: bytes
     streams: dict[str, bytes] = field(repr=False)
+    version: int = VERSION
 
     def __post_init__(self) -> None:
         _check(
@@ -76,6 +115,13 @@ class Bitstream:
         _check(0 < len(self.streams) <= MAX_STREAMS, f"1-{MAX_STREAMS} streams expected, not {len(self.streams)}")
         for name in self.streams:
             _check(STREAM_NAME.fullmatch(name) is not None, f"bad stream name {name[:40]!r}")
+        _check(self.version in READABLE_VERSIONS, f"unknown format version {self.version}")
+
+    @property
+    def hash_context(self) -> bytes:
+        """What the latent hash covers before the symbols (see :func:`hash_context`)."""
+        lengths = {name: len(data) for name, data in self.streams.items()}
+        return hash_context(self.profile_id, self.width, self.height, lengths, version=self.version)
 
     @property
     def payload_bytes(self) -> int:
@@ -84,14 +130,9 @@ class Bitstream:
 
     def to_bytes(self) -> bytes:
         """Serialises the container."""
-        out = bytearray(MAGIC)
-        pid = self.profile_id.encode("ascii")
-        out += struct.pack("<BBB", VERSION, 0, len(pid)) + pid
-        out += struct.pack("<II", self.width, self.height) + self.latent_hash
-        out += struct.pack("<B", len(self.streams))
-        for name, data in self.streams.items():
-            n = name.encode("ascii")
-            out += struct.pack("<B", len(n)) + n + struct.pack("<I", len(data))
+        lengths = {name: len(data) for name, data in self.streams.items()}
+        head, tail = _header(self.version, 0, self.profile_id, self.width, self.height, lengths)
+        out = bytearray(head + self.latent_hash + tail)
         for data in self.streams.values():
             out += data
         out += _CRC.pack(zlib.crc32(out))
@@ -104,9 +145,10 @@ class Bitstream:
             raise BitstreamError("not a .lics bitstream (bad magic)", hint="the file is not made by licsearch encode")
         if len(data) < 5:
             raise BitstreamError("truncated .lics bitstream (no version byte)")
-        if data[4] != VERSION:
+        if data[4] not in READABLE_VERSIONS:
             raise BitstreamError(
-                f"unsupported .lics format version {data[4]}", hint=f"this licsearch reads version {VERSION}"
+                f"unsupported .lics format version {data[4]}",
+                hint=f"this licsearch reads versions {', '.join(map(str, READABLE_VERSIONS))}",
             )
         if len(data) < 7 + _CRC.size:
             raise BitstreamError("truncated .lics bitstream")
@@ -137,7 +179,7 @@ class Bitstream:
                 raise BitstreamError(f"duplicate stream {name!r} in .lics bitstream")
             streams[name] = r.take(length)
         try:
-            return cls(_ascii(pid, "profile id"), width, height, lhash, streams)
+            return cls(_ascii(pid, "profile id"), width, height, lhash, streams, data[4])
         except ValueError as e:
             raise BitstreamError(
                 f"invalid .lics header: {e}", hint="the file is damaged or was not written by licsearch"

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from licsearch.bitstream import MAGIC, MAX_SIDE, VERSION, Bitstream
+from licsearch.bitstream import MAGIC, MAX_SIDE, READABLE_VERSIONS, VERSION, Bitstream
 from licsearch.model.codec import CODEC_ARCHS
 
 LONG_STREAM = 64  # streams longer than this are cut at every length up to it, then at a stride
@@ -94,7 +94,7 @@ def hostile_cases(valid: bytes, other: bytes) -> list[tuple[str, bytes]]:
 
 
 def _header_cases(v: Raw, o: Raw, add: _Add) -> None:
-    for version in (0, VERSION + 1, 255):
+    for version in (0, *(v for v in READABLE_VERSIONS if v != VERSION), VERSION + 1, 255):
         add(f"version={version}", replace(v, version=version))
     for flags in (1, 0x80, 255):
         add(f"flags={flags:#x}", replace(v, flags=flags))
@@ -166,14 +166,16 @@ def _size_cases(v: Raw, add: _Add) -> None:
     for field in ("width", "height"):
         side = getattr(v, field)
         values = {0, 1, 2, f, side - f, side + f, side + 1, side - 1, 2 * side, side // 2, MAX_SIDE, MAX_SIDE + 1}
-        values |= {1 << 31, (1 << 32) - 1}
+        values |= {1 << 31, (1 << 32) - 1, blocks(side) * f, (blocks(side) - 1) * f + 1}  # the block's ends
         for value in sorted(values):
-            # A size in the same blocks gives the same latent shape: the streams cannot tell (and it decodes).
-            if value <= 0 or value > MAX_SIDE or blocks(value) != blocks(side):
+            # From format 2 the latent hash covers the size, so a size within the same blocks (the same latent shape,
+            # which the streams cannot tell) is refused like any other; in format 1 it decoded.
+            if value != side:
                 add(f"{field}={value}", replace(v, **{field: value}))
-    # Not "size=swapped": width and height exchanged keep every channel's symbol count, so z decodes whatever the
-    # swap, and y does too wherever the transposed hyper-latent happens to pick the same CDFs (as with the tiny
-    # random codecs); the latent hash covers the symbols, not the shape, so such a file is valid (a garbage image).
+    # Width and height exchanged keep every channel's symbol count, so z decodes, and so may y where the transposed
+    # hyper-latent picks the same CDFs: only the hash over the header refuses it.
+    if v.width != v.height:
+        add("size=swapped", replace(v, width=v.height, height=v.width))
     add(f"size={MAX_SIDE}x{MAX_SIDE}", replace(v, width=MAX_SIDE, height=MAX_SIDE))
     add("size=0x0", replace(v, width=0, height=0))
 
@@ -228,8 +230,8 @@ def _container_cases(valid: bytes, add: _Add) -> None:
 def fuzz_cases(valid: bytes, seed: int, n: int) -> Iterator[tuple[str, bytes]]:
     """``n`` random mutations of ``valid`` with the CRC recomputed, the same for the same seed.
 
-    A mutation may leave a valid file (a size changed within the codec's blocks decodes to the same latent), so a
-    caller checks that whatever decodes decodes exactly to what ``valid`` does.
+    In format 1 a mutation could leave a valid file (a size changed within the codec's blocks decoded to the same
+    latent); from format 2 only a mutation that changes no byte can, which a caller checks.
     """
     rng = random.Random(seed)
     body = valid[:-4]

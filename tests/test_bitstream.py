@@ -123,3 +123,39 @@ def test_golden_v1_files_decode_to_the_same_pixels(name: str) -> None:
     pixels = models.decode(data)
     assert np.array_equal(pixels, np.asarray(Image.open(GOLDEN / f"{name}.v1.png").convert("RGB")))
     assert hashlib.sha256(pixels.tobytes()).hexdigest() == expected["pixels_sha256"]
+
+
+def test_new_files_are_v2_and_a_parsed_file_keeps_its_version(real: bytes) -> None:
+    assert real[4] == VERSION == 2
+    v1 = (GOLDEN / "offline-q3.v1.lics").read_bytes()
+    bs = Bitstream.from_bytes(v1)
+    assert bs.version == 1 and bs.hash_context == b"" and bs.to_bytes() == v1
+    assert Bitstream.from_bytes(real).hash_context.startswith(MAGIC + bytes([2]))
+
+
+@pytest.mark.parametrize("size", [(111, 80), (112, 79), (128, 128), (113, 65), (80, 112)])
+def test_v2_refuses_a_declared_size_that_v1_would_decode_to_a_crop(
+    models: ModelSet, real: bytes, size: tuple[int, int]
+) -> None:
+    """Within the codec's 64-pixel blocks a size change keeps the latent shape; the v2 hash covers the size."""
+    bs = Bitstream.from_bytes(real)
+    altered = dataclasses.replace(bs, width=size[0], height=size[1]).to_bytes()
+    with pytest.raises(BitstreamError, match=r"latent hash mismatch|stream"):
+        models.decode(altered)
+
+
+def test_v1_golden_file_with_a_size_change_within_its_blocks_still_decodes_as_v1_did() -> None:
+    """Format 1 is read as it was written: its hash never covered the size (the reason for format 2)."""
+    data = (GOLDEN / "mbt2018-mean-q1-random.v1.lics").read_bytes()
+    bs = Bitstream.from_bytes(data)
+    models = ModelSet(tiny_models("mbt2018-mean", 1))
+    cropped = models.decode(dataclasses.replace(bs, width=bs.width - 1).to_bytes())
+    assert cropped.shape == (bs.height, bs.width - 1, 3)
+    assert (cropped == models.decode(data)[:, : bs.width - 1]).all()
+
+
+def test_v2_file_relabelled_as_v1_is_refused(models: ModelSet, real: bytes) -> None:
+    """A v2 file called v1 would skip the header in the hash; its hash then matches neither rule."""
+    altered = dataclasses.replace(Bitstream.from_bytes(real), version=1).to_bytes()
+    with pytest.raises(BitstreamError, match="latent hash mismatch"):
+        models.decode(altered)

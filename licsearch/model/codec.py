@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..bitstream import make_profile_id
+from ..bitstream import VERSION, hash_context, make_profile_id
 from ..errors import BitstreamError, InputError, ModelError
 from ..registry import Registry
-from .entropy import CanonicalEntropyPath
+from .entropy import CanonicalEntropyPath, Clock
 from .rans import RansTables, decode_with_indexes, encode_with_indexes
 from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dict_sha256
 
@@ -169,7 +169,8 @@ class Compressed:
 
     Attributes:
         streams: the entropy-coded streams by name (``z`` then ``y``).
-        latent_hash: fingerprint of the integer symbols of z and y, checked by the decoder.
+        latent_hash: fingerprint of the container's header and the integer symbols of z and y, checked by the
+            decoder.
         y_hat: the dequantized latent (1, M, h, w), which the adapter reads.
         width, height: the original image size.
     """
@@ -181,13 +182,16 @@ class Compressed:
     height: int
 
 
-def latent_hash(z_symbols: torch.Tensor, y_symbols: torch.Tensor) -> bytes:
-    """blake2b over the int32 little-endian symbols of z then y."""
-    import torch
+def latent_hash(
+    z_symbols: torch.Tensor | np.ndarray, y_symbols: torch.Tensor | np.ndarray, context: bytes = b""
+) -> bytes:
+    """blake2b over ``context`` (the container's header, from format 2) then the int32 little-endian symbols of z
+    then y."""
+    import numpy as np
 
-    h = hashlib.blake2b(digest_size=LATENT_HASH_BYTES)
+    h = hashlib.blake2b(context, digest_size=LATENT_HASH_BYTES)
     for t in (z_symbols, y_symbols):
-        h.update(t.to(torch.int32).contiguous().numpy().astype("<i4", copy=False).tobytes())
+        h.update(np.ascontiguousarray(np.asarray(t).astype("<i4")).tobytes())
     return h.digest()
 
 
@@ -284,23 +288,38 @@ class Codec:
             out.append(self._code_one(y[i : i + 1], z[i : i + 1], w, h))
         return out
 
-    def _code_one(self, y: torch.Tensor, z: torch.Tensor, width: int, height: int) -> Compressed:
+    def _code_one(
+        self, y: torch.Tensor, z: torch.Tensor, width: int, height: int, clock: Clock | None = None
+    ) -> Compressed:
+        """Entropy-codes one image's latents; ``clock`` is called as each stage ends (``bench --profile``)."""
+        import numpy as np
         import torch
 
-        z_sym = torch.round(z - self._z_medians.view(1, -1, 1, 1))
+        # NumPy for the element-wise steps: the same IEEE operations as torch's (round half to even), without a
+        # thread-pool start per op on arrays this small.
+        z_sym = np.round(z.numpy() - self._z_medians.numpy().reshape(1, -1, 1, 1))
         z_idx = self._z_indexes(z_sym.shape)
+        _mark(clock, "z.symbols")
         # The bytes of CompressAI's EntropyModel.compress on these symbols (no medians re-applied).
-        z_string = encode_with_indexes(z_sym.to(torch.int32).numpy(), z_idx.numpy(), self._z_tables)
-        params = self.entropy_path(z_sym)
-        y_sym = torch.round(y - params.means)
-        y_string = encode_with_indexes(y_sym.to(torch.int32).numpy(), params.indexes.numpy(), self._y_tables)
-        return Compressed(
-            streams={STREAM_Z: z_string, STREAM_Y: y_string},
-            latent_hash=latent_hash(z_sym, y_sym),
-            y_hat=y_sym + params.means,
+        z_string = encode_with_indexes(z_sym.astype(np.int32), z_idx.numpy(), self._z_tables)
+        _mark(clock, "z.rans")
+        params = self.entropy_path(torch.from_numpy(z_sym), clock)
+        means = params.means.numpy()
+        y_sym = np.round(y.numpy() - means)
+        _mark(clock, "y.symbols")
+        y_string = encode_with_indexes(y_sym.astype(np.int32), params.indexes.numpy(), self._y_tables)
+        _mark(clock, "y.rans")
+        streams = {STREAM_Z: z_string, STREAM_Y: y_string}
+        context = hash_context(self.profile_id, width, height, {k: len(v) for k, v in streams.items()})
+        out = Compressed(
+            streams=streams,
+            latent_hash=latent_hash(z_sym, y_sym, context),
+            y_hat=torch.from_numpy(y_sym + means),
             width=width,
             height=height,
         )
+        _mark(clock, "hash")
+        return out
 
     # -- decoding -----------------------------------------------------------------------------------------
 
@@ -323,8 +342,21 @@ class Codec:
         self._check_length(streams, STREAM_Z, self._z_tables, math.prod(z_shape), z_per_channel)
         self._check_length(streams, STREAM_Y, self._y_tables, math.prod(y_shape), None)
 
-    def entropy_decode(self, streams: dict[str, bytes], width: int, height: int, expected_hash: bytes) -> torch.Tensor:
+    def entropy_decode(
+        self,
+        streams: dict[str, bytes],
+        width: int,
+        height: int,
+        expected_hash: bytes,
+        *,
+        version: int = VERSION,
+        clock: Clock | None = None,
+    ) -> torch.Tensor:
         """Entropy-decodes the streams to y_hat (1, M, h, w), refusing if the latent hash differs.
+
+        The hash covers this codec's profile id, the size and the streams' names and lengths as given (for a
+        container of format ``version`` 2 or later), then the decoded symbols. ``clock`` is called as each stage
+        ends (``bench --profile``).
 
         Raises:
             BitstreamError: for any defect of the streams; a file is never blamed on the model.
@@ -336,9 +368,11 @@ class Codec:
         z_shape, y_shape = self._latent_shapes(width, height)
         # z is coded channel by channel (NCHW order), each channel with its own CDF.
         z_channels = np.arange(z_shape[1], dtype=np.int32)
+        _mark(clock, "checks")
         z_sym = self._decode(streams, STREAM_Z, self._z_tables, z_channels, z_shape, run=z_shape[2] * z_shape[3])
+        _mark(clock, "z.rans")
         try:
-            params = self.entropy_path(z_sym)
+            params = self.entropy_path(z_sym, clock)
         except ModelError as e:
             # A well-formed z stream of values no image of this codec yields (the encoder refuses those images).
             raise BitstreamError(
@@ -348,14 +382,19 @@ class Codec:
         y_idx = params.indexes.numpy().reshape(-1)
         per_cdf = np.bincount(y_idx, minlength=len(self._y_tables.sizes)).astype(np.float64)
         self._check_length(streams, STREAM_Y, self._y_tables, y_idx.size, per_cdf)
+        _mark(clock, "checks")
         y_sym = self._decode(streams, STREAM_Y, self._y_tables, y_idx, y_shape)
-        if latent_hash(z_sym, y_sym) != expected_hash:
+        _mark(clock, "y.rans")
+        context = hash_context(self.profile_id, width, height, {k: len(v) for k, v in streams.items()}, version=version)
+        if latent_hash(z_sym, y_sym, context) != expected_hash:
             raise BitstreamError(
                 "decoded latent does not match the encoder's (latent hash mismatch)",
                 hint="the bitstream is corrupt or was made by an encoder out of step with this decoder; "
                 "nothing was decoded",
             )
-        return (y_sym + params.means).to(torch.float32)
+        y_hat = torch.from_numpy(y_sym.numpy() + params.means.numpy())
+        _mark(clock, "hash")
+        return y_hat
 
     def _latent_shapes(self, width: int, height: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
         yh, yw = self.latent_size(width, height)
@@ -385,10 +424,11 @@ class Codec:
         run: int = 1,
     ) -> torch.Tensor:
         """Symbols of one stream as a float tensor, as CompressAI's ``EntropyModel.decompress`` returns them."""
+        import numpy as np
         import torch
 
         symbols = decode_with_indexes(streams[name], indexes, tables, stream=name, run=run)
-        return torch.from_numpy(symbols).reshape(shape).to(torch.float32)
+        return torch.from_numpy(symbols.astype(np.float32).reshape(shape))
 
     def synthesize(self, y_hat: torch.Tensor, width: int, height: int) -> np.ndarray:
         """Synthesis transform to an (H, W, 3) uint8 image cropped to the original size."""
@@ -417,6 +457,11 @@ class Codec:
             return x
         # Replicate the edges: cheaper to code than a zero border, and cropped away after decoding.
         return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+def _mark(clock: Clock | None, stage: str) -> None:
+    if clock is not None:
+        clock(stage)
 
 
 def _to_tensor(pixels: np.ndarray) -> torch.Tensor:

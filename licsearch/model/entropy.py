@@ -18,21 +18,46 @@ and none in correctness because both ends use it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import ModelError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
 ACT_BITS = 10  # fractional bits of activations (resolution 1/1024)
 WEIGHT_BITS = 14  # fractional bits of weights
 LEAKY_BITS = 16  # fractional bits of the LeakyReLU slope
+INDEX_TABLE_LIMIT = 1 << 22  # most fixed-point scales tabulated for the scale -> CDF index lookup (16 MiB)
 EXACT_LIMIT = 2.0**52  # float64 represents every integer below 2**53 exactly; keep one bit of headroom
 
 Activation = Literal["none", "relu", "leaky_relu"]
+Clock = Callable[[str], None]  # called with a stage's name as each stage ends (``bench --profile``)
+
+
+@dataclass
+class StageClock:
+    """Wall time by stage: each call charges the time since the previous call (or :meth:`start`) to a stage.
+
+    Attributes:
+        seconds: the time charged to each stage, in the order stages first ended.
+    """
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.perf_counter)
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,7 @@ class IntegerLayer:
         activation: the activation after the layer.
         leaky_num: the LeakyReLU slope times 2**LEAKY_BITS.
         l1_max: the largest per-output-channel L1 norm of ``weight``, for the exactness bound.
+        bias_max: the largest magnitude in ``bias``, for the same bound.
     """
 
     kind: Literal["conv", "deconv"]
@@ -58,6 +84,7 @@ class IntegerLayer:
     activation: Activation
     leaky_num: int
     l1_max: float
+    bias_max: float
 
 
 class IntegerHyperSynthesis:
@@ -105,19 +132,27 @@ class IntegerHyperSynthesis:
                     activation=act,
                     leaky_num=leaky_num,
                     l1_max=float(per_out.max()),
+                    bias_max=float(b.abs().max()),
                 )
             )
             i += 1
         self.layers = tuple(layers)
 
-    def __call__(self, x_fixed: torch.Tensor) -> torch.Tensor:
-        """Runs the layers on a float64 tensor of integers at scale 2**ACT_BITS; returns the same kind."""
+    def __call__(self, x_fixed: torch.Tensor, clock: Clock | None = None) -> torch.Tensor:
+        """Runs the layers on a float64 tensor of integers at scale 2**ACT_BITS; returns the same kind.
+
+        The convolutions run in torch (with the caller's thread count); the rescaling and activations run in NumPy,
+        in place: the same exact operations, without the thread-pool start of a torch element-wise op on tensors
+        this small (on a loaded machine that costs more than the convolution).
+        """
+        import numpy as np
         import torch
         import torch.nn.functional as F
 
         x = x_fixed
-        for layer in self.layers:
-            bound = float(x.abs().max()) * layer.l1_max + float(layer.bias.abs().max())
+        for n, layer in enumerate(self.layers):
+            a = x.numpy()
+            bound = max(-float(a.min()), float(a.max())) * layer.l1_max + layer.bias_max
             if bound >= EXACT_LIMIT:
                 raise ModelError(
                     "hyperprior activations too large for exact integer evaluation",
@@ -134,11 +169,16 @@ class IntegerHyperSynthesis:
                     padding=layer.padding,
                     output_padding=layer.output_padding,
                 )
-            x = torch.floor(acc / 2**WEIGHT_BITS)
+            out = acc.numpy()
+            np.divide(out, 2**WEIGHT_BITS, out=out)
+            np.floor(out, out=out)
             if layer.activation == "relu":
-                x = torch.clamp_min(x, 0.0)
+                np.maximum(out, 0.0, out=out)
             elif layer.activation == "leaky_relu":
-                x = torch.where(x >= 0, x, torch.floor(x * layer.leaky_num / 2**LEAKY_BITS))
+                out = np.where(out >= 0, out, np.floor(out * layer.leaky_num / 2**LEAKY_BITS))
+            x = torch.from_numpy(out)
+            if clock is not None:
+                clock(f"h_s.{n}.{layer.kind}")
         return x
 
 
@@ -175,21 +215,67 @@ class CanonicalEntropyPath:
         self.z_medians_fixed = torch.round(z_medians.detach().to(torch.float64) * 2**ACT_BITS).view(1, -1, 1, 1)
         # Scales below the first entry share index 0, as in CompressAI's GaussianConditional.build_indexes;
         # the last entry is never compared against (it is the top bucket).
-        self.thresholds = scale_table.detach().to(torch.float64)[:-1].contiguous()
+        self.thresholds = scale_table.detach().to(torch.float64)[:-1]
 
-    def __call__(self, z_symbols: torch.Tensor) -> EntropyParams:
-        """Computes y's entropy parameters from integer z symbols (float tensor of integers, (B, C, h, w))."""
+    @property
+    def thresholds(self) -> torch.Tensor:
+        """The scale thresholds (float64): a scale's CDF index is the number of thresholds below it."""
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, value: torch.Tensor) -> None:
+        self._thresholds = value.contiguous()
+        self.index_table = _index_table(self._thresholds)
+
+    def __call__(self, z_symbols: torch.Tensor, clock: Clock | None = None) -> EntropyParams:
+        """Computes y's entropy parameters from integer z symbols (float tensor of integers, (B, C, h, w)).
+
+        Args:
+            z_symbols: the symbols.
+            clock: called at the end of each stage (every layer of h_s, then ``index``), for profiling.
+        """
+        import numpy as np
         import torch
 
-        x = z_symbols.to(torch.float64) * 2**ACT_BITS + self.z_medians_fixed
-        out = self.h_s(x)
+        x = z_symbols.to(torch.float64).numpy() * 2**ACT_BITS + self.z_medians_fixed.numpy()
+        if clock is not None:
+            clock("h_s.input")
+        out = self.h_s(torch.from_numpy(x), clock).numpy()
         if self.has_means:
-            scales_fixed, means_fixed = out.chunk(2, dim=1)
-            means = (means_fixed / 2**ACT_BITS).to(torch.float32)
+            scales_fixed, means_fixed = np.split(out, 2, axis=1)
+            means = np.ascontiguousarray(means_fixed / 2**ACT_BITS, dtype=np.float32)
         else:
             scales_fixed = out
-            means = torch.zeros(out.shape, dtype=torch.float32)
-        scales = (scales_fixed / 2**ACT_BITS).contiguous()
+            means = np.zeros(out.shape, dtype=np.float32)
         # Equivalent to GaussianConditional.build_indexes: the index is the number of thresholds below the scale.
-        indexes = torch.searchsorted(self.thresholds, scales.reshape(-1), right=False).reshape(scales.shape)
-        return EntropyParams(indexes=indexes.to(torch.int32), means=means.contiguous())
+        if self.index_table is not None:
+            top = len(self.index_table) - 1
+            indexes = self.index_table[np.clip(scales_fixed, 0, top).astype(np.int64)]
+        else:
+            scales = torch.from_numpy(np.ascontiguousarray(scales_fixed / 2**ACT_BITS))
+            indexes = torch.searchsorted(self.thresholds, scales.reshape(-1), right=False).reshape(scales.shape).numpy()
+        params = EntropyParams(
+            indexes=torch.from_numpy(np.ascontiguousarray(indexes, dtype=np.int32)), means=torch.from_numpy(means)
+        )
+        if clock is not None:
+            clock("index")
+        return params
+
+
+def _index_table(thresholds: torch.Tensor) -> np.ndarray | None:
+    """The CDF index of every fixed-point scale ``k`` (scale ``k / 2**ACT_BITS``) up to the last threshold, or None.
+
+    ``t < k / 2**ACT_BITS`` holds exactly when ``floor(t * 2**ACT_BITS) + 1 <= k`` (both sides exact in float64), so
+    the count of thresholds below a scale is a lookup instead of a binary search. Scales past the table's end (and
+    below zero) clamp to its ends, which count every threshold (none). None for an unsorted table or one too large
+    to tabulate; the caller then searches.
+    """
+    import torch
+
+    if len(thresholds) == 0 or bool((thresholds[1:] < thresholds[:-1]).any()) or float(thresholds.min()) < 0:
+        return None
+    first = torch.floor(thresholds * 2**ACT_BITS).to(torch.int64) + 1
+    top = int(first.max())
+    if top > INDEX_TABLE_LIMIT:
+        return None
+    return torch.searchsorted(first, torch.arange(top + 1, dtype=torch.int64), right=True).to(torch.int32).numpy()

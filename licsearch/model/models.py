@@ -148,7 +148,7 @@ class ModelPlane:
     def entropy_decode(self, data: bytes) -> tuple[Bitstream, torch.Tensor]:
         """``.lics`` bytes -> (container, y_hat), exactly as the encoder had it."""
         bs = self.parse(data)
-        return bs, self.codec.entropy_decode(bs.streams, bs.width, bs.height, bs.latent_hash)
+        return bs, self.codec.entropy_decode(bs.streams, bs.width, bs.height, bs.latent_hash, version=bs.version)
 
     def decode(self, data: bytes) -> np.ndarray:
         """``.lics`` bytes -> (H, W, 3) uint8 pixels."""

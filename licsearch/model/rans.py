@@ -1,8 +1,8 @@
 """rANS coding byte-identical with CompressAI's ``RansEncoder`` / ``RansDecoder`` ``*_with_indexes``, in numba.
 
 The encoder exists for speed: CompressAI's Python binding takes Python lists (``tolist()`` of every symbol, index
-and the whole CDF table on each call), which costs far more than the coding itself. Here the parameter path (offsets,
-escapes, CDF starts and frequencies) is NumPy over whole arrays and one compiled loop codes a stream.
+and the whole CDF table on each call), which costs far more than the coding itself. Here one compiled
+loop codes a stream, the parameter path (offsets, escapes, CDF starts and frequencies) computed per symbol inside it.
 
 Why we go around CompressAI's decoder: its C++ ``RansDecoder`` trusts its input. It reads 32-bit words past the end
 of the string whenever the coded data runs out, and its bypass loop (``while (val == max_bypass_val)``) has no bound,
@@ -164,28 +164,18 @@ def encode_with_indexes(symbols: np.ndarray, indexes: np.ndarray, tables: RansTa
     """
     import numpy as np
 
-    sym = np.ascontiguousarray(symbols).reshape(-1).astype(np.int64)
+    sym = np.ascontiguousarray(symbols).reshape(-1).astype(np.int64, copy=False)
     idx = np.ascontiguousarray(indexes, dtype=np.int32).reshape(-1)
     if sym.size != idx.size:
         raise ValueError(f"{sym.size} symbols but {idx.size} CDF indexes: give one index per symbol")
     if idx.size and (idx.min() < 0 or idx.max() >= len(tables.sizes)):
         raise ValueError(f"CDF indexes must lie in [0, {len(tables.sizes)}): the indexes do not fit these tables")
-    max_value = (tables.sizes[idx] - 2).astype(np.int64)
-    value = _wrap_int32(sym - tables.offsets[idx])
-    below, above = value < 0, value >= max_value
-    raw = np.zeros(sym.size, dtype=np.int64)
-    raw[below] = (-2 * value[below] - 1) & 0xFFFFFFFF
-    raw[above] = (2 * (value[above] - max_value[above])) & 0xFFFFFFFF
-    coded = np.where(below | above, max_value, value)
-    start = tables.cdfs[idx, coded].astype(np.int64)
-    freq = tables.cdfs[idx, coded + 1].astype(np.int64) - start
-    if (freq >= 1 << PRECISION).any():
+    # Each symbol emits at most one word, an escape at most 1 + 1 + MAX_BYPASS_NIBBLES more; np.empty commits only
+    # the pages the coder writes.
+    out = np.empty(sym.size * (3 + MAX_BYPASS_NIBBLES) + FLUSH_BYTES // WORD_BYTES, dtype=np.uint32)
+    first = _encoder_kernel()(sym, idx, tables.cdfs, tables.sizes, tables.offsets, out)
+    if first < 0:
         raise ValueError("a CDF of a single symbol cannot be coded (CompressAI's coder stores frequencies in 16 bits)")
-    escaped = np.flatnonzero(below | above).astype(np.int64)
-    raw_escaped = raw[escaped]
-    # Each symbol emits at most one word; an escape at most 1 + 1 + MAX_BYPASS_NIBBLES bypass symbols besides.
-    out = np.empty(sym.size + escaped.size * (2 + MAX_BYPASS_NIBBLES) + FLUSH_BYTES // WORD_BYTES, dtype=np.uint32)
-    first = _encoder_kernel()(start, freq, escaped, raw_escaped, out)
     return out[first:].astype("<u4", copy=False).tobytes()
 
 
@@ -207,10 +197,6 @@ def warm_up() -> None:
         raise RuntimeError("the rANS kernels do not round-trip (numba miscompiled them?)")
 
 
-def _wrap_int32(values: np.ndarray) -> np.ndarray:
-    return ((values + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-
-
 @cache
 def _encoder_kernel() -> Callable[..., int]:
     """The compiled encoder, compiled (or loaded from numba's cache) on first use, as :func:`_kernel`."""
@@ -222,19 +208,23 @@ def _encoder_kernel() -> Callable[..., int]:
         return njit(cache=False, nogil=True)(_encode)
 
 
-def _encode(start: Any, freq: Any, escaped: Any, raw_escaped: Any, out: Any) -> int:
-    # rans64 (Giesen) run backwards over the symbols, as CompressAI's BufferedRansEncoder.flush pops its buffer;
-    # returns the index of the first word written. Every state stays below 2**63, so int64 holds it.
+def _encode(sym: Any, indexes: Any, cdfs: Any, sizes: Any, offsets: Any, out: Any) -> int:
+    # rans64 (Giesen) run backwards over the symbols, as CompressAI's BufferedRansEncoder.flush pops its buffer, with
+    # CompressAI's parameter path (offset, escape, CDF start and frequency) computed per symbol; returns the index of
+    # the first word written, or -1 for a frequency that does not fit 16 bits. Every state stays below 2**63.
     low = 1 << 31
     bypass_max = (1 << BYPASS_BITS) - 1
     bypass_freq = 1 << (PRECISION - BYPASS_BITS)
     x = low
     pos = len(out)
-    e = len(escaped) - 1
-    for i in range(len(start) - 1, -1, -1):
-        if e >= 0 and escaped[e] == i:
-            raw = raw_escaped[e]
-            e -= 1
+    for i in range(len(sym) - 1, -1, -1):
+        k = indexes[i]
+        max_value = sizes[k] - 2
+        value = ((sym[i] - offsets[k] + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)  # int32 wrap-around, as CompressAI
+        coded = value
+        if value < 0 or value >= max_value:
+            raw = ((-2 * value - 1) if value < 0 else (2 * (value - max_value))) & 0xFFFFFFFF
+            coded = max_value
             n_bypass = 0
             while (raw >> (n_bypass * BYPASS_BITS)) != 0:
                 n_bypass += 1
@@ -251,12 +241,15 @@ def _encode(start: Any, freq: Any, escaped: Any, raw_escaped: Any, out: Any) -> 
                     out[pos] = x & 0xFFFFFFFF
                     x >>= 32
                 x = (x << BYPASS_BITS) | val
-        f = freq[i]
+        start = cdfs[k, coded]
+        f = cdfs[k, coded + 1] - start
+        if f >= 1 << PRECISION:
+            return -1
         if x >= ((low >> PRECISION) << 32) * f:
             pos -= 1
             out[pos] = x & 0xFFFFFFFF
             x >>= 32
-        x = ((x // f) << PRECISION) + (x % f) + start[i]
+        x = ((x // f) << PRECISION) + (x % f) + start
     pos -= 2
     out[pos] = x & 0xFFFFFFFF
     out[pos + 1] = x >> 32
