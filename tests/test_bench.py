@@ -38,7 +38,7 @@ def _summary_ok(s: object) -> bool:
 
 @pytest.mark.slow
 def test_quick_bench_json_schema() -> None:
-    proc = run_cli("bench", "--quick", "--json", "--threads", "2", *TINY_FLAGS)
+    proc = run_cli("bench", "--quick", "--json", "--threads", "2", "--profile", *TINY_FLAGS)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert "RANDOM WEIGHTS" in proc.stderr
@@ -70,6 +70,37 @@ def test_quick_bench_json_schema() -> None:
         assert isinstance(r, float) and math.isfinite(r) and r > 0, key
         assert doc["ratio_backend"][key] in (("fp32", "int8") if doc["gate"]["passed"] else ("fp32",))
     assert set(doc["random_weights"]) == {"codec", "clip", "adapter"}
+
+    assert set(doc["throughput"]) == {"ingest", "decode"}
+    for key, per in doc["throughput"].items():
+        assert set(per) == {"baseline", "fp32", "int8"} and all(v > 0 for v in per.values()), key
+    _check_profile(doc["profile"])
+    assert "profile (fp32" in run_cli("bench", "--quick", "--threads", "1", "--profile", *TINY_FLAGS).stdout
+
+
+def _check_profile(prof: dict) -> None:  # type: ignore[type-arg]
+    assert (prof["backend"], prof["images"]) == ("fp32", 2)
+    assert set(prof["entropy"]) == {"encode", "decode"}
+    for phase, p in prof["entropy"].items():
+        stages = p["stages"]
+        assert {"z.rans", "h_s.0.deconv", "h_s.2.conv", "index", "y.rans", "hash", "unaccounted"} <= set(stages)
+        assert p["total_s"] > 0 and all(v >= 0 for k, v in stages.items() if k != "unaccounted"), phase
+        assert sum(v for k, v in stages.items() if k != "unaccounted") <= p["total_s"] * 1.5, phase
+    assert "checks" in prof["entropy"]["decode"]["stages"]
+    assert set(prof["graphs"]) == {"g_a", "h_a", "g_s", "adapter", "text"}
+    for graph, ops in prof["graphs"].items():
+        assert ops and all(isinstance(o["op"], str) and o["seconds"] >= 0 for o in ops), graph
+        assert 0 < sum(o["share"] for o in ops) <= 1 + 1e-9, graph
+    assert prof["graphs"]["g_s"][0]["op"] in ("ConvTranspose", "Conv", "Mul", "Div", "Sqrt", "Add"), prof["graphs"]
+
+
+def test_default_bench_models_are_the_shipped_codec_and_vit_b_32_compute() -> None:
+    from licsearch.presets import preset_models
+    from licsearch.release.bench import default_bench_models
+
+    m = default_bench_models()
+    assert m.codec == preset_models("offline").codec and m.codec.weights.endswith("codec-q3.safetensors")
+    assert (m.clip.model, m.clip.weights, m.adapter.weights) == ("ViT-B-32", "random", "random")
 
 
 def test_bench_refuses_missing_images(tmp_path: Path) -> None:

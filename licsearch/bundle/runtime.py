@@ -34,10 +34,13 @@ class RuntimeOptions:
         providers: execution providers in order of preference; ``auto`` is CUDA when onnxruntime-gpu sees a GPU,
             then CPU.
         threads: intra-op threads (0: ONNX Runtime's default, one per core).
+        profile_dir: when set, every session records ONNX Runtime's profile (a JSON trace per graph) there, read by
+            :meth:`BundleModelSet.op_profiles`.
     """
 
     providers: tuple[str, ...] = ("auto",)
     threads: int = 0
+    profile_dir: str | None = None
 
     @classmethod
     def from_env(cls) -> RuntimeOptions:
@@ -74,6 +77,9 @@ def make_session(path: Path, options: RuntimeOptions | None = None) -> ort.Infer
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if opts.profile_dir is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(opts.profile_dir) / path.stem)
     return ort.InferenceSession(str(path), sess_options=so, providers=resolve_providers(opts.providers))
 
 
@@ -83,9 +89,24 @@ class _Graph:
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
         self.session = make_session(path, options)
         self.input = self.session.get_inputs()[0].name
+        self.profiling = options.profile_dir is not None
 
     def __call__(self, x: Any) -> Any:
         return self.session.run(None, {self.input: x})[0]
+
+    def op_profile(self, top: int) -> list[dict[str, Any]]:
+        """Ends profiling; the ``top`` operator types by total kernel time: op, seconds, share of the graph's."""
+        import json
+
+        events = json.loads(Path(self.session.end_profiling()).read_text())
+        by_op: dict[str, float] = {}
+        for e in events:
+            if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+                op = str(e.get("args", {}).get("op_name", "?"))
+                by_op[op] = by_op.get(op, 0.0) + float(e.get("dur", 0)) * 1e-6
+        total = sum(by_op.values()) or 1.0
+        ranked = sorted(by_op.items(), key=lambda kv: -kv[1])[:top]
+        return [{"op": op, "seconds": sec, "share": sec / total} for op, sec in ranked]
 
 
 class OnnxTransforms:
@@ -196,3 +217,13 @@ class BundleModelSet(ModelPlane):
     @property
     def embed_dim(self) -> int:
         return self.manifest.embed_dim
+
+    def op_profiles(self, top: int) -> dict[str, list[dict[str, Any]]]:
+        """With ``options.profile_dir``: each loaded graph's top operators by time (ends the profiling)."""
+        graphs: dict[str, _Graph] = {}
+        if "codec" in self.__dict__ and isinstance(self.codec.transforms, OnnxTransforms):
+            graphs.update(self.codec.transforms._g)
+        for name in ("adapter", "text"):
+            if name in self.__dict__:
+                graphs[name] = self.__dict__[name]._graph
+        return {name: g.op_profile(top) for name, g in graphs.items() if g.profiling}

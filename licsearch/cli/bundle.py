@@ -133,15 +133,18 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", metavar="DIR", help="images to time (default: Kodak if present, else generated)")
     p.add_argument("--quick", action="store_true", help="two small images, one repeat, a small search index")
     p.add_argument("--threads", type=int, metavar="N", help="threads for PyTorch and ONNX Runtime (default: CPUs)")
+    p.add_argument("--profile", action="store_true", help="also time entropy coding by stage and the graphs by op")
     add_server_flags(p)
     p.add_argument("--management", metavar="URL", help="with --server: its management API, for the batching test")
 
 
 def cmd_bench(args: argparse.Namespace) -> Result:
-    from ..config import StoreConfig
-    from ..release.bench import BenchOptions, format_report, run_bench
+    from ..config import CONFIG_FILE, StoreConfig
+    from ..release.bench import BenchOptions, default_bench_models, format_report, run_bench
 
     models, space, cache = models_from_flags(args), None, None
+    if models is None and not args.store and not args.bundle and not (store_dir(args) / CONFIG_FILE).exists():
+        models = default_bench_models()  # no store here: the shipped trained codec, ViT-B-32-size CLIP compute
     if models is None and (args.store or not args.bundle):
         root = store_dir(args)
         cfg = StoreConfig.load(root)
@@ -152,6 +155,7 @@ def cmd_bench(args: argparse.Namespace) -> Result:
         quick=args.quick,
         threads=args.threads,
         cache_dir=cache,
+        profile=args.profile,
     )
     if args.management and not args.server:
         raise InputError("--management needs --server", hint="give the inference URL with --server")

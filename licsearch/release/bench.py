@@ -59,7 +59,13 @@ JSON document, ``schema`` 1 (keys may be added; none renamed or removed without 
      "gates": {CANDIDATE: {...GateReport.to_dict()...}},
      "ratios": {"ingest", "reembed", "decode", "text"},
      "ratio_backend": {"ingest", "reembed", "decode", "text"},
-     "random_weights": [component, ...]}
+     "random_weights": [component, ...],
+     "throughput": {"ingest" | "decode": {BACKEND: images per second over the whole batch, one image at a time}},
+     "profile": {...} (with ``--profile``: :mod:`licsearch.release.bench_profile`)}
+
+Without a store or model flags, bench times :func:`default_bench_models`: the shipped trained codec of the
+``offline`` preset with CLIP compute of ViT-B-32's size (random weights, so labelled as such; the ratios of text
+and re-embedding reflect that compute, not retrieval quality).
 
 Non-finite numbers are written as ``null``.
 """
@@ -108,6 +114,7 @@ class BenchOptions:
         quick: two small images, one repeat, a small search index.
         threads: threads for PyTorch and ONNX Runtime alike (default: one per CPU).
         cache_dir: where exported bundles are kept between runs; a temporary folder when None.
+        profile: also profile entropy coding stage by stage and the graphs' operators (:mod:`.bench_profile`).
     """
 
     images: Path | None = None
@@ -115,6 +122,20 @@ class BenchOptions:
     quick: bool = False
     threads: int | None = None
     cache_dir: Path | None = None
+    profile: bool = False
+
+
+def default_bench_models() -> ModelsConfig:
+    """The shipped trained codec (``offline`` preset quality) and ViT-B-32-size CLIP compute with random weights."""
+    from ..config import AdapterConfig, ClipConfig
+    from ..defaults import CLIP_MODEL
+    from ..presets import preset_models
+
+    return ModelsConfig(
+        codec=preset_models("offline").codec,
+        clip=ClipConfig(model=CLIP_MODEL, tag=None, weights="random"),
+        adapter=AdapterConfig(weights="random"),
+    )
 
 
 def load_bench_images(images: Path | None, *, quick: bool) -> tuple[list[np.ndarray], str]:
@@ -390,8 +411,27 @@ def _run(
         "ratios": ratios,
         "ratio_backend": ratio_backend,
         "random_weights": ms.random_components(),
+        "throughput": _throughput(times, len(images)),
     }
+    if options.profile:
+        from .bench_profile import profile_entropy, profile_graphs
+
+        log(f"bench: profiling entropy coding and the graphs of {ref}")
+        doc["profile"] = {
+            "backend": ref,
+            "images": len(images),
+            "entropy": profile_entropy(planes[ref].codec, images),
+            "graphs": profile_graphs(planes[ref].root, images, threads, PROVIDERS),
+        }
     return dict(_finite(doc))
+
+
+def _throughput(times: dict[str, dict[str, list[float]]], count: int) -> dict[str, dict[str, float]]:
+    """Images per second of ingest and decode over the batch: the images over the sum of their times."""
+    return {
+        key: {name: count / sum(t[key]) for name, t in times.items() if sum(t.get(key, [])) > 0}
+        for key in ("ingest", "decode")
+    }
 
 
 def _backend(
@@ -450,4 +490,10 @@ def format_report(doc: dict[str, Any]) -> str:
         lines.append(f"gate {g['candidate']} vs {g['reference']}: {verdict}")
     ratios = ", ".join(f"{k} {v:.2f}x ({doc['ratio_backend'][k]})" for k, v in doc["ratios"].items() if v)
     lines.append(f"baseline / fastest passing bundle: {ratios}")
+    for key, per in doc.get("throughput", {}).items():
+        lines.append(f"{key} images/s: " + ", ".join(f"{n} {v:.2f}" for n, v in per.items()))
+    if doc.get("profile"):
+        from .bench_profile import format_profile
+
+        lines.append(format_profile(doc["profile"]))
     return "\n".join(lines)
