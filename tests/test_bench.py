@@ -112,3 +112,23 @@ def test_bench_refuses_missing_images(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images found"):
         load_bench_images(tmp_path / "empty", quick=True)
+
+
+def test_provider_selection_prefers_cuda_when_present_and_names_what_is_missing() -> None:
+    """The [gpu] extra's provider choice, decided on a CPU machine from the list ONNX Runtime reports."""
+    import onnxruntime as ort
+
+    from licsearch.bundle.runtime import resolve_providers
+    from licsearch.errors import StoreError
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(("auto",), gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(("auto",), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert resolve_providers(("CPUExecutionProvider",), gpu) == ["CPUExecutionProvider"]
+    assert resolve_providers((), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(StoreError, match="CUDAExecutionProvider is not available") as e:
+        resolve_providers(("CUDAExecutionProvider",), ["CPUExecutionProvider"])
+    assert "CPUExecutionProvider" in (e.value.hint or "")
+    assert resolve_providers(("auto",)) == [
+        p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
+    ]

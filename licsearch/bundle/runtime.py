@@ -53,10 +53,17 @@ class RuntimeOptions:
         )
 
 
-def resolve_providers(requested: tuple[str, ...]) -> list[str]:
-    import onnxruntime as ort
+def resolve_providers(requested: tuple[str, ...], available: list[str] | None = None) -> list[str]:
+    """The execution providers to open sessions with: ``auto`` is CUDA when ``available`` has it, then CPU.
 
-    available = ort.get_available_providers()
+    Args:
+        requested: provider names in order of preference, or ``auto``.
+        available: the providers this ONNX Runtime offers (default: ``onnxruntime.get_available_providers()``).
+    """
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
     out: list[str] = []
     for p in requested:
         if p == "auto":
