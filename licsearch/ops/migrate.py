@@ -11,10 +11,10 @@ tower.
 
 How the adapter is fitted. When the store's active space is an adapter space, its adapter already reads y_hat
 well; only its output layer is specific to the old CLIP. The new adapter keeps the old one's trunk and gets a new
-output layer: the linear map from the old adapter's output (before normalisation) to the new teacher vectors, a
-ridge regression in closed form whose penalty is chosen by its leave-one-out error (the PRESS statistic, Allen
-1974) on the training part, folded into the last linear layer. That two networks' representations are related by a
-linear map is Lenc & Vedaldi 2015; on the offline world it beats gradient training on a sample of 100 by a wide
+output layer: a linear map from the old adapter's vectors to the new teacher vectors (that two networks'
+representations are related by a linear map is Lenc & Vedaldi 2015), fitted in closed form by ridge regression
+shrunk towards the orthogonal Procrustes map, with the penalty of least leave-one-out error on the training part,
+and folded into the last linear layer. On the offline world it beats gradient training on a sample of 100 by a wide
 margin (README, "Moving to another CLIP"). Without an adapter space (a pixels store, random or bundle weights), a
 fresh adapter is trained on the pairs (:func:`licsearch.ops.distill.train_from_pairs`).
 
@@ -65,8 +65,8 @@ MIGRATIONS_DIR = "migrations"
 """Work folders of ``migrate`` inside the store (teacher chunks, training run, the last report)."""
 MIN_TRAIN, MIN_HELDOUT = 8, 4
 CHUNK = 16
-RIDGE_ALPHAS = tuple(10.0**e for e in range(-4, 2))
-"""Ridge penalties tried, relative to the mean squared feature (the leave-one-out error picks one)."""
+RIDGE_PENALTIES = tuple(10.0 ** (e / 4) for e in range(-12, 9))
+"""Ridge penalties tried on unit features, 1e-3 to 1e2 (the leave-one-out error picks one)."""
 REEMBED_BATCH = 128
 
 
@@ -314,53 +314,49 @@ def _trunk(store: Store) -> Adapter | None:
 
 
 def ridge_head(trunk: Adapter, pairs: Pairs, shape: AdapterShape) -> dict[str, torch.Tensor]:
-    """The new adapter's weights: ``trunk``'s, with an output layer refitted to ``pairs``' teacher vectors.
+    """The new adapter's weights: ``trunk``'s, with its output layer refitted to ``pairs``' teacher vectors.
 
-    The features are the trunk's output before normalisation (one per point, plus a constant); the ridge map from
-    them to the teacher vectors, with the penalty of least leave-one-out error, is folded into the last linear layer.
+    The old adapter's unit vectors ``x`` are mapped linearly to the teacher vectors: ridge regression shrunk towards
+    the orthogonal Procrustes map of the same pairs (Schönemann 1966), its penalty chosen by the leave-one-out error.
+    A map without a constant term commutes with the adapter's final normalisation, so it folds into the last linear
+    layer exactly: ``normalize(M^T (W h + b)) = normalize(M^T normalize(W h + b))``.
     """
     import numpy as np
     import torch
 
-    captured: list[torch.Tensor] = []
-    mlp: Any = trunk.module.mlp  # LayerNorm, Linear, GELU, Linear: its output is the embedding before normalisation
+    x = torch.cat([trunk.embed(y) for y in pairs.y_hats]).double().numpy()
+    m = _fit_map(x, pairs.teacher.astype(np.float64))
+    mlp: Any = trunk.module.mlp  # LayerNorm, Linear, GELU, Linear; the adapter normalises its output
     last = mlp[-1]
-    hook = mlp.register_forward_hook(lambda _m, _i, out: captured.append(out.detach()))
-    try:
-        for y in pairs.y_hats:
-            trunk.embed(y)
-    finally:
-        hook.remove()
-    x = torch.cat(captured).double().numpy()
-    x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
-    w = _ridge_loo(x, pairs.teacher.astype(np.float64))
-    a, c = w[:-1].T, w[-1]  # teacher ~ a @ pre + c, and pre = W_old @ h + b_old
+    prefix = next(f"{name}." for name, mod in trunk.module.named_modules() if mod is last)
     w_old, b_old = last.weight.detach().double().numpy(), last.bias.detach().double().numpy()
     state = {k: v.detach().clone() for k, v in trunk.module.state_dict().items()}
-    prefix = next(f"{name}." for name, m in trunk.module.named_modules() if m is last)
-    state[f"{prefix}weight"] = torch.from_numpy(a @ w_old).float()
-    state[f"{prefix}bias"] = torch.from_numpy(a @ b_old + c).float()
-    if state[f"{prefix}weight"].shape != (shape.embed_dim, shape.hidden):
+    state[f"{prefix}weight"] = torch.from_numpy(m.T @ w_old).float().contiguous()
+    state[f"{prefix}bias"] = torch.from_numpy(m.T @ b_old).float().contiguous()
+    if tuple(state[f"{prefix}weight"].shape) != (shape.embed_dim, shape.hidden):
         raise StoreError(f"the store's adapter does not fit {shape}: its output layer is {tuple(w_old.shape)}")
     return state
 
 
-def _ridge_loo(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Ridge weights (constant column unpenalised) whose leave-one-out predictions are closest in cosine to ``t``."""
+def _fit_map(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``M`` with ``x @ M ~ t``: ridge towards the Procrustes map, the penalty of best leave-one-out cosine.
+
+    For a penalty ``lam`` and prior ``Q``, ``M = (x^T x + lam I)^-1 (x^T t + lam Q)``; its leave-one-out residuals are
+    the residuals divided by ``1 - leverage`` (the PRESS statistic, Allen 1974).
+    """
     import numpy as np
 
-    scale = float(np.mean(np.sum(x[:, :-1] ** 2, axis=0)))
-    best: tuple[float, np.ndarray] = (-math.inf, np.zeros((x.shape[1], t.shape[1])))
-    for alpha in RIDGE_ALPHAS:
-        penalty = alpha * scale * np.eye(x.shape[1])
-        penalty[-1, -1] = 0.0
-        inv = np.linalg.inv(x.T @ x + penalty)
-        w = inv @ x.T @ t
+    u, _, vt = np.linalg.svd(x.T @ t, full_matrices=False)
+    prior = u @ vt
+    best: tuple[float, np.ndarray] = (-math.inf, prior)
+    for lam in RIDGE_PENALTIES:
+        inv = np.linalg.inv(x.T @ x + lam * np.eye(x.shape[1]))
+        m = inv @ (x.T @ t + lam * prior)
         leverage = np.einsum("ij,jk,ik->i", x, inv, x)
-        loo = t - (t - x @ w) / (1.0 - leverage)[:, None]  # the PRESS residuals (Allen 1974)
+        loo = t - (t - x @ m) / (1.0 - leverage)[:, None]
         score = float(np.mean(np.sum(loo * t, axis=1) / np.maximum(np.linalg.norm(loo, axis=1), 1e-12)))
         if score > best[0]:
-            best = (score, w)
+            best = (score, m)
     return best[1]
 
 
