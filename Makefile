@@ -74,6 +74,8 @@ train-offline: setup
 		--device $(TRAIN_DEVICE) --out $(RUNS)/codec-q$$q || exit 1; done
 	$(TRAIN) clip --world --steps $(CLIP_STEPS) --batch-size 128 --eval-every 200 --device $(TRAIN_DEVICE) \
 		--out $(RUNS)/clip-world
+	$(TRAIN) clip --world --steps 300 --batch-size 128 --seed 1 --eval-every 0 --device $(TRAIN_DEVICE) \
+		--out $(RUNS)/clip-world-b
 	$(BIN)/python -m licsearch.train.crops --images $(PHOTOS) --out $(RUNS)/adapter-data/photos --per-image 16
 	$(BIN)/licsearch samples --split train --size 256x256 -n 3000 --seed 7 --out $(RUNS)/adapter-data/world
 	$(TRAIN) adapter --images $(RUNS)/adapter-data --codec bmshj2018-hyperprior:3 \
