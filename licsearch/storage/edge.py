@@ -55,6 +55,10 @@ EDGE_REPAIR_HINT = (
     "restore the store's edge/ folder from a backup (`licsearch restore`); the bitstreams under blobs/ are intact: "
     "decode them (`licsearch decode`) and ingest the images into a new store"
 )
+MIN_FREE_BYTES = 96 * 1024 * 1024
+"""Free disk space below which the shard takes no more writes: three of Edge's 32 MiB file chunks. Edge writes through
+memory-mapped files, and a write into a mapping on a full disk kills the process with SIGBUS (no error to catch), so
+the space is checked before each write instead."""
 _PAYLOAD_TYPES = {"keyword": "Keyword", "integer": "Integer", "float": "Float", "datetime": "Datetime"}
 
 
@@ -276,6 +280,17 @@ class EdgeEngine:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
+    def _check_space(self, action: str, needed: int = 0) -> None:
+        """Refuses a write that would leave less than :data:`MIN_FREE_BYTES` free (see its note)."""
+        stat = os.statvfs(self.path)
+        free = stat.f_bavail * stat.f_frsize
+        if free < MIN_FREE_BYTES + needed:
+            raise StoreError(
+                f"the disk of {self.where} is nearly full ({free // 2**20} MiB free, {MIN_FREE_BYTES // 2**20} MiB "
+                f"kept in reserve) while {action}; nothing was written",
+                hint="free disk space (or move the store) and run the command again: it continues where it stopped",
+            )
+
     @contextmanager
     def calling(self, action: str) -> Iterator[None]:
         """Turns the engine's failures into StoreErrors naming the shard, the action and the fix."""
@@ -319,6 +334,7 @@ class EdgeEngine:
         for sid, (_, setting) in spaces.items():
             self.settings[sid] = setting.name
         config = self._config({sid: dim for sid, (dim, _) in spaces.items()})
+        self._check_space("creating the collection")
         self._write_marker()
         with self.calling("creating the collection"):
             self._shard = qe.EdgeShard.create(str(self.path), config)
@@ -346,6 +362,7 @@ class EdgeEngine:
 
         float16 = setting.datatype == "float16"
         datatype = qe.VectorStorageDatatype.Float16 if float16 else qe.VectorStorageDatatype.Float32
+        self._check_space(f"adding embedding space {space_id!r}")
         with self.calling(f"adding embedding space {space_id!r}"):
             self.shard.update(
                 qe.UpdateOperation.create_dense_vector(space_id, dim, qe.Distance.Cosine, datatype=datatype)
@@ -371,6 +388,10 @@ class EdgeEngine:
         import qdrant_edge as qe
 
         structs = [qe.Point(p.id, dict(p.vectors), p.payload) for p in points]
+        # the WAL and the segment each hold a copy: twice the floats, and the payload's JSON
+        self._check_space(
+            f"writing {len(structs)} points", 2 * sum(8 * sum(map(len, p.vectors.values())) + 1024 for p in points)
+        )
         with self.calling(f"writing {len(structs)} points"):
             self.shard.update(qe.UpdateOperation.upsert_points(structs))
 
@@ -386,12 +407,14 @@ class EdgeEngine:
                 hint="run the re-index again; it continues with the points that remain",
             )
         batch = [qe.PointVectors(pid, {space_id: vec}) for pid, vec in vectors.items()]
+        self._check_space(f"writing {len(batch)} vectors", 2 * sum(8 * len(v) for v in vectors.values()))
         with self.calling(f"writing {len(batch)} vectors of space {space_id!r}"):
             self.shard.update(qe.UpdateOperation.update_vectors(batch))
 
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
         import qdrant_edge as qe
 
+        self._check_space(f"setting the payload of {len(ids)} points", 2048 * len(ids))
         with self.calling(f"setting the payload of {len(ids)} points"):
             self.shard.update(qe.UpdateOperation.set_payload(list(ids), payload))
 
@@ -489,6 +512,8 @@ class EdgeEngine:
 
     def optimize(self) -> bool:
         """Builds the HNSW graphs (and quantized codes) of segments past the threshold; True when it did work."""
+        points, floats = self.state().points, sum(dim for dim, _ in self.spaces().values())
+        self._check_space("optimising the index", points * (4 * floats + 1024))  # the new segment beside the old
         with self.calling("optimising the index"):
             changed = bool(self.shard.optimize())
             self.shard.flush()
