@@ -313,3 +313,34 @@ def test_a_store_whose_codec_weights_file_changed_is_refused(tmp_path: Path) -> 
         with pytest.raises(ConfigMismatchError, match="not the ones this store was made with"):
             ingest(store, [write_png(tmp_path / "images" / "b.png", make_image(4, 64, 64))], progress=False)
         assert stats(store)["images"] == 1
+
+
+def test_a_new_store_is_on_edge_and_stats_shows_its_index(filled: tuple[Path, list[Path]]) -> None:
+    root, _ = filled
+    import json
+
+    assert json.loads((root / "store.json").read_text())["qdrant"]["engine"] == "edge"
+    with Store.open(root) as store:
+        doc = stats(store)["index"]
+        assert doc["engine"] == "edge" and doc["points"] == 6 and doc["segments"] >= 1
+        assert doc["vectors"] == {store.space_id: "float32"}
+        assert doc["indexed_vectors"] == 0  # a small store stays below the threshold: searched exactly
+
+
+def test_reindex_with_compact_vectors_records_and_applies_the_setting(filled: tuple[Path, list[Path]]) -> None:
+    import json
+
+    from licsearch.errors import InputError
+    from licsearch.ops.reindex import reindex
+
+    root, _ = filled
+    report = reindex(root, adapter_weights="random", space_id="int8-space", progress=False, vectors="int8")
+    assert report.state == "complete" and report.reembedded == 6
+    assert json.loads((root / "store.json").read_text())["qdrant"]["vectors"] == {"int8-space": "int8"}
+    edge = json.loads((root / "edge" / "edge_config.json").read_text())
+    assert "scalar" in edge["vectors"]["int8-space"]["quantization_config"]
+    with Store.open(root) as store:
+        assert store.index.setting("int8-space").name == "int8"
+        assert stats(store)["index"]["vectors"]["int8-space"] == "int8"
+    with pytest.raises(InputError, match="keeps its vectors as int8"):
+        reindex(root, adapter_weights="random", space_id="int8-space", progress=False, vectors="binary")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..storage.vectors import add_vectors_flag
 from .base import Command, Result, note
 from .options import add_store_flags, store_dir
 
@@ -33,6 +34,7 @@ def configure_reindex(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activate", action="store_true", help="switch queries and ingest to the space once complete")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"points per request ({DEFAULT_BATCH})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_vectors_flag(p, default=None)
 
 
 def cmd_reindex(args: argparse.Namespace) -> Result:
@@ -63,6 +65,7 @@ def cmd_reindex(args: argparse.Namespace) -> Result:
         progress=False if args.no_progress else None,
         activate=args.activate,
         on_error=lambda pid, msg: note(f"failed: {pid}: {msg}"),
+        vectors=args.vectors,
     )
     human = report.note or (
         f"space {report.space_id}: {report.state}; re-embedded {report.reembedded} of {report.points} points "

@@ -22,6 +22,7 @@ from ..imageio import LoadedImage, iter_image_files, load_image
 from ..spaces import PIXELS_KIND
 from ..storage.index import Point
 from ..storage.store import Store, point_id
+from .maintenance import optimize_index
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -159,6 +160,7 @@ def ingest(
     _record_duplicates(store, duplicates)
     if bar is not None:
         bar.close()
+    optimize_index(store, progress)  # the HNSW index of the new tail, built now rather than searched exhaustively
     return report
 
 

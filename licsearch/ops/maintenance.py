@@ -44,6 +44,40 @@ def stats(store: Store) -> dict[str, Any]:
     }
 
 
+def optimize_index(store: Store, progress: bool | None = None) -> bool:
+    """Builds the HNSW index of the points not yet indexed (after ingest and re-index), with a bar on stderr.
+
+    Segments below :data:`~licsearch.storage.vectors.INDEXING_THRESHOLD_KB` stay exact and cost nothing here; a
+    server indexes in the background and a read-only store is left as it is.
+
+    Args:
+        store: an open, writable store.
+        progress: show a progress bar (default: when stderr is a terminal).
+
+    Returns:
+        True when anything was built.
+    """
+    import sys
+
+    if store.read_only or store.config.qdrant.url is not None:
+        return False
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return store.index.optimize()
+    from tqdm import tqdm
+
+    spaces = max(len(store.index.spaces()), 1)
+    with tqdm(desc="index", unit="vec", file=sys.stderr, leave=False) as bar:
+
+        def show(state: Any) -> None:
+            bar.total = state.points * spaces
+            bar.n = min(state.indexed_vectors, bar.total)
+            bar.refresh()
+
+        return store.index.optimize(progress=show)
+
+
 def index_state(store: Store) -> dict[str, Any]:
     """The vector index: engine, points, vectors in an HNSW graph, segments, vector setting per space.
 

@@ -33,6 +33,7 @@ from ..model.models import ModelPlane, ModelSet
 from ..spaces import ACTIVE, BUILDING, COMPLETE, PIXELS_KIND, space_id_for
 from ..storage import space_vectors
 from ..storage.store import Store, model_plane_for
+from .maintenance import optimize_index
 from .spaces import SpaceNotReadyError, activate_space, config_for_space, record_space, space_config
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ def reindex(
     progress: bool | None = None,
     activate: bool = False,
     on_error: Callable[[str, str], None] | None = None,
+    vectors: str | None = None,
 ) -> ReindexReport:
     """Builds (or resumes, or completes) an embedding space of the store at ``store_dir`` from its bitstreams.
 
@@ -112,6 +114,7 @@ def reindex(
         progress: show a progress bar (default: when stderr is a terminal).
         activate: when the space is complete, switch queries and ingest to it.
         on_error: called with (point id, message) for each point that failed.
+        vectors: the new space's vector setting (:mod:`licsearch.storage.vectors`; default float32).
 
     Raises:
         InputError: conflicting or unknown arguments, a target for another codec.
@@ -127,6 +130,7 @@ def reindex(
             progress=progress,
             activate=activate,
             on_error=on_error,
+            vector_setting=vectors,
         )
 
 
@@ -224,8 +228,9 @@ def reindex_store(
     progress: bool | None = None,
     activate: bool = False,
     on_error: Callable[[str, str], None] | None = None,
+    vector_setting: str | None = None,
 ) -> ReindexReport:
-    """Builds ``target`` on an open store; see :func:`reindex`."""
+    """Builds ``target`` on an open store; see :func:`reindex` (``vector_setting`` is its ``vectors``)."""
     report = ReindexReport(space_id=target.space_id, active_space=store.space_id, dim=target.dim)
     if target.space_id == store.space_id:
         report.state, report.points = ACTIVE, store.index.count()
@@ -238,7 +243,9 @@ def reindex_store(
     if target.space_id not in store.config.spaces:  # recorded first: a vector in the collection is never unexplained
         record_space(store, target.space_id, _space_record(target))
     crash_point("reindex_recorded")
-    index.add_space(target.space_id, target.dim)
+    if vector_setting is not None:
+        store.record_vectors(target.space_id, vector_setting)
+    index.add_space(target.space_id, target.dim, store.index.setting(target.space_id).name)
     report.already = space_vectors.count_with(index, target.space_id)
     lacking = space_vectors.count_lacking(index, target.space_id)
     recorded = store.config.spaces[target.space_id]
@@ -269,6 +276,7 @@ def reindex_store(
     finally:
         if bar is not None:
             bar.close()
+    optimize_index(store, progress)
     report.failures = [{"id": pid, "error": msg} for pid, msg in failed.items()]
     report.points = index.count()
     complete = not failed and space_vectors.count_lacking(index, target.space_id) == 0

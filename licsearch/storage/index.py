@@ -172,6 +172,10 @@ class VectorIndex:
             raise StoreError(f"{self._where} runs on Qdrant Edge, which has no qdrant-client")
         return engine.client
 
+    def use_setting(self, space_id: str, setting: str) -> None:
+        """Keeps ``space_id``'s vectors as ``setting`` from now on (a space about to be added)."""
+        self._settings[space_id] = vector_setting(setting).name
+
     def setting(self, space_id: str) -> VectorSetting:
         """The vector setting of ``space_id``."""
         return vector_setting(self._settings.get(space_id, DEFAULT_VECTORS))

@@ -206,6 +206,32 @@ class Store:
         key = api_key or os.environ.get(API_KEY_ENV) or _read_api_key(root)
         return cls(root, cfg, api_key=key)
 
+    def record_vectors(self, space_id: str, setting: str) -> None:
+        """Records ``setting`` as the vector setting of ``space_id`` in ``store.json`` (before the space exists).
+
+        Raises:
+            InputError: the space exists already with another setting, or the setting is unknown.
+        """
+        from ..errors import InputError
+        from .vectors import vector_setting
+
+        chosen = vector_setting(setting).name
+        q = self.config.qdrant
+        current = q.vectors.get(space_id, DEFAULT_VECTORS)
+        if current == chosen:
+            return
+        if space_id in self.index.spaces():
+            raise InputError(
+                f"embedding space {space_id!r} keeps its vectors as {current}, not {chosen}",
+                hint="drop --vectors to resume it, or re-index into a new space id with the setting you want",
+            )
+        self.require_writable(f"record the vector setting of {space_id!r}")
+        self.config = dataclasses.replace(
+            self.config, qdrant=dataclasses.replace(q, vectors={**q.vectors, space_id: chosen})
+        )
+        self.config.save(self.root)
+        self.index.use_setting(space_id, chosen)
+
     def check_models(self, requested: ModelsConfig | None) -> None:
         """Refuses model flags that differ from the store's models."""
         check_models(self.config, requested)
