@@ -277,3 +277,27 @@ def test_bad_options_are_refused_with_the_fix(
     r = cli_inprocess(capsys, *MIGRATE, "--store", str(store), *extra)
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (store / "migrations").exists()
+
+
+@pytest.mark.slow
+def test_a_pixels_store_migrates_with_a_fresh_adapter_trained_on_the_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from licsearch.ops.ingest import ingest
+    from licsearch.spaces import PIXELS_KIND
+    from licsearch.storage.store import Store
+
+    scenes = tmp_path / "scenes"
+    for i, im in enumerate(_scenes(24)):
+        write_png(scenes / f"{i:04d}.png", im)
+    with Store.create(tmp_path / "pixels", preset_models("offline"), kind=PIXELS_KIND) as store:
+        assert ingest(store, [scenes], progress=False).ingested == 24
+        pixels_space = store.space_id
+    r = cli_inprocess(capsys, *MIGRATE[:5], "--sample", "20", "--steps", "20", "--store", str(tmp_path / "pixels"),
+                      "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert (report["method"], report["state"], report["activated"]) == ("trained", "complete", False)
+    assert "not asked to activate (pass --activate)" in report["reasons"]
+    with Store.open(tmp_path / "pixels") as store:
+        assert store.space_id == pixels_space and store.config.spaces[report["space_id"]].kind == "adapter"
