@@ -229,7 +229,7 @@ def write_retrieval_plot(doc: dict[str, Any], out_dir: Path) -> Path | None:
     entries = doc["entries"]
     if not any("map_at_r" in e["sets"].get("world", {}) for e in entries.values()):
         return None
-    fig = Figure(figsize=(12, 5), dpi=110)
+    fig = Figure(figsize=(13, 6), dpi=110)
     ax, bx = fig.subplots(1, 2)
     for i, (name, e) in enumerate(entries.items()):
         w = e["sets"]["world"]
@@ -240,7 +240,7 @@ def write_retrieval_plot(doc: dict[str, Any], out_dir: Path) -> Path | None:
         ]
         width = 0.8 / len(entries)
         bx.bar([j + i * width for j in range(len(bars))], [b[1] for b in bars], width, color=f"C{i}", label=name)
-        bx.set_xticks([j + 0.4 - width / 2 for j in range(len(bars))], [b[0] for b in bars], fontsize=7)
+        bx.set_xticks([j + 0.4 - width / 2 for j in range(len(bars))], [b[0] for b in bars], fontsize=6, rotation=60)
     ax.set_xlabel("text-to-image hit@1 (world held-out scenes)")
     ax.set_ylabel("image-to-image mAP@R (held-out scene classes)")
     ax.set_title("one embedding for both searches")
