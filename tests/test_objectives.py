@@ -378,3 +378,49 @@ def test_cli_mcip_run_becomes_a_space_built_from_bitstreams_whose_queries_never_
         assert [h.score for h in hits.hits] == pytest.approx(
             sorted((float(q @ v) for v in fresh.values()), reverse=True), abs=1e-5
         )
+
+
+def test_readme_retrieval_table_is_the_committed_record() -> None:
+    import re
+    from decimal import ROUND_HALF_UP, Decimal
+
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "docs" / "retrieval-objectives.json").read_text(encoding="utf-8"))
+    lines = (root / "README.md").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| adapter | world mAP@R"))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = [[float(x) for x in re.findall(r"\d+\.\d+", c)] for c in cells[1:]]
+    names = {
+        "distill (shipped adapter-q2)": "distill (shipped adapter-q2)",
+        "mcip (threshold 0.85)": "mcip",
+        "2sft, stage 1 + original text tower": "2sft-stage1",
+        "2sft, re-aligned text tower": "2sft",
+    }
+    assert set(rows) == set(names)
+    edits = ("jpeg_q50", "center_crop_90", "resize_50")
+    for row, entry in names.items():
+        sets = record["retrieval"]["entries"][entry]["sets"]
+        w = sets["world"]
+        want = [
+            [w["map_at_r"]],
+            [w["recall_at_1"], w["recall_at_10"]],
+            [w["text_hit_at_1"], w["text_hit_at_5"]],
+            [sets[s]["instance_map_at_r"] for s in ("world", "kodak", "photos-heldout")],
+            [sets[s]["near_duplicate"][e]["recall_at_1"] for s in ("world", "kodak", "photos-heldout") for e in edits],
+        ]
+        for got, expected in zip(rows[row], want, strict=True):
+            if not got:  # "as stage 1"
+                continue
+            digits = [len(f"{g}".split(".")[1]) for g in got]
+            half_up = [
+                float(Decimal(repr(v)).quantize(Decimal(10) ** -d, ROUND_HALF_UP))
+                for v, d in zip(expected, digits[: len(expected)], strict=True)
+            ]
+            assert got[: len(expected)] == half_up, row
+    base = record["retrieval"]["entries"]["distill (shipped adapter-q2)"]["sets"]["world"]["map_at_r"]
+    mcip = record["retrieval"]["entries"]["mcip"]["sets"]["world"]["map_at_r"]
+    assert rows["mcip (threshold 0.85)"][0][1] == round(mcip / base, 2)  # the ratio the README gives
