@@ -71,6 +71,14 @@ def _configure_adapter(a: argparse.ArgumentParser) -> None:
     a.add_argument("--jitter", type=float, default=0.1, help="colour jitter strength (0: none)")
     a.add_argument("--init", default="random", metavar="random|PATH", help="initial adapter weights")
     a.add_argument("--eval-images", type=int, default=64, help="images scored through bitstreams at the end")
+    a.add_argument(
+        "--world",
+        action="store_true",
+        help="views made on the fly: new world train scenes (seed --world-seed) and --images, edited as ingested",
+    )
+    a.add_argument("--chunk", type=int, default=256, help="with --world: views whose latents are computed together")
+    a.add_argument("--reuse", type=int, default=8, help="with --world: times each view is used before it is replaced")
+    a.add_argument("--photo-share", type=float, default=0.25, help="with --world: fraction of views that are photos")
     _workers(a)
     _objective_flags(a)
 
@@ -245,6 +253,11 @@ def _train_adapter(args: argparse.Namespace, common: dict[str, Any]) -> TrainRep
         init=resolve_weights(args.init, "random"),
         eval_images=args.eval_images,
         workers=args.workers,
+        world=args.world,
+        chunk=args.chunk,
+        reuse=args.reuse,
+        photo_share=args.photo_share,
+        world_seed=args.world_seed,
         **common,
     )
     if args.objective == "distill":

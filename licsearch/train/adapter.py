@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..model.adapter import Adapter, AdapterShape, build_adapter
 from ..model.codec import Codec
 from ..model.weights import RANDOM, load_state_dict_file, seeded
-from .data import Augment, ImageFolder, batch_source, default_workers, item_keys, item_rng
+from .data import Augment, ImageFolder, ViewStream, batch_source, default_workers, item_keys, item_rng
 from .latent import check_crop, inference_y_hat
 from .loop import LoopOptions, TrainReport, lr_at, resolve_device, run_loop, write_provenance
 from .run import RunDir
@@ -54,6 +54,11 @@ class AdapterTrainOptions:
     workers: int | None = None
     eval_images: int = 64
     resume: bool = False
+    world: bool = False
+    chunk: int = 256
+    reuse: int = 8
+    photo_share: float = 0.25
+    world_seed: int = 7
 
     @property
     def shape_kwargs(self) -> dict[str, int]:
@@ -110,6 +115,7 @@ class AdapterTrainer:
         self._batches_from = batches_from
         self._batches: Iterator[torch.Tensor] | None = None
         self.cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.stream: ChunkPairs | None = None
         self.warmup = options.warmup if options.warmup is not None else options.loop.steps // 50
 
     def precompute(self, folder: ImageFolder, augment: Augment) -> None:
@@ -128,6 +134,8 @@ class AdapterTrainer:
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        if self.stream is not None:
+            return self.stream.batch(step)
         if self.cache is not None:
             keys = item_keys(len(self.cache[0]), self.options.batch_size, self.options.seed, step)
             idx = torch.tensor([i for i, _ in keys], device=self.cache[0].device)
@@ -148,6 +156,93 @@ class AdapterTrainer:
         loss.backward()
         self.opt.step()
         return {"loss": float(loss.detach()), "cos": float(cos), "lr": lr}
+
+
+class ChunkPairs:
+    """(y_hat, teacher) pairs of the views of :class:`.data.ViewStream`, a chunk at a time, each used ``reuse`` times.
+
+    The codec's analysis transform is what costs on a CPU, so every view's y_hat is computed once (batched by
+    padded shape) and the chunk serves ``chunk * reuse / batch`` steps before the next one replaces it. Step
+    ``s`` reads chunk ``s // steps_per_chunk`` and a batch drawn from (seed, s), so a resumed run rebuilds the chunk
+    it was in and continues as the uninterrupted run would. The teacher embeds each view with open_clip's eval
+    preprocessing (:class:`licsearch.eval.semantic.Teacher`), exactly as a ``pixels`` space stores it; y_hat comes
+    from the view padded as :meth:`Codec.compress` pads it.
+    """
+
+    def __init__(
+        self, codec: Codec, teacher: ClipTeacher, stream: ViewStream, options: AdapterTrainOptions, device: torch.device
+    ) -> None:
+        from ..eval.semantic import Teacher
+        from ..world import sample_specs
+
+        if options.chunk < options.batch_size or options.reuse < 1:
+            raise InputError("--chunk must be at least --batch-size and --reuse at least 1")
+        self.codec, self.stream, self.options, self.device = codec, stream, options, device
+        self.teacher = Teacher(teacher.model)
+        self.steps_per_chunk = max(1, options.chunk * options.reuse // options.batch_size)
+        self.chunks = -(-options.loop.steps // self.steps_per_chunk)
+        self.specs = sample_specs(self.chunks * options.chunk, seed=options.world_seed, split="train")
+        self.current: int | None = None
+        self.groups: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.build_seconds = 0.0
+        self.views_built = 0
+
+    def _build(self, c: int) -> None:
+        import time
+
+        import numpy as np
+        import torch
+        import torch.nn.functional as F
+
+        t0 = time.perf_counter()
+        views = self.stream.views(c, self.specs)
+        targets = torch.from_numpy(self.teacher.embed(views)).float()
+        d = self.codec.arch.downsampling
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, v in enumerate(views):
+            by_shape.setdefault((-(-v.shape[0] // d) * d, -(-v.shape[1] // d) * d), []).append(i)
+        self.groups = []
+        for (ph, pw), idx in sorted(by_shape.items()):
+            ys = []
+            for k in range(0, len(idx), 32):
+                part = idx[k : k + 32]
+                xs = []
+                for i in part:
+                    x = torch.from_numpy(np.ascontiguousarray(views[i])).permute(2, 0, 1).float().div(255)
+                    xs.append(F.pad(x[None], (0, pw - x.shape[2], 0, ph - x.shape[1]), mode="replicate")[0])
+                ys.append(inference_y_hat(self.codec, torch.stack(xs).to(self.device)).cpu())
+            self.groups.append((torch.cat(ys), targets[idx]))
+        self.current = c
+        self.views_built += len(views)
+        self.build_seconds += time.perf_counter() - t0
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (y_hat, target) batch of ``step``: one padded shape, drawn in proportion to the shapes' counts."""
+        import numpy as np
+        import torch
+
+        c = step // self.steps_per_chunk
+        if self.current != c:
+            self._build(c)
+        rng = np.random.default_rng([self.options.seed, step, 0xBA7C])
+        sizes = np.array([len(t) for _, t in self.groups], dtype=np.float64)
+        g = int(rng.choice(len(self.groups), p=sizes / sizes.sum()))
+        ys, ts = self.groups[g]
+        idx = torch.from_numpy(rng.choice(len(ts), size=min(len(ts), self.options.batch_size), replace=False))
+        return ys[idx].to(self.device), ts[idx].to(self.device)
+
+    def figures(self) -> dict[str, Any]:
+        """What the stream produced, for the provenance (views, scenes/s of building)."""
+        return {
+            "world_views": self.chunks * self.options.chunk,
+            "chunks": self.chunks,
+            "reuse": self.options.reuse,
+            "photo_share": self.options.photo_share,
+            "world_seed": self.options.world_seed,
+            "views_built_this_run": self.views_built,
+            "build_seconds_this_run": round(self.build_seconds, 1),
+            "views_per_second": round(self.views_built / max(self.build_seconds, 1e-9), 2),
+        }
 
 
 def train_adapter(options: AdapterTrainOptions) -> TrainReport:
@@ -179,6 +274,8 @@ def train_adapter(options: AdapterTrainOptions) -> TrainReport:
         "seed": options.seed,
         "augment": options.augment,
     }
+    if options.world:
+        identity.update(world=True, chunk=options.chunk, reuse=options.reuse, world_seed=options.world_seed)
     ck = run.prepare(resume=options.resume, identity=identity)
     torch.manual_seed(options.seed)
     adapter = build_trainable_adapter(shape, options.init, seed=options.seed)
@@ -190,9 +287,12 @@ def train_adapter(options: AdapterTrainOptions) -> TrainReport:
     )  # fmt: skip
 
     trainer = AdapterTrainer(adapter, codec, teacher, options, batches_from, device)
+    if options.world:
+        stream = ViewStream(folder, options.chunk, options.seed, options.world_seed, photo_share=options.photo_share)
+        trainer.stream = ChunkPairs(codec, teacher, stream, options, device)
     side = options.crop // 16
     per_image = 4 * (codec.latent_channels * side * side + shape.embed_dim)
-    if not augment.random and len(folder) * per_image <= PRECOMPUTE_LIMIT_BYTES:
+    if not options.world and not augment.random and len(folder) * per_image <= PRECOMPUTE_LIMIT_BYTES:
         trainer.precompute(folder, augment)
     result = run_loop(run, trainer, options.loop, resume_from=ck, state={"identity": identity})
 
@@ -202,7 +302,11 @@ def train_adapter(options: AdapterTrainOptions) -> TrainReport:
     result.evaluation = evaluate_adapter(
         codec, teacher, shape, run.root / ADAPTER_FILE, folder, crop=options.crop, n=options.eval_images
     )
-    data = {"images_dir": str(folder.root.resolve()), "images": len(folder), "precomputed": trainer.cache is not None}
+    data: dict[str, Any] = {
+        "images_dir": str(folder.root.resolve()), "images": len(folder), "precomputed": trainer.cache is not None
+    }  # fmt: skip
+    if trainer.stream is not None:
+        data.update(trainer.stream.figures())
     models = {
         "codec": {"profile": codec.profile_id, "weights": m.codec.weights, "sha256": codec.weights_sha256},
         "clip": {"model": m.clip.model, "tag": m.clip.tag, "weights": m.clip.weights, "sha256": teacher.weights_sha256},

@@ -252,3 +252,108 @@ def batch_source(
         )
 
     return from_step
+
+
+# -- views as ingest sees them ------------------------------------------------------------------------------------
+
+VIEW_SCALES = ((1.0, 0.4), (0.75, 0.2), (0.5, 0.4))
+"""(factor, probability) of the resize a view gets: native size, 3/4 and the 50 % downscale of near-duplicates."""
+PHOTO_SIDES = (128, 192, 256, 320)
+"""Shorter sides a photo view is resized to before the view's own resize (photos are far larger than scenes)."""
+
+
+@dataclass(frozen=True)
+class IngestView:
+    """A random edit of an image as a collection holds it: crop, resize, flip and JPEG re-encoding, uint8 in and out.
+
+    Near-duplicate search (a JPEG q50 copy, a 90 % crop, a 50 % resize) asks the adapter to give an edited copy the
+    embedding of its original; the teacher embeds every view as ingested, so training on these views teaches the
+    adapter what the teacher does with them.
+
+    Attributes:
+        crop_p: probability of a crop that keeps 80-95 % of each side (``resized_p`` more: a random resized crop of
+            30-100 % of the area, as CLIP training does); otherwise the whole image.
+        jpeg_p: probability of JPEG re-encoding at a quality drawn from ``jpeg_quality``.
+        min_side: no view is smaller than this on its shorter side.
+    """
+
+    crop_p: float = 0.3
+    resized_p: float = 0.25
+    jpeg_p: float = 0.35
+    jpeg_quality: tuple[int, int] = (30, 90)
+    min_side: int = 64
+
+    def __call__(self, pixels: np.ndarray, rng: np.random.Generator, *, base_side: int | None = None) -> np.ndarray:
+        """The edited view of ``pixels``; ``base_side`` first resizes the shorter side to it (photos)."""
+        import io
+
+        from PIL import Image
+
+        image = Image.fromarray(pixels)
+        if base_side is not None:
+            image = _shorter_side(image, base_side)
+        w, h = image.size
+        u = rng.random()
+        if u < self.crop_p:
+            f = float(rng.uniform(0.8, 0.95))
+            cw, ch = max(1, round(w * f)), max(1, round(h * f))
+            left, top = int(rng.integers(w - cw + 1)), int(rng.integers(h - ch + 1))
+            image = image.crop((left, top, left + cw, top + ch))
+        elif u < self.crop_p + self.resized_p:
+            top, left, ch, cw = _resized_crop_box(h, w, (0.3, 1.0), rng)
+            image = image.crop((left, top, left + cw, top + ch)).resize((w, h), Image.Resampling.BICUBIC)
+        factors, probs = zip(*VIEW_SCALES, strict=True)
+        f = float(rng.choice(factors, p=probs))
+        w, h = image.size
+        f = max(f, self.min_side / min(w, h))
+        if f < 1.0:
+            image = image.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if rng.random() < self.jpeg_p:
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))
+            image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        return np.asarray(image.convert("RGB")).copy()
+
+
+def _shorter_side(image: Any, side: int) -> Any:
+    from PIL import Image
+
+    w, h = image.size
+    f = side / min(w, h)
+    return image.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BICUBIC)
+
+
+@dataclass(frozen=True)
+class ViewStream:
+    """Training views generated on the fly: world train scenes and photos, edited by :class:`IngestView`.
+
+    View ``p`` of the run is a function of (seed, p) only: with probability ``photo_share`` an edited photo of
+    ``photos`` (drawn at random, resized to a side of :data:`PHOTO_SIDES`), else an edit of world train scene ``p``
+    (a new scene for every view: :func:`licsearch.world.sample_specs` with ``world_seed``; never the test split).
+    Chunk ``c`` holds views ``c * chunk`` to ``(c + 1) * chunk - 1``.
+    """
+
+    photos: ImageFolder | None
+    chunk: int
+    seed: int
+    world_seed: int
+    scene_side: int = 256
+    photo_share: float = 0.25
+    edit: IngestView = IngestView()
+
+    def views(self, c: int, specs: list[Any]) -> list[np.ndarray]:
+        """The uint8 views of chunk ``c``; ``specs`` are the world scenes of the run (at least ``(c + 1) * chunk``)."""
+        from ..world import render
+
+        out = []
+        for p in range(c * self.chunk, (c + 1) * self.chunk):
+            rng = np.random.default_rng([self.seed, p, 0x1E57])
+            if self.photos is not None and rng.random() < self.photo_share:
+                i = int(rng.integers(len(self.photos)))
+                pixels = (self.photos.load(i).permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+                out.append(self.edit(pixels, rng, base_side=int(rng.choice(PHOTO_SIDES))))
+            else:
+                out.append(self.edit(render(specs[p], (self.scene_side, self.scene_side)), rng))
+        return out
