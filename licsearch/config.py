@@ -13,6 +13,7 @@ import json
 import math
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -263,18 +264,19 @@ class StoreConfig:
         return cfg
 
     def save(self, root: Path) -> None:
-        """Writes ``store.json`` atomically.
+        """Writes ``store.json`` atomically; weights files inside the store are written as ``store:PATH``.
 
         Raises:
             StoreError: the store is read-only (nothing is written).
         """
         if not is_writable(root):
             raise read_only_error(f"the store at {root}", f"write {CONFIG_FILE}")
-        atomic_write(root / CONFIG_FILE, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+        data = _map_weights(self, lambda w: _store_relative(w, root)).to_dict()
+        atomic_write(root / CONFIG_FILE, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
     @classmethod
     def load(cls, root: Path) -> StoreConfig:
-        """Reads ``store.json``.
+        """Reads ``store.json``; a ``store:PATH`` weights source becomes the file's path under ``root``.
 
         Raises:
             StoreError: there is no store at ``root``, or its ``store.json`` is unreadable or damaged (not UTF-8,
@@ -299,11 +301,54 @@ class StoreConfig:
         except RecursionError:
             raise _damaged_file(path, "it is nested too deeply to be a store config") from None
         try:
-            return cls.from_dict(data)
+            return _map_weights(cls.from_dict(data), lambda w: _in_store(w, root))
         except StoreError as e:
             if e.hint:  # a store of another format: not damage
                 raise
             raise _damaged_file(path, e.message.removeprefix("store config is damaged: ")) from None
+
+
+STORE_WEIGHTS_PREFIX = "store:"
+"""A weights source inside the store (``store:adapters/NAME``), so that a moved or copied store still finds it."""
+
+
+def _store_relative(weights: str, root: Path) -> str:
+    """``store:PATH`` for a weights file inside ``root``; any other source unchanged."""
+    if not Path(weights).is_absolute():
+        return weights
+    try:
+        rel = Path(weights).resolve().relative_to(root.resolve())
+    except ValueError:
+        return weights
+    return STORE_WEIGHTS_PREFIX + rel.as_posix()
+
+
+def _in_store(weights: str, root: Path) -> str:
+    """The path under ``root`` of a ``store:PATH`` source; any other source unchanged.
+
+    Raises:
+        StoreError: the path leaves the store.
+    """
+    if not weights.startswith(STORE_WEIGHTS_PREFIX):
+        return weights
+    rel = Path(weights[len(STORE_WEIGHTS_PREFIX) :])
+    if not rel.parts or rel.is_absolute() or ".." in rel.parts:
+        raise _damaged(f"weights source {weights!r} must name a file inside the store")
+    return str(root.resolve() / rel)
+
+
+def _map_weights(cfg: StoreConfig, fn: Callable[[str], str]) -> StoreConfig:
+    """``cfg`` with ``fn`` applied to the weights source of every model of every space."""
+
+    def models(m: ModelsConfig) -> ModelsConfig:
+        return ModelsConfig(
+            codec=dataclasses.replace(m.codec, weights=fn(m.codec.weights)),
+            clip=dataclasses.replace(m.clip, weights=fn(m.clip.weights)),
+            adapter=dataclasses.replace(m.adapter, weights=fn(m.adapter.weights)),
+        )
+
+    spaces = {sid: dataclasses.replace(sp, models=models(sp.models)) for sid, sp in cfg.spaces.items()}
+    return dataclasses.replace(cfg, models=models(cfg.models), spaces=spaces)
 
 
 CONFIG_REPAIR_HINT = (

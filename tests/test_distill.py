@@ -145,6 +145,11 @@ def test_old_store_json_loads_as_an_adapter_space(tiny_store: Path, capsys: pyte
     path.write_text(json.dumps(doc))
     res = cli_inprocess(capsys, "stats", "--store", str(tiny_store), "--json")
     assert res.returncode == 1 and "store.kind 'photos' is unknown" in json.loads(res.stdout)["error"]["message"]
+    doc["kind"] = ADAPTER_KIND
+    doc["models"]["adapter"]["weights"] = "store:../elsewhere.safetensors"
+    path.write_text(json.dumps(doc))
+    res = cli_inprocess(capsys, "stats", "--store", str(tiny_store), "--json")
+    assert res.returncode == 1 and "must name a file inside the store" in json.loads(res.stdout)["error"]["message"]
 
 
 def test_distill_beats_a_random_adapter_and_builds_the_space(world_store: Path, capsys: pytest.CaptureFixture) -> None:
@@ -177,7 +182,8 @@ def test_distill_beats_a_random_adapter_and_builds_the_space(world_store: Path, 
 def test_distill_activate_then_ingest_never_runs_the_image_tower(
     world_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failing space is not activated without --force; once active, ingest embeds with the adapter only."""
+    """A failing space is not activated without --force; once active (and the store moved: its adapter is recorded
+    store-relative), ingest embeds with the adapter only."""
     from licsearch.model.image_tower import ImageTower
     from licsearch.ops.ingest import ingest
     from licsearch.storage.store import Store
@@ -192,6 +198,11 @@ def test_distill_activate_then_ingest_never_runs_the_image_tower(
     cfg = StoreConfig.load(world_store)
     assert cfg.space_id == doc["space_id"] and cfg.kind == ADAPTER_KIND
     assert cfg.spaces[doc["teacher_space"]].kind == PIXELS_KIND
+    recorded = json.loads((world_store / "store.json").read_text())["models"]["adapter"]["weights"]
+    assert recorded == "store:adapters/" + Path(doc["weights"]).name  # relative, so the store can move
+    moved = tmp_path / "moved"
+    world_store.rename(moved)
+    assert StoreConfig.load(moved).models.adapter.weights == str(moved.resolve() / "adapters" / Path(recorded).name)
 
     calls: list[int] = []
     real = ImageTower.embed
@@ -202,12 +213,12 @@ def test_distill_activate_then_ingest_never_runs_the_image_tower(
 
     monkeypatch.setattr(ImageTower, "embed", counting)
     new = _write(tmp_path / "new", _scenes(5, seed=11))
-    with Store.open(world_store) as store:
+    with Store.open(moved) as store:  # the moved store still finds its distilled adapter
         assert ingest(store, [new], progress=False).ingested == 5
     assert calls == []
-    assert len(_vectors(world_store, cfg.space_id)) == N_SCENES + 5
+    assert len(_vectors(moved, cfg.space_id)) == N_SCENES + 5
     pixels_copy = tmp_path / "pixels"
-    shutil.copytree(world_store, pixels_copy)  # the same images into a pixels store run the tower once per image
+    shutil.copytree(moved, pixels_copy)  # the same images into a pixels store run the tower once per image
     cfg_pixels = dataclasses.replace(cfg, space_id=doc["teacher_space"], kind=PIXELS_KIND, spaces={})
     cfg_pixels = dataclasses.replace(cfg_pixels, models=cfg.spaces[doc["teacher_space"]].models)
     cfg_pixels.save(pixels_copy)
