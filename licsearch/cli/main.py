@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from ..errors import LicsearchError
 from ..registry import Registry
 from . import (
+    backup,
     bundle,
     codec,
     distill,
@@ -40,6 +41,7 @@ from .base import Command, Result, note
 GROUPS = (
     store,
     maintenance,
+    backup,
     images,
     photos,
     codec,
