@@ -136,12 +136,18 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true", help="also time entropy coding by stage and the graphs by op")
     add_server_flags(p)
     p.add_argument("--management", metavar="URL", help="with --server: its management API, for the batching test")
+    g = p.add_argument_group("vector index (--index)")
+    g.add_argument("--index", action="store_true", help="time the vector settings on Qdrant Edge beside local mode")
+    g.add_argument("--points", type=int, default=100_000, metavar="N", help="synthetic points (default 100,000)")
+    g.add_argument("--dim", type=int, default=512, metavar="D", help="their dimension (default 512)")
 
 
 def cmd_bench(args: argparse.Namespace) -> Result:
     from ..config import CONFIG_FILE, StoreConfig
     from ..release.bench import BenchOptions, default_bench_models, format_report, run_bench
 
+    if args.index:
+        return _bench_index(args)
     models, space, cache = models_from_flags(args), None, None
     if models is None and not args.store and not args.bundle and not (store_dir(args) / CONFIG_FILE).exists():
         models = default_bench_models()  # no store here: the shipped trained codec, ViT-B-32-size CLIP compute
@@ -168,6 +174,18 @@ def cmd_bench(args: argparse.Namespace) -> Result:
         doc["serving"] = _bench_serving(args, models, options)
         human += "\n" + format_serving(doc["serving"])
     return Result(doc, human)
+
+
+def _bench_index(args: argparse.Namespace) -> Result:
+    from ..release.index_bench import IndexBenchOptions, format_index_report, run_index_bench
+
+    if args.points < 100 or args.dim < 2:
+        raise InputError(
+            f"--points {args.points} / --dim {args.dim} is too small", hint="use --points >= 100 and --dim >= 2"
+        )
+    options = IndexBenchOptions(points=args.points, dim=args.dim)
+    doc = run_index_bench(options, store=store_dir(args) if args.store else None, log=note)
+    return Result(doc, format_index_report(doc))
 
 
 def _bench_serving(args: argparse.Namespace, models: ModelsConfig | None, options: BenchOptions) -> dict[str, Any]:
