@@ -69,6 +69,18 @@ def test_round_trip_is_bit_and_point_exact(stocked: Path, tmp_path: Path) -> Non
     assert _search(stocked, image) == _search(target, image)
 
 
+def test_round_trip_of_a_local_mode_store(stocked: Path, tmp_path: Path) -> None:
+    from tests.legacy_store import make_legacy
+
+    old = make_legacy(stocked, tmp_path / "old")
+    archive = tmp_path / "old.tar"
+    run_cli("backup", "--store", str(old), "--out", str(archive), check=True)
+    assert read_manifest(archive)["engine"] == "client"
+    proc = run_cli("restore", str(archive), "--store", str(tmp_path / "back"), "--json", check=True)
+    assert json.loads(proc.stdout)["fsck"]["ok"]
+    assert _snapshot(old) == _snapshot(tmp_path / "back") and (tmp_path / "back" / "qdrant").is_dir()
+
+
 def test_credentials_left_out_unless_asked(stocked: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     shutil.copytree(stocked, store)

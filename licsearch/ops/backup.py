@@ -137,9 +137,9 @@ def backup(root: Path, out: Path, *, include_credentials: bool = False) -> Backu
         raise InputError(f"the folder of {out} does not exist", hint="create it, or choose another --out FILE")
     partial = out.with_name(out.name + ".partial")
     with Store.open(root) as store:
-        store.require_writable("back it up (the backup holds the writer lock for its duration)")
+        # Open, a writable store holds the exclusive writer lock and a read-only one a shared lock: no writer runs.
         flush = getattr(store.index.engine, "flush", None)
-        if flush is not None and store.config.qdrant.url is None:
+        if flush is not None and store.config.qdrant.url is None and not store.read_only:
             flush()
         engine = store.index.engine_name if store.config.qdrant.url is None else "server"
         points = _points_jsonl(store)
