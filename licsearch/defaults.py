@@ -52,6 +52,8 @@ DISTILL_STEPS = 2000
 DISTILL_BATCH = 32
 DISTILL_LR = 1e-3
 """``licsearch distill``: optimisation steps, pairs per step and peak learning rate (AdamW, cosine decay)."""
+DISTILL_FLIP = 0.5
+"""``licsearch distill``: the chance that a training pair's y_hat is mirrored left to right."""
 DISTILL_TEXTS = 200
 """``licsearch distill``: text queries drawn from the CLIP tokenizer's vocabulary for the top-10 agreement."""
 

@@ -270,6 +270,8 @@ def test_distill_refuses_bad_stores(
 
     code, doc = _distill(capsys, tiny_store)
     assert code == 2 and "has no pixels space to distil from" in doc["error"]["message"]
+    code, doc = _distill(capsys, world_store, "--flip", "1.5")
+    assert code == 2 and "--flip 1.5 is not a probability" in doc["error"]["message"]
 
     few = tmp_path / "few"
     with Store.create(few, WORLD_MODELS, kind=PIXELS_KIND) as store:

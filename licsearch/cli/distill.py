@@ -32,6 +32,12 @@ def configure_distill(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=defaults.DISTILL_BATCH, help="pairs per step")
     p.add_argument("--lr", type=float, default=defaults.DISTILL_LR, help="peak learning rate (cosine decay)")
+    p.add_argument(
+        "--flip",
+        type=float,
+        default=defaults.DISTILL_FLIP,
+        help=f"chance that a training pair's latent is mirrored left to right (default {defaults.DISTILL_FLIP})",
+    )
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the adapter's initialisation and batches")
     p.add_argument(
         "--texts", metavar="FILE", help="text queries, one a line (default: words of the CLIP tokenizer's vocabulary)"
@@ -58,11 +64,15 @@ def cmd_distill(args: argparse.Namespace) -> Result:
         raise InputError("--force only overrides the thresholds of --activate", hint="add --activate")
     if args.steps < 1 or args.batch_size < 1:
         raise InputError("--steps and --batch-size must be positive")
+    if not 0.0 <= args.flip <= 1.0:
+        raise InputError(f"--flip {args.flip} is not a probability", hint="give a number from 0 to 1, e.g. 0.5")
     progress = False if args.no_progress else None
     texts = _read_texts(Path(args.texts)) if args.texts else None
     options = DistillOptions(
         holdout=args.holdout,
-        train=TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=progress),
+        train=TrainOptions(
+            steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=progress, flip=args.flip
+        ),
         texts=texts,
         thresholds=Thresholds(recall_min=args.recall_min, cos_min=args.cos_min, text_min=args.text_min),
         activate=args.activate,
