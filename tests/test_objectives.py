@@ -30,19 +30,17 @@ from licsearch.ops.search import search
 from licsearch.storage.store import Store
 from licsearch.train.adapter import AdapterTrainOptions, adamw, build_trainable_adapter, cosine_loss
 from licsearch.train.loop import LoopOptions
+from licsearch.train.objective_data import ObjectiveData, build_data, world_sources
 from licsearch.train.objectives import (
-    ObjectiveData,
     ObjectiveOptions,
     ObjectiveTrainer,
     TextRealigner,
     arc_margin_loss,
-    build_data,
     caption_pool,
     embed_items,
     mc_arc_margin_loss,
     mine_pseudo_captions,
     train_objective,
-    world_sources,
 )
 from licsearch.train.teacher import ClipTeacher
 from licsearch.world import sample_specs
