@@ -64,6 +64,7 @@ def _assert_fsck_sees_the_synthetic_points(code: int, doc: dict) -> None:
     assert len(doc["fsck"]["missing"]) == N_EXTRA and not doc["fsck"]["corrupt"]
 
 
+@pytest.mark.slow
 def test_old_store_opens_read_only_with_a_notice_then_upgrades(legacy: Path) -> None:
     with VectorIndex(path=legacy / "qdrant", engine="client") as local:
         before = _points(local)
@@ -99,6 +100,7 @@ upgrade(Path(sys.argv[1]), after_batch=stop)
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_upgrade_then_resume(legacy: Path) -> None:
     with VectorIndex(path=legacy / "qdrant", engine="client") as local:
         before = _points(local)

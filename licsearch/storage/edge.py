@@ -482,8 +482,9 @@ class EdgeEngine:
             return None
         ids: set[Any] = set()
         offset: Any = None
+        fields = qe.PayloadSelector.Include(sorted({flt.key.split(".")[0] for flt in flags}))
         while True:
-            request = qe.ScrollRequest(offset=offset, limit=1000, filter=to_filter(selection), with_payload=True)
+            request = qe.ScrollRequest(offset=offset, limit=5000, filter=to_filter(selection), with_payload=fields)
             with self.calling("scrolling points"):
                 records, offset = self.shard.scroll(request)
             ids.update(normalise_id(r.id) for r in records if all(_matches(dict(r.payload or {}), f) for f in flags))
