@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR := .demo
 
-.PHONY: setup demo test lint typecheck clean train-offline ship-offline
+.PHONY: setup demo test lint typecheck clean train-offline ship-offline train-adapters-world
 
 setup: $(STAMP)
 
@@ -81,8 +81,24 @@ train-offline: setup
 	$(TRAIN) adapter --images $(RUNS)/adapter-data --codec bmshj2018-hyperprior:3 \
 		--codec-weights $(RUNS)/codec-q3/codec.safetensors --clip licsearch-world \
 		--clip-weights $(RUNS)/clip-world/clip.safetensors --no-augment --steps $(ADAPTER_STEPS) --batch-size 32 \
-		--device $(TRAIN_DEVICE) --out $(RUNS)/adapter-q3
+		--device $(TRAIN_DEVICE) --out $(RUNS)/adapter-q3-base
+	$(MAKE) train-adapters-world
 	$(MAKE) ship-offline
+
+# The shipped adapters: adapter-q3-base (precomputed views above) trained on views made on the fly (new world train
+# scenes and the photos, cropped, resized and JPEG re-encoded as a collection holds them), then q1/q2/q4 from it.
+ADAPTER_WORLD_STEPS ?= 288
+ADAPTER_FT_STEPS ?= 48
+ADAPTER_WORLD := $(TRAIN) adapter --images $(PHOTOS) --clip licsearch-world \
+	--clip-weights $(RUNS)/clip-world/clip.safetensors --world --chunk 256 --batch-size 32 --eval-images 32 \
+	--device $(TRAIN_DEVICE)
+train-adapters-world: setup
+	$(ADAPTER_WORLD) --codec bmshj2018-hyperprior:3 --codec-weights $(RUNS)/codec-q3/codec.safetensors \
+		--init $(RUNS)/adapter-q3-base/adapter.safetensors --world-seed 7 --reuse 6 --steps $(ADAPTER_WORLD_STEPS) \
+		--lr 3e-4 --out $(RUNS)/adapter-q3
+	for q in 2 1 4; do $(ADAPTER_WORLD) --codec bmshj2018-hyperprior:$$q --codec-weights \
+		$(RUNS)/codec-q$$q/codec.safetensors --init $(RUNS)/adapter-q3/adapter.safetensors --world-seed 1$$q \
+		--seed $$q --reuse 6 --steps $(ADAPTER_FT_STEPS) --lr 2e-4 --out $(RUNS)/adapter-q$$q || exit 1; done
 
 ship-offline: setup
 	$(BIN)/python -m licsearch.train.ship --runs $(RUNS)

@@ -31,6 +31,7 @@ REFERENCE_FILE = "reference.json"
 REFERENCE_SIZE = (256, 256)
 REFERENCE_CODEC_IMAGES = 4
 REFERENCE_SCENES = 200
+ADAPTER_EVAL_FILE = "eval/adapter.json"
 
 
 def ship_run(run_dir: Path, weights_name: str, preset: str, dest_name: str, *, half: bool = False) -> Path:
@@ -157,6 +158,117 @@ def ship_offline(runs: Path, qualities: tuple[int, ...] = (1, 2, 3, 4)) -> list[
     return written
 
 
+def quality_models(preset: str, quality: int) -> ModelsConfig:
+    """The preset's models with the shipped codec and adapter of ``quality`` (``codec-qN``, ``adapter-qN``)."""
+    import dataclasses
+
+    from ..presets import PRESETS
+
+    m = PRESETS.get(preset).models
+    codec = dataclasses.replace(
+        m.codec, quality=quality, weights=f"{SHIPPED_PREFIX}{preset}/codec-q{quality}.safetensors"
+    )
+    adapter = dataclasses.replace(m.adapter, weights=f"{SHIPPED_PREFIX}{preset}/adapter-q{quality}.safetensors")
+    return dataclasses.replace(m, codec=codec, adapter=adapter)
+
+
+def _adapter_vectors(models: Any, images: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
+    """Adapter embeddings of ``images`` through real bitstreams (batched by image size) and each one's bpp."""
+    import numpy as np
+
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, px in enumerate(images):
+        by_shape.setdefault(px.shape, []).append(i)
+    vectors: list[Any] = [None] * len(images)
+    bpp = [0.0] * len(images)
+    for idx in by_shape.values():
+        for k in range(0, len(idx), 16):
+            part = idx[k : k + 16]
+            for i, e in zip(part, models.encode_batch([images[i] for i in part]), strict=True):
+                vectors[i], bpp[i] = e.embedding, e.bpp
+    return np.asarray(vectors, dtype=np.float32), bpp
+
+
+def adapter_figures(
+    preset: str,
+    images: list[np.ndarray],
+    captions: list[str] | None,
+    qualities: tuple[int, ...],
+    near_duplicate_qualities: tuple[int, ...],
+) -> dict[str, Any]:
+    """The shipped adapters on one image set: cosine to the teacher, text hit@1/@5, near-duplicate recall@1.
+
+    The teacher (CLIP's image tower on the original pixels, open_clip's eval preprocessing) gives the reference
+    figures; near-duplicates are the edits of :data:`licsearch.eval.semantic.EDITS`, each searched among the
+    originals (the adapter's vectors of both come from bitstreams).
+    """
+    import numpy as np
+
+    from ..eval.semantic import EDITS, Teacher, near_duplicate_recall
+    from ..metrics import hits_at_k
+    from ..model.models import ModelSet
+
+    first = ModelSet(quality_models(preset, qualities[0]))
+    teacher = Teacher(first.text.model)
+    pixels = teacher.embed(images)
+    edited = {name: [EDITS.get(name)(px) for px in images] for name in EDITS}
+    texts = sorted(set(captions)) if captions else []
+    relevant = [{i for i, c in enumerate(captions or []) if c == t} for t in texts]
+    queries = first.embed_texts(texts).vectors.float().numpy() if texts else None
+    ref: dict[str, Any] = {
+        "near_duplicate": {n: near_duplicate_recall(pixels, teacher.embed(e))["recall_at_1"] for n, e in edited.items()}
+    }
+    if queries is not None:
+        ref.update({f"hit{k}": v for k, v in hits_at_k(queries, pixels, relevant, (1, 5)).items()})
+    per_quality: dict[str, Any] = {}
+    for q in qualities:
+        models = ModelSet(quality_models(preset, q))
+        vectors, bpp = _adapter_vectors(models, images)
+        row: dict[str, Any] = {"bpp": float(np.mean(bpp)), "cos_mean": float(np.mean((vectors * pixels).sum(axis=1)))}
+        if queries is not None:
+            row.update({f"hit{k}_adapter": v for k, v in hits_at_k(queries, vectors, relevant, (1, 5)).items()})
+            row["hit1_ratio_to_clip_pixels"] = row["hit1_adapter"] / max(ref["hit1"], 1e-12)
+        if q in near_duplicate_qualities:
+            row["near_duplicate"] = {
+                n: near_duplicate_recall(vectors, _adapter_vectors(models, e)[0])["recall_at_1"]
+                for n, e in edited.items()
+            }
+        per_quality[str(q)] = row
+    return {"images": len(images), "queries": len(texts), "clip_pixels": ref, "per_quality": per_quality}
+
+
+def write_adapter_eval(
+    preset: str = "offline",
+    *,
+    kodak: Path | None,
+    n_scenes: int = REFERENCE_SCENES,
+    qualities: tuple[int, ...] = (1, 2, 3, 4),
+    near_duplicate_qualities: tuple[int, ...] = (2, 3),
+) -> Path:
+    """``eval/adapter.json``: :func:`adapter_figures` on world test scenes and, when given, the Kodak folder."""
+    from ..imageio import iter_image_files, load_image
+
+    captions, images = world_test_scenes(n_scenes)
+    doc: dict[str, Any] = {
+        "world": {
+            "inputs": f"procedural world, held-out test split, seed 0, {REFERENCE_SIZE[0]}x{REFERENCE_SIZE[1]}",
+            **adapter_figures(preset, images, captions, qualities, near_duplicate_qualities),
+        }
+    }
+    if kodak is not None:
+        paths = sorted(p for p, err in iter_image_files([kodak]) if err is None)
+        if not paths:
+            raise InputError(f"no images in {kodak}", hint="pass the Kodak folder as --kodak")
+        photos = [load_image(p).pixels for p in paths]
+        doc["kodak"] = {
+            "inputs": str(kodak),
+            **adapter_figures(preset, photos, None, qualities, near_duplicate_qualities),
+        }
+    path = shipped_dir() / preset / ADAPTER_EVAL_FILE
+    atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
 def write_summary(preset: str) -> Path:
     """``PROVENANCE.md``: one line per shipped file (what, data, steps, time, hardware, command) and the figures."""
     folder = shipped_dir() / preset
@@ -200,13 +312,20 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     p = argparse.ArgumentParser(prog="python -m licsearch.train.ship", description="ship the offline preset")
-    p.add_argument("--runs", type=Path, required=True, help="the folder of `make train-offline`'s runs")
+    p.add_argument("--runs", type=Path, help="the folder of `make train-offline`'s runs")
     p.add_argument("--reference-only", action="store_true", help="only re-measure reference.json and PROVENANCE.md")
+    p.add_argument("--adapter-eval", action="store_true", help=f"only measure the adapters into {ADAPTER_EVAL_FILE}")
+    p.add_argument("--kodak", type=Path, help="with --adapter-eval: the Kodak folder (near-duplicates on photos)")
     args = p.parse_args(argv)
     try:
-        written = (
-            [write_reference("offline"), write_summary("offline")] if args.reference_only else ship_offline(args.runs)
-        )
+        if args.adapter_eval:
+            written = [write_adapter_eval("offline", kodak=args.kodak)]
+        elif args.reference_only:
+            written = [write_reference("offline"), write_summary("offline")]
+        elif args.runs is None:
+            raise InputError("--runs is required to ship", hint="pass the folder of `make train-offline`'s runs")
+        else:
+            written = ship_offline(args.runs)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
