@@ -51,7 +51,17 @@ from ..model.text import TextEncoder, load_clip_model
 from ..model.weights import RANDOM, save_state_dict, state_dict_sha256
 from ..spaces import ADAPTER_KIND, space_id_for
 from ..storage.store import Store
-from .distill import ADAPTERS_DIR, Pairs, Thresholds, TrainOptions, decide, measure_heldout, vocabulary_texts
+from .distill import (
+    ADAPTERS_DIR,
+    Pairs,
+    Thresholds,
+    TrainOptions,
+    _bar,
+    _digest,
+    decide,
+    measure_heldout,
+    vocabulary_texts,
+)
 from .reindex import Target, reindex_store
 from .spaces import activate_space
 
@@ -422,19 +432,3 @@ def cost_figures(seconds: dict[str, float], sample: int, points: int) -> dict[st
         "full_s": full_s,
         "speedup": full_s / migrate_s if migrate_s else 0.0,
     }
-
-
-def _digest(items: list[str]) -> str:
-    return hashlib.sha256("\n".join(items).encode()).hexdigest()
-
-
-def _bar(total: int, enabled: bool | None, desc: str) -> Any:
-    import sys
-
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or total == 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", file=sys.stderr, desc=desc)
