@@ -7,9 +7,10 @@ weights, the CLIP model is the tiny open_clip config shipped in licsearch/model_
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,27 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False) 
     if check and proc.returncode != 0:
         raise AssertionError(f"licsearch {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+MakeDir = Callable[[str], Path]
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeDir]:
+    """``tmp_path_factory.mktemp`` for one module's fixtures: the folders go when the module ends.
+
+    An Edge store takes ~240 MB of disk however few points it holds (preallocated WAL, vector chunk, payload pages
+    and indexes); kept for the whole session, the modules' stores would fill a small CI disk.
+    """
+    made: list[Path] = []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

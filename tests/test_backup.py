@@ -21,13 +21,15 @@ from licsearch.ops.backup import MANIFEST, read_manifest
 from licsearch.storage.store import Store
 from tests.conftest import run_cli
 
+from .conftest import MakeDir
+
 
 @pytest.fixture(scope="module")
-def stocked(tmp_path_factory: pytest.TempPathFactory, tiny_store_template: Path) -> Path:
+def stocked(module_tmp: MakeDir, tiny_store_template: Path) -> Path:
     """A tiny store holding the six images of ``images_dir`` (made once per module; tests copy it)."""
     from tests.conftest import make_image, write_png
 
-    base = tmp_path_factory.mktemp("backup")
+    base = module_tmp("backup")
     for i in range(6):
         write_png(base / "images" / f"img{i}.png", make_image(100 + i, 64 + 16 * (i % 2), 96))
     root = base / "store"
@@ -112,8 +114,8 @@ def test_sigkill_during_backup_leaves_no_complete_looking_file(stocked: Path, tm
 
 
 @pytest.fixture(scope="module")
-def archive_bytes(stocked: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    out = tmp_path_factory.mktemp("archive") / "good.tar"
+def archive_bytes(stocked: Path, module_tmp: MakeDir) -> bytes:
+    out = module_tmp("archive") / "good.tar"
     run_cli("backup", "--store", str(stocked), "--out", str(out), check=True)
     return out.read_bytes()
 

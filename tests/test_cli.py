@@ -23,7 +23,7 @@ from licsearch.bitstream import VERSION
 from licsearch.model.models import ModelSet
 from licsearch.storage.store import Store
 
-from .conftest import TINY_FLAGS, make_image, run_cli, tiny_models, write_png
+from .conftest import TINY_FLAGS, MakeDir, make_image, run_cli, tiny_models, write_png
 
 RANDOM_WARNING = "WARNING: RANDOM WEIGHTS"
 MBT_FLAGS = ["--codec", "mbt2018-mean:1", *TINY_FLAGS[2:]]
@@ -104,8 +104,8 @@ class Stocked:
 
 
 @pytest.fixture(scope="module")
-def stocked(tiny_store_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Stocked:
-    base = tmp_path_factory.mktemp("cli")
+def stocked(tiny_store_template: Path, module_tmp: MakeDir) -> Stocked:
+    base = module_tmp("cli")
     root = base / "store"
     shutil.copytree(tiny_store_template, root)
     images = {f"img{i}.png": write_png(base / "images" / f"img{i}.png", make_image(i)) for i in range(4)}
@@ -119,9 +119,9 @@ def stocked(tiny_store_template: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def small_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+def small_store(module_tmp: MakeDir) -> tuple[Path, Result]:
     """A store made by `init --json` with a 1000-pixel limit."""
-    root = tmp_path_factory.mktemp("small") / "store"
+    root = module_tmp("small") / "store"
     proc = run_cli("init", "--store", str(root), *TINY_FLAGS, "--max-pixels", "1000", "--json")
     return root, Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -22,7 +22,7 @@ import pytest
 from licsearch.config import ClipConfig, CodecConfig, ModelsConfig, StoreConfig
 from licsearch.spaces import ADAPTER_KIND, PIXELS_KIND
 
-from .conftest import write_png
+from .conftest import MakeDir, write_png
 from .test_cli import cli_inprocess
 
 SIDE = 64
@@ -47,12 +47,12 @@ def _write(folder: Path, images: list[np.ndarray]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def world_template(module_tmp: MakeDir) -> Path:
     """A pixels store of world scenes (made once; tests copy it)."""
     from licsearch.ops.ingest import ingest
     from licsearch.storage.store import Store
 
-    base = tmp_path_factory.mktemp("distill")
+    base = module_tmp("distill")
     images = _write(base / "scenes", _scenes(N_SCENES, seed=3))
     with Store.create(base / "store", WORLD_MODELS, kind=PIXELS_KIND) as store:
         rep = ingest(store, [images], progress=False)

@@ -23,6 +23,8 @@ import pytest
 from licsearch.errors import StoreError
 from licsearch.storage.index import INDEXED_FIELDS, Point, Selection, VectorIndex, parse_filter
 
+from .conftest import MakeDir
+
 SPACES = {"clip-a": 16, "clip-b": 8}
 N = 240
 SCORE_TOL = 1e-5
@@ -53,9 +55,9 @@ def _points(seed: int = 0) -> list[Point]:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VectorIndex, VectorIndex]]:
+def pair(module_tmp: MakeDir) -> Iterator[tuple[VectorIndex, VectorIndex]]:
     """The same points in an Edge shard and in local mode (module-wide; tests that change them use ``fresh``)."""
-    root = tmp_path_factory.mktemp("congruence")
+    root = module_tmp("congruence")
     edge, local = _filled(root)
     yield edge, local
     edge.close()
@@ -238,8 +240,8 @@ def test_the_edge_pin_is_exact() -> None:
 
 
 @pytest.fixture(scope="module")
-def shard_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("shard") / "edge"
+def shard_template(module_tmp: MakeDir) -> Path:
+    path = module_tmp("shard") / "edge"
     with VectorIndex(path=path, engine="edge") as edge:
         edge.ensure_collection(SPACES)
         edge.upsert(_points()[:50])

@@ -33,7 +33,7 @@ from licsearch.imageio import load_image
 from licsearch.storage.index import FieldFilter, VectorIndex, parse_filter
 from licsearch.storage.local import open_view
 
-from .conftest import TINY_FLAGS, make_image, run_cli, write_png
+from .conftest import TINY_FLAGS, MakeDir, make_image, run_cli, write_png
 
 NOBODY = 65534
 VIEW_PREFIX = "licsearch-readonly-index-"
@@ -72,12 +72,12 @@ def clean_error(proc: subprocess.CompletedProcess[str] | dict[str, Any], code: i
 
 
 @pytest.fixture(scope="module")
-def filled_template(tmp_path_factory: pytest.TempPathFactory, tiny_store_template: Path) -> Path:
+def filled_template(module_tmp: MakeDir, tiny_store_template: Path) -> Path:
     """A tiny store holding the six images of ``images_dir`` (made once, in-process; copy before changing)."""
     from licsearch.ops.ingest import ingest
     from licsearch.storage.store import Store
 
-    base = tmp_path_factory.mktemp("filled")
+    base = module_tmp("filled")
     images = base / "images"
     for i in range(4):
         write_png(images / f"img{i}.png", make_image(i))
@@ -92,11 +92,11 @@ def filled_template(tmp_path_factory: pytest.TempPathFactory, tiny_store_templat
 
 
 @pytest.fixture(scope="module")
-def legacy_template(tmp_path_factory: pytest.TempPathFactory, filled_template: Path) -> Path:
+def legacy_template(module_tmp: MakeDir, filled_template: Path) -> Path:
     """``filled_template`` as a store made before the Edge engine (qdrant-client local mode in ``qdrant/``)."""
     from tests.legacy_store import make_legacy
 
-    return make_legacy(filled_template, tmp_path_factory.mktemp("legacy") / "store")
+    return make_legacy(filled_template, module_tmp("legacy") / "store")
 
 
 # -- filters --------------------------------------------------------------------------------------------------

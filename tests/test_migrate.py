@@ -23,7 +23,7 @@ import pytest
 
 from licsearch.presets import preset_models
 
-from .conftest import write_png
+from .conftest import MakeDir, write_png
 from .test_cli import cli_inprocess
 
 SIDE = 64
@@ -53,11 +53,11 @@ def _scenes(n: int) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Migrated:
+def migrated(module_tmp: MakeDir) -> Migrated:
     from licsearch.ops.ingest import ingest
     from licsearch.storage.store import Store
 
-    base = tmp_path_factory.mktemp("migrate")
+    base = module_tmp("migrate")
     for i, im in enumerate(_scenes(N_SCENES)):
         write_png(base / "scenes" / f"{i:04d}.png", im)
     with Store.create(base / "template", preset_models("offline")) as store:

@@ -24,7 +24,7 @@ from licsearch.errors import InputError
 from licsearch.observe import prometheus as observe
 from licsearch.observe.promql import Query, dashboard_queries, label_values_selector, rule_queries, substitute
 
-from .conftest import run_cli, tiny_models
+from .conftest import MakeDir, run_cli, tiny_models
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +39,8 @@ needs_servers = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    root = tmp_path_factory.mktemp("observe")
+def served(module_tmp: MakeDir) -> Iterator[dict[str, str]]:
+    root = module_tmp("observe")
     export_bundle(tiny_models(), root / "bundle", space_id="test")
     run_cli("archive", "--bundle", str(root / "bundle"), "--out", str(root / "model_store"), check=True)
     try:
@@ -50,8 +50,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
 
 
 @pytest.fixture(scope="module")
-def prom(served: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[observe.Prometheus]:
-    work = tmp_path_factory.mktemp("prometheus")
+def prom(served: dict[str, str], module_tmp: MakeDir) -> Iterator[observe.Prometheus]:
+    work = module_tmp("prometheus")
     config = observe.scrape_config(
         {"torchserve": [urlsplit(served["metrics"]).netloc]}, observe.write_rules(RULES, work / "rules")
     )

@@ -34,7 +34,7 @@ from licsearch.ops.spaces import SpaceNotReadyError, remove_space, space_status
 from licsearch.storage import space_vectors
 from licsearch.storage.store import Store, point_id
 
-from .conftest import make_image, run_cli, tiny_models, write_png
+from .conftest import MakeDir, make_image, run_cli, tiny_models, write_png
 from .test_bundle import cli_inprocess as bundle_cli_inprocess
 
 N_IMAGES = 6
@@ -56,8 +56,8 @@ def _cosines(a: list[float], b: list[float]) -> float:
 
 
 @pytest.fixture(scope="module")
-def world(tiny_store_template: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
-    base = tmp_path_factory.mktemp("reindex")
+def world(tiny_store_template: Path, module_tmp: MakeDir) -> World:
+    base = module_tmp("reindex")
     images = [write_png(base / "images" / f"img{i}.png", make_image(i)) for i in range(4)]
     images += [write_png(base / "images" / f"img{i}.png", make_image(i, 64, 80)) for i in range(4, N_IMAGES)]
     extra = write_png(base / "extra" / "img9.png", make_image(9))

@@ -42,7 +42,7 @@ from licsearch.serving import server as ts_server
 from licsearch.serving.archive import ArchiveSettings, archive_bundle, default_version
 from licsearch.serving.client import ServingClient
 
-from .conftest import make_image, run_cli, tiny_models, write_png
+from .conftest import MakeDir, make_image, run_cli, tiny_models, write_png
 from .test_bundle import tiny_bundles
 from .test_serving import free_ports
 
@@ -108,9 +108,9 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, module_tmp: MakeDir) -> Iterator[Env]:
     bundles = tiny_bundles(request.config, tmp_path_factory)
-    base = tmp_path_factory.mktemp("rollout")
+    base = module_tmp("rollout")
     cfg = tiny_models()
     other = base / "other-seed"
     export_bundle(dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, seed=1)), other, space_id="x")

@@ -25,7 +25,7 @@ from licsearch.ops.maintenance import fsck, stats
 from licsearch.ops.search import decode_stored, search
 from licsearch.storage.store import Store, point_id
 
-from .conftest import make_image, tiny_models, write_png
+from .conftest import MakeDir, make_image, tiny_models, write_png
 
 PAYLOAD_FIELDS = {
     "blob",
@@ -52,9 +52,9 @@ def _write_images(d: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def filled_template(tiny_store_template: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+def filled_template(tiny_store_template: Path, module_tmp: MakeDir) -> tuple[Path, list[Path]]:
     """A tiny store holding six ingested images (made once per module; copy it with `filled`)."""
-    base = tmp_path_factory.mktemp("filled")
+    base = module_tmp("filled")
     root = base / "store"
     shutil.copytree(tiny_store_template, root)
     paths = _write_images(base / "images")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import MakeDir, run_cli
 from tests.test_cli import cli_inprocess
 
 pytest.importorskip("fastapi", reason="the [ui] extra (fastapi, uvicorn) is not installed")
@@ -36,9 +36,9 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def sample_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict[str, Any]]]:
+def sample_store(module_tmp: MakeDir) -> tuple[Path, Path, list[dict[str, Any]]]:
     """An offline-preset store of 12 sample scenes with a ``taken`` date each (via --meta, as EXIF may be absent)."""
-    base = tmp_path_factory.mktemp("ui")
+    base = module_tmp("ui")
     samples, root = base / "samples", base / "store"
     run_cli("samples", "--out", str(samples), "-n", "12", "--size", "192x128", check=True)
     run_cli("init", "--store", str(root), "--preset", "offline", check=True)
