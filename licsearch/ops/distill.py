@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from ..model.adapter import Adapter, AdapterShape
 from ..model.weights import RANDOM, save_state_dict, state_dict_sha256
 from ..spaces import BUILDING, PIXELS_KIND
 from ..storage.store import Store
+from .progress import progress_bar
 from .reindex import reindex_store, resolve_target
 from .spaces import activate_space, plane_for_space
 
@@ -218,7 +218,7 @@ def load_pairs(store: Store, ids: Sequence[str], teacher: str, *, progress: bool
     """
     import numpy as np
 
-    bar = _bar(len(ids), progress, "read pairs")
+    bar = progress_bar(len(ids), progress, "read pairs")
     out_ids: list[str] = []
     ys: list[torch.Tensor] = []
     vecs: list[list[float]] = []
@@ -436,10 +436,10 @@ def distill(store: Store, options: DistillOptions) -> DistillReport:
     models = store.config.models if cfg is None else cfg.models
     a = models.adapter
     shape = AdapterShape(store.models.codec.latent_channels, pairs.teacher.shape[1], width=a.width, hidden=a.hidden)
-    identity = {"teacher": teacher, "codec": models.codec.sha256, "train_ids": _digest(train_ids)}
+    identity = {"teacher": teacher, "codec": models.codec.sha256, "train_ids": ids_digest(train_ids)}
     recipe = {k: v for k, v in asdict(options.train).items() if k not in ("progress", "checkpoint_every")}
     key = json.dumps({**identity, **recipe}, sort_keys=True)
-    run_dir = store.root / DISTILL_DIR / f"{teacher}-{_digest([key])[:12]}"  # another recipe trains in another run
+    run_dir = store.root / DISTILL_DIR / f"{teacher}-{ids_digest([key])[:12]}"  # another recipe trains in another run
     trained = train_from_pairs(pairs.subset(train_ids), shape, run_dir, options.train, identity=identity)
     weights = _save_weights(store, trained, shape)
 
@@ -505,15 +505,6 @@ def _save_weights(store: Store, trained: Trained, shape: AdapterShape) -> Path:
     return path.resolve()
 
 
-def _digest(items: Sequence[str]) -> str:
+def ids_digest(items: Sequence[str]) -> str:
+    """SHA-256 hex of the items in order, one a line: names a training set (or a chunk of ids) in a run's identity."""
     return hashlib.sha256("\n".join(items).encode()).hexdigest()
-
-
-def _bar(total: int, enabled: bool | None, desc: str) -> Any:
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or total == 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", file=sys.stderr, desc=desc)

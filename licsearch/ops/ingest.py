@@ -9,7 +9,6 @@ written just before a kill is referenced by the rerun (encoding is deterministic
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from ..spaces import PIXELS_KIND
 from ..storage.index import Point
 from ..storage.store import Store, point_id
 from .maintenance import optimize_index
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -111,7 +111,7 @@ def ingest(
     _ = models.codec, (models.image_tower if models.kind == PIXELS_KIND else models.adapter)
     store.index.ensure_payload_indexes()  # a store made before a field was indexed gets its index now
     files = list(iter_image_files(paths))
-    bar = _progress(len(files), progress)
+    bar = progress_bar(len(files), progress, "ingest")
     groups: dict[tuple[int, int], list[_Pending]] = {}
     seen: set[str] = set()
     duplicates: dict[str, list[str]] = {}
@@ -220,16 +220,6 @@ def _store_batch(
     crash_point("after_upsert")
     for p in batch:
         report.record(p.path, "ingested", id=p.id, notices=p.image.exif_notices)
-
-
-def _progress(total: int, enabled: bool | None) -> tqdm | None:
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or total == 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", file=sys.stderr, desc="ingest")
 
 
 def _tick(bar: tqdm | None) -> None:

@@ -56,12 +56,12 @@ from .distill import (
     Pairs,
     Thresholds,
     TrainOptions,
-    _bar,
-    _digest,
     decide,
+    ids_digest,
     measure_heldout,
     vocabulary_texts,
 )
+from .progress import progress_bar
 from .reindex import Target, reindex_store
 from .spaces import activate_space
 
@@ -195,7 +195,7 @@ def _migrate(store: Store, o: MigrateOptions, clip_model: Any, clip_cfg: ClipCon
     else:
         from .distill import train_from_pairs
 
-        identity = {"migrate": clip_cfg.sha256, "train_ids": _digest(train_ids)}
+        identity = {"migrate": clip_cfg.sha256, "train_ids": ids_digest(train_ids)}
         trained = train_from_pairs(pairs.subset(train_ids), shape, work / "train", o.train, identity=identity)
         method, state, timing["fit"] = "trained", trained.state, trained.seconds
     crash_point("migrate_fitted")
@@ -267,7 +267,7 @@ def _sample_pairs(
     payloads = {pid: payload for pid, payload, _ in store.index.retrieve(ids)}
     y_hats: dict[str, torch.Tensor] = {}
     todo = [pid for pid in ids if pid not in teacher]
-    bar = _bar(len(todo), progress, "migrate: decode the sample")
+    bar = progress_bar(len(todo), progress, "migrate: decode the sample")
     try:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
@@ -282,7 +282,7 @@ def _sample_pairs(
             teacher.update(zip(chunk, vectors, strict=True))
             timing["sample_decode"] += t1 - t0
             timing["sample_embed"] += t2 - t1
-            _save_chunk(work / f"teacher-{_digest(chunk)[:16]}.npz", chunk, vectors, t1 - t0, t2 - t1)
+            _save_chunk(work / f"teacher-{ids_digest(chunk)[:16]}.npz", chunk, vectors, t1 - t0, t2 - t1)
             crash_point("migrate_teacher")
             if bar is not None:
                 bar.update(len(chunk))

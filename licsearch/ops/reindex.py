@@ -19,7 +19,6 @@ the active space's vector; the next run of the re-index picks them up (activatio
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from ..spaces import ACTIVE, BUILDING, COMPLETE, PIXELS_KIND, space_id_for
 from ..storage import space_vectors
 from ..storage.store import Store, model_plane_for
 from .maintenance import optimize_index
+from .progress import progress_bar
 from .spaces import SpaceNotReadyError, activate_space, config_for_space, record_space, space_config
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ def reindex_store(
     recorded = store.config.spaces[target.space_id]
     if lacking and recorded.state != BUILDING:
         record_space(store, target.space_id, dataclasses.replace(recorded, state=BUILDING, completed_at=None))
-    bar = _progress(lacking, progress, target.space_id)
+    bar = progress_bar(lacking, progress, f"reindex {target.space_id}")
     failed: dict[str, str] = {}
 
     def fail(pid: str, message: str) -> None:
@@ -320,13 +320,3 @@ def _embed_page(
         emb = target.plane.adapter.embed(torch.cat([y for _, y in items]))
         out.update((pid, [float(x) for x in row]) for (pid, _), row in zip(items, emb.tolist(), strict=True))
     return out
-
-
-def _progress(total: int, enabled: bool | None, space_id: str) -> Any:
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or total == 0:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", file=sys.stderr, desc=f"reindex {space_id}")

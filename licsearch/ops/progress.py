@@ -1,0 +1,27 @@
+"""The one progress bar of the long store operations (ingest, re-index, distill, migrate): tqdm on stderr."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+
+def progress_bar(total: int, enabled: bool | None, desc: str, *, unit: str = "img") -> tqdm | None:
+    """A tqdm bar over ``total`` items on stderr, or None when there is nothing to show.
+
+    Args:
+        total: how many items the operation will go through; none gives no bar.
+        enabled: on or off as asked; None: on when stderr is a terminal (never in logs or pipes).
+        desc: the bar's label.
+        unit: what one item is.
+    """
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, desc=desc)
