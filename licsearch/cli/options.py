@@ -1,4 +1,5 @@
-"""Flags and argument helpers shared by command groups: the store, the model server, ``KEY=VALUE`` lists."""
+"""Flags and argument helpers shared by command groups: the store, the model server, the thresholds of a gate,
+the held-out activation of ``distill`` and ``migrate``, ``KEY=VALUE`` lists."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .base import add_json_flag
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..ops.distill import Thresholds
     from ..storage.store import Store
 
 
@@ -37,6 +39,49 @@ def add_threshold_flags(p: Any, *, cos_help: str | None = None, recall_help: str
     p.add_argument("--bpp-delta-max", type=float, default=bpp, help=f"percent (default {bpp})")
     p.add_argument("--cos-mean-min", type=float, default=defaults.COS_MEAN_MIN, help=cos_help)
     p.add_argument("--recall-overlap-min", type=float, default=defaults.RECALL_OVERLAP_MIN, help=recall_help)
+
+
+def add_heldout_flags(p: argparse.ArgumentParser) -> None:
+    """What ``distill`` and ``migrate`` measure a new adapter on and when they activate its space.
+
+    ``--texts``, the held-out thresholds (``--recall-min``, ``--cos-min``, ``--text-min``), ``--activate``,
+    ``--force``, ``--threads`` and ``--no-progress``; read back with :func:`heldout_thresholds` and
+    :func:`read_texts`.
+    """
+    p.add_argument(
+        "--texts", metavar="FILE", help="text queries, one a line (default: words of the CLIP tokenizer's vocabulary)"
+    )
+    r = defaults.ADAPTER_RECALL_OVERLAP_MIN
+    p.add_argument(
+        "--recall-min", type=float, default=r, help=f"least held-out recall@10 overlap to activate (default {r})"
+    )
+    p.add_argument("--cos-min", type=float, default=0.0, help="least held-out mean cosine to activate (default 0)")
+    p.add_argument("--text-min", type=float, default=0.0, help="least held-out text top-10 agreement (default 0)")
+    p.add_argument("--activate", action="store_true", help="switch queries and ingest to the new space if it passes")
+    p.add_argument("--force", action="store_true", help="with --activate, activate even when a threshold fails")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of PyTorch (default: its own choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def heldout_thresholds(args: argparse.Namespace) -> Thresholds:
+    """The thresholds of :func:`add_heldout_flags`; ``--force`` without ``--activate`` is refused."""
+    from ..ops.distill import Thresholds
+
+    if args.force and not args.activate:
+        raise InputError("--force only overrides the thresholds of --activate", hint="add --activate")
+    return Thresholds(recall_min=args.recall_min, cos_min=args.cos_min, text_min=args.text_min)
+
+
+def read_texts(path: str | Path) -> tuple[str, ...]:
+    """The queries of a ``--texts`` file, one a line (blank lines skipped); an unreadable or empty file is refused."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read --texts {path}: {e}", hint="give a UTF-8 text file, one query a line") from None
+    texts = tuple(t.strip() for t in lines if t.strip())
+    if not texts:
+        raise InputError(f"--texts {path} holds no query", hint="write one query a line")
+    return texts
 
 
 def store_dir(args: argparse.Namespace) -> Path:
