@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from licsearch.errors import ConfigMismatchError, InputError, StoreError
-from licsearch.storage.index import INDEXED_FIELDS, FieldFilter, Point, VectorIndex, parse_filter
+from licsearch.storage.index import ENGINE_LABELS, INDEXED_FIELDS, FieldFilter, Point, VectorIndex, parse_filter
 
 SPACES = {"clip-a": 4, "clip-b": 4}
 
@@ -317,3 +318,29 @@ def test_unreachable_server_names_url(monkeypatch: pytest.MonkeyPatch) -> None:
     # a closed port on the loopback interface: refused at once, nothing leaves the machine
     with VectorIndex(url="http://127.0.0.1:1") as idx, pytest.raises(StoreError, match=re.escape("http://127.0.0.1:1")):
         idx.count()
+
+
+def test_each_engine_describes_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from licsearch.storage.edge import edge_version
+
+    monkeypatch.setattr(
+        "qdrant_client.qdrant_remote.QdrantRemote._check_compatibility", staticmethod(lambda *args: None)
+    )
+    with VectorIndex(path=tmp_path / "edge") as edge, VectorIndex(path=tmp_path / "local", engine="client") as local:
+        assert (edge.engine_kind, local.engine_kind) == ("edge", "client")
+        assert edge.describe() == f"{ENGINE_LABELS['edge']} {edge_version()} (embedded)"
+        assert local.describe() == f"{ENGINE_LABELS['client']} (embedded)"
+    with VectorIndex(url="http://127.0.0.1:1") as server:  # described without a request
+        assert server.engine_kind == "server" and server.describe() == "Qdrant server at http://127.0.0.1:1"
+
+
+def test_init_names_the_engine_the_store_uses(tmp_path: Path) -> None:
+    from licsearch.storage.edge import edge_version
+    from tests.conftest import TINY_FLAGS, run_cli
+
+    root = tmp_path / "store"
+    proc = run_cli("init", "--store", str(root), *TINY_FLAGS, check=True)
+    assert f"Qdrant Edge {edge_version()} (embedded)" in proc.stdout and "local" not in proc.stdout
+    stats = json.loads(run_cli("stats", "--store", str(root), "--json", check=True).stdout)
+    assert stats["index"]["engine"] == "edge"
+    assert json.loads((root / "store.json").read_text())["qdrant"]["engine"] == "edge"

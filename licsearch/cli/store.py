@@ -78,6 +78,7 @@ def cmd_init(args: argparse.Namespace) -> Result:
             "kind": cfg.kind,
             "models": cfg.to_dict()["models"],
             "random_weights": rnd,
+            "engine": store.index.engine_kind,
         }
         if kind == PIXELS_KIND:
             note(
@@ -85,7 +86,7 @@ def cmd_init(args: argparse.Namespace) -> Result:
                 f"on each ingested image); once images are in, `licsearch distill --store {root} --activate` trains "
                 "the adapter from them"
             )
-        human = f"initialised store {root} (space {cfg.space_id}, {cfg.kind}, Qdrant {cfg.qdrant.url or 'local'})"
+        human = f"initialised store {root} (space {cfg.space_id}, {cfg.kind}, {store.index.describe()})"
         return Result(doc, human)
 
 

@@ -141,7 +141,7 @@ def backup(root: Path, out: Path, *, include_credentials: bool = False) -> Backu
         flush = getattr(store.index.engine, "flush", None)
         if flush is not None and store.config.qdrant.url is None and not store.read_only:
             flush()
-        engine = store.index.engine_name if store.config.qdrant.url is None else "server"
+        engine = store.index.engine_kind
         points = _points_jsonl(store)
         count = points.count(b"\n")
         members: dict[str, dict[str, Any]] = {}

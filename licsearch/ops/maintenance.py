@@ -88,7 +88,7 @@ def index_state(store: Store) -> dict[str, Any]:
 
     state = store.index.state()
     return {
-        "engine": store.index.engine_name if store.config.qdrant.url is None else "server",
+        "engine": store.index.engine_kind,
         "points": state.points,
         "indexed_vectors": state.indexed_vectors,
         "segments": state.segments,

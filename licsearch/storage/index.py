@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATETIME_FIELDS",
+    "ENGINE_LABELS",
     "INDEXED_FIELDS",
     "MAX_FILTER_KEY",
     "MAX_TOP_K",
@@ -63,6 +64,13 @@ __all__ = [
 
 Engine = Literal["edge", "client"]
 ENGINES: tuple[Engine, ...] = ("edge", "client")
+EngineKind = Literal["edge", "client", "server"]
+ENGINE_LABELS: dict[EngineKind, str] = {
+    "edge": "Qdrant Edge",
+    "client": "qdrant-client local mode",
+    "server": "Qdrant server",
+}
+"""What each kind of index is called in messages: the one owner of these names (``stats``' ``engine`` is the key)."""
 _BATCH = 256
 _EDGE_BATCH = 1000
 _normalise_id = normalise_id
@@ -128,6 +136,7 @@ class VectorIndex:
             self._engine = ClientEngine(path=path, url=url, api_key=api_key, collection=collection)
         self._where = self._engine.where
         self._local = path is not None
+        self._url = url
 
     @property
     def engine(self) -> EdgeEngine | ClientEngine:
@@ -135,6 +144,22 @@ class VectorIndex:
         if self._engine is None:
             raise StoreError(f"{self._where} is closed", hint="open a new VectorIndex")
         return self._engine
+
+    @property
+    def engine_kind(self) -> EngineKind:
+        """``edge`` or ``client`` (local mode) for an embedded index, ``server`` for a Qdrant server."""
+        return self.engine_name if self._local else "server"
+
+    def describe(self) -> str:
+        """The engine in words for messages, e.g. ``Qdrant Edge 0.9.0 (embedded)`` or ``Qdrant server at URL``."""
+        kind = self.engine_kind
+        if kind == "server":
+            return f"{ENGINE_LABELS[kind]} at {self._url}"
+        if kind == "edge":
+            from .edge import edge_version
+
+            return f"{ENGINE_LABELS[kind]} {edge_version()} (embedded)"
+        return f"{ENGINE_LABELS[kind]} (embedded)"
 
     @property
     def read_only(self) -> bool:
