@@ -21,6 +21,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 from . import defaults
 from .errors import StoreError
 from .fsutil import atomic_write
+from .jsondoc import JsonDocError, decode_json
 from .readonly import is_writable, read_only_error
 from .spaces import ADAPTER_KIND, BUILDING, SPACE_KINDS, SPACE_STATES
 
@@ -293,13 +294,9 @@ class StoreConfig:
         except OSError as e:
             raise StoreError(f"cannot read {path}: {e.strerror or e}", hint="check the store's permissions") from e
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise _damaged_file(path, "it is not UTF-8 text") from None
-        except json.JSONDecodeError as e:
-            raise _damaged_file(path, f"it is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-        except RecursionError:
-            raise _damaged_file(path, "it is nested too deeply to be a store config") from None
+            data = decode_json(raw, "a store config")
+        except JsonDocError as e:
+            raise _damaged_file(path, f"it {e}") from None
         try:
             return _map_weights(cls.from_dict(data), lambda w: _in_store(w, root))
         except StoreError as e:

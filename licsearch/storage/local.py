@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import json
 import os
 import pickle
 import shutil
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from licsearch.errors import StoreError
 
+from ..jsondoc import JsonDocError, decode_json
 from ..readonly import is_writable
 
 if TYPE_CHECKING:
@@ -278,13 +278,9 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise _bad_file(meta_path, f"cannot be read ({exc.strerror or exc})") from None
     try:
-        meta = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise _bad_file(meta_path, "is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise _bad_file(meta_path, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except RecursionError:
-        raise _bad_file(meta_path, "is nested too deeply to be the engine's metadata") from None
+        meta = decode_json(raw, "the engine's metadata")
+    except JsonDocError as exc:
+        raise _bad_file(meta_path, str(exc)) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("collections"), dict):
         raise _bad_file(meta_path, 'lacks its "collections" object')
     if not isinstance(meta.get("aliases", {}), dict):
