@@ -264,7 +264,9 @@ def _kernel() -> Callable[..., tuple[int, int]]:
     is writable numba refuses to cache at all, and the kernel is compiled for this process only.
     """
     from numba import njit
+    from numba.extending import register_jitable
 
+    register_jitable(_renorm)  # the decoder's helper, compiled into it (LLVM inlines it)
     try:
         return njit(cache=True, nogil=True)(_decode)
     except RuntimeError:  # "cannot cache function ...: no locator available"
@@ -298,12 +300,9 @@ def _decode(words: Any, indexes: Any, run: int, cdfs: Any, sizes: Any, offsets: 
         start = cdfs[k, s]
         x = (cdfs[k, s + 1] - start) * (x >> PRECISION) + cum - start
         if x < low:
-            if pos >= n_words:
-                return 1, i
-            x = (x << 32) | words[pos]
-            pos += 1
-            if x < low:
-                return 2, i
+            x, pos, failure = _renorm(x, pos, words, n_words)
+            if failure:
+                return failure, i
         value = s
         if s == size - 2:  # the escape sentinel: a bypass-coded raw value follows
             n_bypass = 0
@@ -312,12 +311,9 @@ def _decode(words: Any, indexes: Any, run: int, cdfs: Any, sizes: Any, offsets: 
                 val = x & bypass_mask
                 x >>= BYPASS_BITS
                 if x < low:
-                    if pos >= n_words:
-                        return 1, i
-                    x = (x << 32) | words[pos]
-                    pos += 1
-                    if x < low:
-                        return 2, i
+                    x, pos, failure = _renorm(x, pos, words, n_words)
+                    if failure:
+                        return failure, i
                 n_bypass += val
                 if n_bypass > MAX_BYPASS_NIBBLES:
                     return 4, i
@@ -326,12 +322,9 @@ def _decode(words: Any, indexes: Any, run: int, cdfs: Any, sizes: Any, offsets: 
                 val = x & bypass_mask
                 x >>= BYPASS_BITS
                 if x < low:
-                    if pos >= n_words:
-                        return 1, i
-                    x = (x << 32) | words[pos]
-                    pos += 1
-                    if x < low:
-                        return 2, i
+                    x, pos, failure = _renorm(x, pos, words, n_words)
+                    if failure:
+                        return failure, i
                 raw |= val << (j * BYPASS_BITS)
             if raw > 0x7FFFFFFF:  # CompressAI's decoder keeps it in an int32
                 return 5, i
@@ -345,3 +338,16 @@ def _decode(words: Any, indexes: Any, run: int, cdfs: Any, sizes: Any, offsets: 
     if x != low:
         return 7, len(out)
     return 0, 0
+
+
+def _renorm(x: int, pos: int, words: Any, n_words: int) -> tuple[int, int, int]:
+    """The decoder's renormalisation, for a state that fell below the interval: it takes in the next word.
+
+    Returns the state, the position and a failure: 1 the words ran out, 2 the state is still below the interval
+    (no rANS encoder writes that), else 0. The caller tests ``x < STATE_LOW`` itself: the call costs nothing on the
+    path that needs no word (calling it on every symbol measured some 5 % slower).
+    """
+    if pos >= n_words:
+        return x, pos, 1
+    x = (x << 32) | words[pos]
+    return x, pos + 1, 2 if x < STATE_LOW else 0
