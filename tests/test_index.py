@@ -344,3 +344,23 @@ def test_init_names_the_engine_the_store_uses(tmp_path: Path) -> None:
     stats = json.loads(run_cli("stats", "--store", str(root), "--json", check=True).stdout)
     assert stats["index"]["engine"] == "edge"
     assert json.loads((root / "store.json").read_text())["qdrant"]["engine"] == "edge"
+
+
+@pytest.mark.parametrize("engine", ["edge", "client"])
+def test_scroll_reads_only_the_fields_asked_for(tmp_path: Path, engine: str) -> None:
+    with VectorIndex(path=tmp_path / "q", engine=engine) as idx:  # type: ignore[arg-type]
+        idx.ensure_collection(SPACES)
+        payloads = [{"bytes": 10 * i, "bpp": 0.5, "source_path": f"/p/{i}", "meta": {"album": "a"}} for i in range(5)]
+        idx.upsert([Point(pid(i), {"clip-a": unit(i % 4)}, payloads[i]) for i in range(5)])
+        some = dict(idx.iter_points(batch=2, fields=["bytes", "meta"]))
+        assert some == {pid(i): {"bytes": 10 * i, "meta": {"album": "a"}} for i in range(5)}
+        assert dict(idx.iter_points()) == {pid(i): payloads[i] for i in range(5)}
+
+
+def test_search_tuning_is_checked(filled: VectorIndex) -> None:
+    assert filled.search("clip-a", unit(1), top_k=1, hnsw_ef=4, oversampling=2)[0].id == pid(1)
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(InputError, match="hnsw_ef"):
+            filled.search("clip-a", unit(1), hnsw_ef=bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="oversampling"):
+        filled.search("clip-a", unit(1), oversampling=0.5)

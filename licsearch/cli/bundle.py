@@ -140,6 +140,10 @@ def configure_bench(p: argparse.ArgumentParser) -> None:
     g.add_argument("--index", action="store_true", help="time the vector settings on Qdrant Edge beside local mode")
     g.add_argument("--points", type=int, default=100_000, metavar="N", help="synthetic points (default 100,000)")
     g.add_argument("--dim", type=int, default=512, metavar="D", help="their dimension (default 512)")
+    g.add_argument("--data", metavar="LIST", help="synthetic data sets: clustered (default), uniform, or both")
+    g.add_argument("--vectors", metavar="LIST", help="vector settings to measure (default: every one)")
+    g.add_argument("--ef", metavar="LIST", help="HNSW candidate lists to search with, e.g. 64,128,256 (default: ours)")
+    g.add_argument("--oversampling", metavar="LIST", help="oversamplings of the quantized settings, e.g. 2,4,8,16")
 
 
 def cmd_bench(args: argparse.Namespace) -> Result:
@@ -177,13 +181,11 @@ def cmd_bench(args: argparse.Namespace) -> Result:
 
 
 def _bench_index(args: argparse.Namespace) -> Result:
-    from ..release.index_bench import IndexBenchOptions, format_index_report, run_index_bench
+    from ..release.index_bench import bench_options, format_index_report, run_index_bench
 
-    if args.points < 100 or args.dim < 2:
-        raise InputError(
-            f"--points {args.points} / --dim {args.dim} is too small", hint="use --points >= 100 and --dim >= 2"
-        )
-    options = IndexBenchOptions(points=args.points, dim=args.dim)
+    options = bench_options(
+        args.points, args.dim, data=args.data, vectors=args.vectors, hnsw_ef=args.ef, oversampling=args.oversampling
+    )
     doc = run_index_bench(options, store=store_dir(args) if args.store else None, log=note)
     return Result(doc, format_index_report(doc))
 

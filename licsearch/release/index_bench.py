@@ -8,12 +8,15 @@ brute force on the float32 vectors), disk bytes per vector (the folder's files) 
 setting keeps in RAM for search: the float vectors, or the quantized codes with the originals on disk for rescoring;
 the process's resident-set growth is reported beside it).
 
-Synthetic vectors are clustered like real embeddings, not uniform on the sphere: ``N / 1000`` (at least 16) random
+Synthetic vectors (``data``) are ``clustered`` like real embeddings by default: ``N / 1000`` (at least 16) random
 unit centres, each point a centre plus isotropic Gaussian noise of norm about 1 (cosine to its centre about 0.7),
-normalised; queries are drawn the same way and are not in the index. With ``store`` the bench also runs on the real
-vectors of a store's active space (queries: 100 of its points, each excluded from its own ground truth by asking
-for 11 and dropping it). Local mode runs the same measurements on float32 up to :data:`LOCAL_MODE_MAX_POINTS`
-points: beyond that an upsert alone takes minutes (exhaustive NumPy scans, the whole collection pickled).
+normalised; or ``uniform`` on the sphere, the hardest case for HNSW (every point nearly orthogonal to every other).
+Queries are drawn the same way and are not in the index. Each index is built once and then searched at every HNSW
+candidate list (``hnsw_ef``) and, for the quantized settings, every oversampling asked for: one row each.
+With ``store`` the bench also runs on the real vectors of a store's active space (queries: 100 of its points, each
+excluded from its own ground truth by asking for 11 and dropping it). Local mode runs the same measurements on
+float32 up to :data:`LOCAL_MODE_MAX_POINTS` points, on the first data set only: beyond that an upsert alone takes
+minutes (exhaustive NumPy scans, the whole collection pickled).
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..storage.index import FieldFilter, VectorIndex
 from ..storage.points import Point
-from ..storage.vectors import VECTOR_CHOICES, vector_setting
+from ..storage.vectors import VECTOR_CHOICES, search_ef, vector_setting
 
-SCHEMA = 1
+SCHEMA = 2
+"""2: rows carry ``data``, ``hnsw_ef`` and ``oversampling`` (one row per search setting of one built index)."""
 LOCAL_MODE_MAX_POINTS = 20_000
 """Largest point count local mode is run at (qdrant-client warns above 20,000 points and opens slowly)."""
 QUERIES = 100
@@ -41,9 +46,17 @@ TOP_K = 10
 TAGS = 10
 _SPACE = "bench"
 _BATCH = 1000
+DATA_KINDS = {
+    "clustered": "clustered synthetic unit vectors (N/1000 centres, cosine ~0.7 to their centre)",
+    "uniform": "uniform random unit vectors",
+}
+"""The synthetic data sets, and what each is."""
 RESULT_KEYS = (
     "engine",
+    "data",
     "vectors",
+    "hnsw_ef",
+    "oversampling",
     "points",
     "recall_at_10",
     "upsert_per_s",
@@ -70,6 +83,9 @@ class IndexBenchOptions:
         settings: vector settings to measure.
         local_mode: also run qdrant-client's local mode (float32) when ``points`` allows.
         seed: of the synthetic data.
+        data: synthetic data sets (:data:`DATA_KINDS`), each measured whole.
+        hnsw_ef: HNSW candidate lists to search with (None: the default of each search).
+        oversampling: oversamplings of the quantized settings (None: each setting's own).
     """
 
     points: int = 100_000
@@ -77,6 +93,57 @@ class IndexBenchOptions:
     settings: tuple[str, ...] = VECTOR_CHOICES
     local_mode: bool = True
     seed: int = 0
+    data: tuple[str, ...] = ("clustered",)
+    hnsw_ef: tuple[int | None, ...] = (None,)
+    oversampling: tuple[float | None, ...] = (None,)
+
+
+def bench_options(
+    points: int,
+    dim: int,
+    *,
+    data: str | None = None,
+    vectors: str | None = None,
+    hnsw_ef: str | None = None,
+    oversampling: str | None = None,
+) -> IndexBenchOptions:
+    """The options of ``bench --index`` from its flags (comma-separated lists; None: the default).
+
+    Raises:
+        InputError: a value out of range or not known, naming the flag and what it accepts.
+    """
+    if points < 100 or dim < 2:
+        raise InputError(f"--points {points} / --dim {dim} is too small", hint="use --points >= 100 and --dim >= 2")
+    defaults = IndexBenchOptions()
+    kinds = _choices("--data", data, tuple(DATA_KINDS)) if data else defaults.data
+    settings = _choices("--vectors", vectors, VECTOR_CHOICES) if vectors else defaults.settings
+    efs: tuple[int | None, ...] = tuple(_numbers("--ef", hnsw_ef, int, 1)) if hnsw_ef else defaults.hnsw_ef
+    overs: tuple[float | None, ...] = (
+        tuple(_numbers("--oversampling", oversampling, float, 1)) if oversampling else defaults.oversampling
+    )
+    return IndexBenchOptions(points=points, dim=dim, settings=settings, data=kinds, hnsw_ef=efs, oversampling=overs)
+
+
+def _choices(flag: str, text: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+    unknown = [part for part in chosen if part not in known]
+    if unknown:
+        raise InputError(
+            f"{flag} {unknown[0]!r} is not known", hint=f"use a comma-separated list of {', '.join(known)}"
+        )
+    return chosen
+
+
+def _numbers(flag: str, text: str, kind: Callable[[str], Any], least: float) -> list[Any]:
+    try:
+        values = [kind(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError(
+            f"{flag} {text!r} is not a comma-separated list of numbers", hint=f"e.g. {flag} 64,128"
+        ) from None
+    if any(not value >= least for value in values):
+        raise InputError(f"{flag} values must be at least {least:g}, got {text!r}")
+    return list(dict.fromkeys(values))
 
 
 def clustered_unit_vectors(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
@@ -88,9 +155,15 @@ def clustered_unit_vectors(n: int, dim: int, rng: np.random.Generator, centres: 
     return out.astype(np.float32)
 
 
-def synthetic(options: IndexBenchOptions) -> tuple[np.ndarray, np.ndarray]:
-    """The index vectors and the query vectors."""
+def synthetic(options: IndexBenchOptions, kind: str = "clustered") -> tuple[np.ndarray, np.ndarray]:
+    """The index vectors and the query vectors of the data set ``kind`` (:data:`DATA_KINDS`)."""
     rng = np.random.default_rng(options.seed)
+    if kind == "uniform":
+        both = rng.standard_normal((options.points + QUERIES, options.dim), dtype=np.float32)
+        both /= np.linalg.norm(both, axis=1, keepdims=True)
+        return both[: options.points], both[options.points :]
+    if kind != "clustered":
+        raise ValueError(f"unknown synthetic data {kind!r} (known: {', '.join(DATA_KINDS)})")
     k = max(16, options.points // 1000)
     centres = rng.standard_normal((k, options.dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -142,6 +215,15 @@ def _percentiles(times: list[float]) -> tuple[float, float]:
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
 
 
+def _searches(engine: str, setting: str, options: IndexBenchOptions) -> list[tuple[int | None, float | None]]:
+    """The (hnsw_ef, oversampling) pairs one index is searched with: local mode has neither, and only the quantized
+    settings oversample."""
+    if engine != "edge":
+        return [(None, None)]
+    quantized = vector_setting(setting).rescore
+    return [(ef, ov) for ov in (options.oversampling if quantized else (None,)) for ef in options.hnsw_ef]
+
+
 def run_one(
     engine: str,
     setting: str,
@@ -151,8 +233,11 @@ def run_one(
     folder: Path,
     *,
     exclude_self: Sequence[int] | None = None,
-) -> dict[str, Any]:
-    """One index of ``data`` under ``setting`` on ``engine`` (``edge`` or ``client``), measured."""
+    searches: Sequence[tuple[int | None, float | None]] = ((None, None),),
+    data_kind: str = "clustered",
+) -> list[dict[str, Any]]:
+    """One index of ``data`` under ``setting`` on ``engine`` (``edge`` or ``client``), built once and measured at
+    each of ``searches`` (hnsw_ef, oversampling; None: the default): a row each."""
     n, dim = data.shape
     ids = _ids(n)
     rss0 = _rss()
@@ -178,42 +263,56 @@ def run_one(
     index.count()
     open_s = time.perf_counter() - t0
     position = {pid: i for i, pid in enumerate(ids)}
-    plain: list[float] = []
-    filtered: list[float] = []
-    hits_found = 0
     flt = [FieldFilter("codec_profile", "eq", "t3")]
-    for q, query in enumerate(queries):
-        extra = 1 if exclude_self is not None else 0
-        t0 = time.perf_counter()
-        hits = index.search(_SPACE, query.tolist(), top_k=TOP_K + extra)
-        plain.append(time.perf_counter() - t0)
-        found = [position[h.id] for h in hits]
-        if exclude_self is not None:
-            found = [i for i in found if i != exclude_self[q]][:TOP_K]
-        hits_found += len(set(found) & set(truth[q].tolist()))
-        t0 = time.perf_counter()
-        index.search(_SPACE, query.tolist(), top_k=TOP_K, filters=flt)
-        filtered.append(time.perf_counter() - t0)
+    extra = 1 if exclude_self is not None else 0
+    measured = []
+    for ef, ov in searches:
+        plain: list[float] = []
+        filtered: list[float] = []
+        hits_found = 0
+        for q, query in enumerate(queries):
+            vector = query.tolist()
+            t0 = time.perf_counter()
+            hits = index.search(_SPACE, vector, top_k=TOP_K + extra, hnsw_ef=ef, oversampling=ov)
+            plain.append(time.perf_counter() - t0)
+            found = [position[h.id] for h in hits]
+            if exclude_self is not None:
+                found = [i for i in found if i != exclude_self[q]][:TOP_K]
+            hits_found += len(set(found) & set(truth[q].tolist()))
+            t0 = time.perf_counter()
+            index.search(_SPACE, vector, top_k=TOP_K, filters=flt, hnsw_ef=ef, oversampling=ov)
+            filtered.append(time.perf_counter() - t0)
+        measured.append((ef, ov, hits_found, plain, filtered))
     rss = _rss() - rss0
+    chosen = index.setting(_SPACE)
     index.close()
-    p50, p99 = _percentiles(plain)
-    f50, f99 = _percentiles(filtered)
-    return {
-        "engine": "edge" if engine == "edge" else "local-mode",
-        "vectors": setting,
-        "points": n,
-        "recall_at_10": hits_found / (len(queries) * TOP_K),
-        "upsert_per_s": n / upsert_s,
-        "optimize_s": optimize_s,
-        "open_s": open_s,
-        "query_p50_ms": p50,
-        "query_p99_ms": p99,
-        "filtered_p50_ms": f50,
-        "filtered_p99_ms": f99,
-        "disk_bytes_per_vector": _disk(folder) / n,
-        "ram_bytes_per_vector": ram_bytes(setting, dim),
-        "rss_growth_bytes": rss,
-    }
+    rows = []
+    for ef, ov, hits_found, plain, filtered in measured:
+        p50, p99 = _percentiles(plain)
+        f50, f99 = _percentiles(filtered)
+        used = index.setting(_SPACE, oversampling=ov) if ov is not None else chosen
+        rows.append(
+            {
+                "engine": "edge" if engine == "edge" else "local-mode",
+                "data": data_kind,
+                "vectors": setting,
+                "hnsw_ef": search_ef(used, TOP_K + extra, ef) if engine == "edge" else None,
+                "oversampling": used.oversampling if used.rescore and engine == "edge" else None,
+                "points": n,
+                "recall_at_10": hits_found / (len(queries) * TOP_K),
+                "upsert_per_s": n / upsert_s,
+                "optimize_s": optimize_s,
+                "open_s": open_s,
+                "query_p50_ms": p50,
+                "query_p99_ms": p99,
+                "filtered_p50_ms": f50,
+                "filtered_p99_ms": f99,
+                "disk_bytes_per_vector": _disk(folder) / n,
+                "ram_bytes_per_vector": ram_bytes(setting, dim),
+                "rss_growth_bytes": rss,
+            }
+        )
+    return rows
 
 
 def _rows(
@@ -222,6 +321,9 @@ def _rows(
     options: IndexBenchOptions,
     log: Callable[[str], None],
     exclude_self: Sequence[int] | None = None,
+    *,
+    data_kind: str = "clustered",
+    local_mode: bool = True,
 ) -> tuple[list[dict[str, Any]], str | None]:
     truth_k = TOP_K + (1 if exclude_self is not None else 0)
     truth = exact_top(data, queries, truth_k)
@@ -230,7 +332,9 @@ def _rows(
     rows = []
     runs = [("edge", s) for s in options.settings]
     skipped = None
-    if options.local_mode and len(data) <= LOCAL_MODE_MAX_POINTS:
+    if not local_mode:
+        skipped = "local mode run on the first data set only"
+    elif options.local_mode and len(data) <= LOCAL_MODE_MAX_POINTS:
         runs.append(("client", "float32"))
     elif options.local_mode:
         skipped = f"local mode left out above {LOCAL_MODE_MAX_POINTS:,} points (it would take many minutes)"
@@ -239,8 +343,18 @@ def _rows(
     for engine, setting in runs:
         folder = Path(tempfile.mkdtemp(prefix="licsearch-index-bench-"))
         try:
-            log(f"bench --index: {engine} {setting} on {len(data):,} points")
-            rows.append(run_one(engine, setting, data, queries, truth, folder / "index", exclude_self=exclude_self))
+            log(f"bench --index: {engine} {setting} on {len(data):,} {data_kind} points")
+            rows += run_one(
+                engine,
+                setting,
+                data,
+                queries,
+                truth,
+                folder / "index",
+                exclude_self=exclude_self,
+                searches=_searches(engine, setting, options),
+                data_kind=data_kind,
+            )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     return rows, skipped
@@ -260,13 +374,20 @@ def store_vectors(root: Path) -> np.ndarray:
 def run_index_bench(
     options: IndexBenchOptions, *, store: Path | None = None, log: Callable[[str], None] = lambda _: None
 ) -> dict[str, Any]:
-    """The whole bench as one JSON document (``schema``, ``options``, ``synthetic`` and, with a store, ``store``)."""
-    data, queries = synthetic(options)
-    rows, skipped = _rows(data, queries, options, log)
+    """The whole bench as one JSON document (``schema``, ``options``, ``data``, ``results`` and, with a store,
+    ``store``)."""
+    rows: list[dict[str, Any]] = []
+    skipped: str | None = None
+    for number, kind in enumerate(options.data):
+        data, queries = synthetic(options, kind)
+        found, why = _rows(data, queries, options, log, data_kind=kind, local_mode=number == 0)
+        rows += found
+        skipped = why if number == 0 else skipped
+        del data
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "options": {"points": options.points, "dim": options.dim, "queries": QUERIES, "top_k": TOP_K},
-        "data": "clustered synthetic unit vectors (N/1000 centres, cosine ~0.7 to their centre)",
+        "data": {kind: DATA_KINDS[kind] for kind in options.data},
         "local_mode": skipped or f"run on float32 (up to {LOCAL_MODE_MAX_POINTS:,} points)",
         "results": rows,
     }
@@ -274,7 +395,7 @@ def run_index_bench(
         real = store_vectors(store)
         rng = np.random.default_rng(options.seed)
         chosen = rng.choice(len(real), size=min(QUERIES, len(real)), replace=False)
-        real_rows, _ = _rows(real, real[chosen], options, log, exclude_self=chosen.tolist())
+        real_rows, _ = _rows(real, real[chosen], options, log, exclude_self=chosen.tolist(), data_kind="store")
         doc["store"] = {"path": str(store), "points": len(real), "dim": int(real.shape[1]), "results": real_rows}
     return doc
 
@@ -282,20 +403,24 @@ def run_index_bench(
 def format_index_report(doc: dict[str, Any]) -> str:
     """The human table of :func:`run_index_bench`'s document."""
     head = (
-        f"{'engine':<10} {'vectors':<8} {'recall@10':>9} {'upsert/s':>9} {'open s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'filt p50':>8} {'disk B/v':>9} {'RAM B/v':>8}"
+        f"{'engine':<10} {'data':<9} {'vectors':<8} {'ef':>4} {'over':>4} {'recall@10':>9} {'upsert/s':>9} "
+        f"{'build s':>7} {'open s':>7} {'p50 ms':>7} {'p99 ms':>7} {'filt p50':>8} {'disk B/v':>9} {'RAM B/v':>8}"
     )
-    lines = [f"index bench: {doc['options']['points']:,} points, dim {doc['options']['dim']} ({doc['data']})"]
+    kinds = "; ".join(f"{kind}: {text}" for kind, text in doc["data"].items())
+    lines = [f"index bench: {doc['options']['points']:,} points, dim {doc['options']['dim']} ({kinds})"]
     sections = [("synthetic", doc["results"])]
     if "store" in doc:
         sections.append((f"store {doc['store']['path']} ({doc['store']['points']:,} points)", doc["store"]["results"]))
     for title, rows in sections:
         lines += [title, head]
         for r in rows:
+            ef = "-" if r["hnsw_ef"] is None else str(r["hnsw_ef"])
+            over = "-" if r["oversampling"] is None else f"{r['oversampling']:g}"
             lines.append(
-                f"{r['engine']:<10} {r['vectors']:<8} {r['recall_at_10']:>9.3f} {r['upsert_per_s']:>9,.0f} "
-                f"{r['open_s']:>7.2f} {r['query_p50_ms']:>7.1f} {r['query_p99_ms']:>7.1f} {r['filtered_p50_ms']:>8.1f} "
-                f"{r['disk_bytes_per_vector']:>9,.0f} {r['ram_bytes_per_vector']:>8,.0f}"
+                f"{r['engine']:<10} {r['data']:<9} {r['vectors']:<8} {ef:>4} {over:>4} {r['recall_at_10']:>9.3f} "
+                f"{r['upsert_per_s']:>9,.0f} {r['optimize_s']:>7.1f} {r['open_s']:>7.2f} {r['query_p50_ms']:>7.1f} "
+                f"{r['query_p99_ms']:>7.1f} {r['filtered_p50_ms']:>8.1f} {r['disk_bytes_per_vector']:>9,.0f} "
+                f"{r['ram_bytes_per_vector']:>8,.0f}"
             )
     lines.append(f"local mode: {doc['local_mode']}")
     return "\n".join(lines)

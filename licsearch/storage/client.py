@@ -254,8 +254,10 @@ class ClientEngine:
 
     def query(
         self, space_id: str, vector: list[float], *, limit: int, selection: Selection, setting: VectorSetting,
-        exact: bool = False,
+        exact: bool = False, hnsw_ef: int | None = None,
     ) -> list[Hit]:  # fmt: skip
+        # local mode is always an exact scan, and warns about any search params
+        params = None if self.local else client_search_params(setting, limit, hnsw_ef=hnsw_ef, exact=exact)
         with self.calling(f"searching space {space_id!r}"):
             response = self.client.query_points(
                 self.collection,
@@ -263,14 +265,14 @@ class ClientEngine:
                 using=space_id,
                 limit=limit,
                 query_filter=to_filter(selection),
-                search_params=client_search_params(setting, exact=exact),
+                search_params=params,
                 with_payload=True,
                 with_vectors=False,
             )
         return [Hit(normalise_id(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
     def scroll(
-        self, selection: Selection, *, limit: int, offset: str | None
+        self, selection: Selection, *, limit: int, offset: str | None, fields: Sequence[str] | None = None
     ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
         with self.calling("scrolling points"):
             records, after = self.client.scroll(
@@ -278,7 +280,7 @@ class ClientEngine:
                 scroll_filter=to_filter(selection),
                 limit=limit,
                 offset=offset,
-                with_payload=True,
+                with_payload=True if fields is None else list(fields),
                 with_vectors=False,
             )
         page = [(normalise_id(r.id), dict(r.payload or {})) for r in records]

@@ -427,7 +427,7 @@ class EdgeEngine:
 
     def query(
         self, space_id: str, vector: list[float], *, limit: int, selection: Selection, setting: VectorSetting,
-        exact: bool = False,
+        exact: bool = False, hnsw_ef: int | None = None,
     ) -> list[Hit]:  # fmt: skip
         import qdrant_edge as qe
 
@@ -438,7 +438,7 @@ class EdgeEngine:
             limit=limit,
             query=qe.Query.Nearest(vector, using=space_id),
             filter=to_filter(selection, ids),
-            params=edge_search_params(setting, exact=exact),
+            params=edge_search_params(setting, limit, hnsw_ef=hnsw_ef, exact=exact),
             with_payload=True,
             with_vector=False,
         )
@@ -447,14 +447,15 @@ class EdgeEngine:
         return [Hit(normalise_id(p.id), float(p.score), dict(p.payload or {})) for p in points]
 
     def scroll(
-        self, selection: Selection, *, limit: int, offset: str | None
+        self, selection: Selection, *, limit: int, offset: str | None, fields: Sequence[str] | None = None
     ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
         import qdrant_edge as qe
 
         ids = self._bool_matches(selection)
         if ids is not None and not ids:
             return [], None
-        request = qe.ScrollRequest(offset=offset, limit=limit, filter=to_filter(selection, ids), with_payload=True)
+        payload = True if fields is None else qe.PayloadSelector.Include(list(fields))
+        request = qe.ScrollRequest(offset=offset, limit=limit, filter=to_filter(selection, ids), with_payload=payload)
         with self.calling("scrolling points"):
             records, after = self.shard.scroll(request)
         page = [(normalise_id(r.id), dict(r.payload or {})) for r in records]

@@ -14,6 +14,7 @@ Both answer the same calls with the same results, which ``tests/test_edge.py`` h
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -201,9 +202,14 @@ class VectorIndex:
         """Keeps ``space_id``'s vectors as ``setting`` from now on (a space about to be added)."""
         self._settings[space_id] = vector_setting(setting).name
 
-    def setting(self, space_id: str) -> VectorSetting:
-        """The vector setting of ``space_id``."""
-        return vector_setting(self._settings.get(space_id, DEFAULT_VECTORS))
+    def setting(self, space_id: str, *, oversampling: float | None = None) -> VectorSetting:
+        """The vector setting of ``space_id`` (``oversampling``: with this oversampling instead of its own)."""
+        setting = vector_setting(self._settings.get(space_id, DEFAULT_VECTORS))
+        if oversampling is None:
+            return setting
+        if not oversampling >= 1:
+            raise InputError(f"oversampling must be at least 1, got {oversampling!r}")
+        return replace(setting, oversampling=float(oversampling))
 
     def spaces(self) -> dict[str, int]:
         """Embedding spaces of the collection, as space id to vector dimension."""
@@ -404,11 +410,15 @@ class VectorIndex:
         top_k: int = 10,
         filters: Sequence[FieldFilter] = (),
         exact: bool = False,
+        hnsw_ef: int | None = None,
+        oversampling: float | None = None,
     ) -> list[Hit]:
         """Return the ``top_k`` points of ``space_id`` most similar (cosine) to ``vector``, best first.
 
         Args:
             exact: an exhaustive search on the original vectors (no HNSW, no quantized codes), for recall checks.
+            hnsw_ef: the HNSW candidate list instead of the default (:func:`~licsearch.storage.vectors.search_ef`).
+            oversampling: candidates rescored per result instead of the space's setting's (quantized settings).
 
         Raises:
             InputError: ``top_k`` is outside 1..1000 or the vector has the wrong dimension.
@@ -416,34 +426,43 @@ class VectorIndex:
         """
         if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
             raise InputError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+        if hnsw_ef is not None and (not isinstance(hnsw_ef, int) or isinstance(hnsw_ef, bool) or hnsw_ef < 1):
+            raise InputError(f"hnsw_ef must be a positive integer, got {hnsw_ef!r}")
         query = self.check_vector(space_id, vector)
         return self.engine.query(
             space_id,
             query,
             limit=top_k,
             selection=Selection(filters=tuple(filters)),
-            setting=self.setting(space_id),
+            setting=self.setting(space_id, oversampling=oversampling),
             exact=exact,
+            hnsw_ef=hnsw_ef,
         )
 
     def scroll(
-        self, selection: Selection | None = None, *, batch: int = _BATCH
+        self, selection: Selection | None = None, *, batch: int = _BATCH, fields: Sequence[str] | None = None
     ) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-        """Pages of ``(id, payload)`` of the selected points, in id order, each continuing after the last id seen."""
+        """Pages of ``(id, payload)`` of the selected points, in id order, each continuing after the last id seen.
+
+        Args:
+            fields: only these top-level payload fields (None: the whole payload); reading less is faster.
+        """
         if batch < 1:
             raise InputError(f"batch must be at least 1, got {batch}")
         offset: str | None = None
         chosen = selection or Selection()
         while True:
-            page, offset = self.engine.scroll(chosen, limit=batch, offset=offset)
+            page, offset = self.engine.scroll(chosen, limit=batch, offset=offset, fields=fields)
             if page:
                 yield page
             if offset is None:
                 return
 
-    def iter_points(self, *, batch: int = _BATCH) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Yield ``(id, payload)`` of every point, scrolling ``batch`` points per request."""
-        for page in self.scroll(batch=batch):
+    def iter_points(
+        self, *, batch: int = _BATCH, fields: Sequence[str] | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(id, payload)`` of every point (``fields``: only these payload fields), ``batch`` per request."""
+        for page in self.scroll(batch=batch, fields=fields):
             yield from page
 
     def count(self, filters: Sequence[FieldFilter] = (), *, selection: Selection | None = None) -> int:

@@ -18,6 +18,7 @@ is the one place that maps a setting to Qdrant Edge's and to qdrant-client's con
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +35,11 @@ INDEXING_THRESHOLD_KB = 20_000
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
 """HNSW graph parameters (Malkov & Yashunin 2018): edges per node and build-time candidate list (Qdrant's defaults)."""
+HNSW_EF_MIN = 128
+"""Least candidate list of an HNSW search (Qdrant's ``hnsw_ef``); a search for more candidates than this (``top_k``
+times the oversampling) uses that many. At 100,000 clustered 512-d float32 vectors ef 64 / 128 / 256 gave recall@10
+0.970 / 0.997 / 1.000 at p50 0.66 / 0.73 / 1.00 ms; on uniform random vectors (HNSW's worst case, unlike
+embeddings) 0.072 / 0.129 / 0.227 at 3.1 / 2.6 / 9.4 ms (README, Index benchmark)."""
 SCALAR_QUANTILE = 0.99
 """Quantile of the vector components that bounds int8 scalar quantization (outliers are clipped)."""
 
@@ -66,9 +72,13 @@ _SETTINGS = (
     VectorSetting("float32", "float32", "none", 1.0, "exact 4-byte floats"),
     VectorSetting("float16", "float16", "none", 1.0, "2-byte floats (half the storage)"),
     VectorSetting("int8", "float32", "scalar", 2.0, "int8 scalar quantization, rescored on the floats"),
-    VectorSetting("binary", "float32", "binary", 3.0, "1-bit binary quantization, rescored on the floats"),
-    VectorSetting("pq", "float32", "product", 3.0, "product quantization (16x), rescored on the floats"),
+    VectorSetting("binary", "float32", "binary", 64.0, "1-bit binary quantization, rescored on the floats"),
+    VectorSetting("pq", "float32", "product", 16.0, "product quantization (16x), rescored on the floats"),
 )
+"""Oversampling per kind: the least of 1, 2, 4, 8, 16, 32, 64 that reached recall@10 >= 0.95 on 100,000 clustered
+512-d vectors at ``hnsw_ef`` 128 (the searches of ``bench --index --oversampling``; README, Index benchmark): int8
+0.998 at 2x (0.951 at 1x), pq 0.975 at 16x (0.920 at 8x), binary 0.981 at 64x (0.858 at 32x). Rescoring binary's
+640 candidates on the floats costs about 0.5 ms a query more than 160 did."""
 VECTOR_SETTINGS: dict[str, VectorSetting] = {}
 for _setting in _SETTINGS:
     if _setting.name in VECTOR_SETTINGS:
@@ -131,15 +141,25 @@ def edge_hnsw_config() -> Any:
     return qe.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=INDEXING_THRESHOLD_KB)
 
 
-def edge_search_params(setting: VectorSetting, *, exact: bool = False) -> Any:
-    """Qdrant Edge's ``SearchParams`` for a query of a space under ``setting`` (``exact``: no HNSW, no codes)."""
+def search_ef(setting: VectorSetting, limit: int, hnsw_ef: int | None = None) -> int:
+    """The HNSW candidate list of a search for ``limit`` results: ``hnsw_ef`` when given, else
+    :data:`HNSW_EF_MIN` or the candidates the setting fetches (``limit`` times its oversampling), the larger."""
+    if hnsw_ef is not None:
+        return hnsw_ef
+    return max(HNSW_EF_MIN, math.ceil(limit * setting.oversampling))
+
+
+def edge_search_params(setting: VectorSetting, limit: int, *, hnsw_ef: int | None = None, exact: bool = False) -> Any:
+    """Qdrant Edge's ``SearchParams`` for a query of ``limit`` results under ``setting`` (``exact``: no HNSW, no codes;
+    ``hnsw_ef``: instead of :func:`search_ef`'s default)."""
     import qdrant_edge as qe
 
     if exact:
         return qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
-    if not setting.rescore:
-        return None
-    return qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=setting.oversampling))
+    quantization = None
+    if setting.rescore:
+        quantization = qe.QuantizationSearchParams(rescore=True, oversampling=setting.oversampling)
+    return qe.SearchParams(hnsw_ef=search_ef(setting, limit, hnsw_ef), quantization=quantization)
 
 
 def client_vector_params(setting: VectorSetting, dim: int) -> qm.VectorParams:
@@ -167,12 +187,15 @@ def client_quantization(setting: VectorSetting) -> qm.QuantizationConfig | None:
     return None
 
 
-def client_search_params(setting: VectorSetting, *, exact: bool = False) -> qm.SearchParams | None:
-    """qdrant-client's ``SearchParams`` for a query of a space under ``setting``."""
+def client_search_params(
+    setting: VectorSetting, limit: int, *, hnsw_ef: int | None = None, exact: bool = False
+) -> qm.SearchParams:
+    """qdrant-client's ``SearchParams`` of a query of ``limit`` results (as :func:`edge_search_params`)."""
     from qdrant_client import models as qm
 
     if exact:
         return qm.SearchParams(exact=True, quantization=qm.QuantizationSearchParams(ignore=True))
-    if not setting.rescore:
-        return None
-    return qm.SearchParams(quantization=qm.QuantizationSearchParams(rescore=True, oversampling=setting.oversampling))
+    quantization = None
+    if setting.rescore:
+        quantization = qm.QuantizationSearchParams(rescore=True, oversampling=setting.oversampling)
+    return qm.SearchParams(hnsw_ef=search_ef(setting, limit, hnsw_ef), quantization=quantization)
