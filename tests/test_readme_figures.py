@@ -242,6 +242,28 @@ def test_rollout_timings_are_labelled_and_add_up() -> None:
     assert 'print("TIMELINE"' in (ROOT / "tests" / "test_rollout.py").read_text(), "and that still prints it"
 
 
+def test_hostile_bitstream_count_is_what_the_generator_makes() -> None:
+    """The serving section's count of crafted bitstreams is the generator's for the serving test's two files.
+
+    ``tests/test_serving_hostile.py`` sends ``hostile_cases`` of two 64x96 files of the test bundle; the eager tiny
+    models give the same count (it depends on the streams' lengths only below ``LONG_STREAM`` bytes).
+    """
+    from licsearch.model.models import ModelSet
+
+    from .conftest import make_image, tiny_models
+    from .hostile_bitstreams import hostile_cases
+
+    cases, requests, refused = stated(
+        r"The ([\d,]+) crafted\s+bitstreams of `tests/hostile_bitstreams.py`"
+        r"[^:]*\(([\d,]+) requests\): all ([\d,]+) refused"
+    )
+    plane = ModelSet(tiny_models())
+    valid, other = (plane.encode(make_image(seed, 64, 96)).data for seed in (50, 51))
+    made = len(hostile_cases(valid, other))
+    assert int(cases.replace(",", "")) == made, f"the generator makes {made} cases: write that in the README"
+    assert int(requests.replace(",", "")) == int(refused.replace(",", "")) == 2 * made, "one per case and endpoint"
+
+
 # -- measured again ---------------------------------------------------------------------------------------------
 
 
