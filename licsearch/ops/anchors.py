@@ -17,6 +17,7 @@ vocabulary words) move the old vectors the wrong way, so anchors are only used w
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 RIDGE_PENALTIES = tuple(10.0 ** (e / 4) for e in range(-12, 9))
 """Ridge penalties tried on unit features, 1e-3 to 1e2 (the leave-one-out error picks one)."""
 MIN_ANCHORS = 2
+MAX_ANCHORS = 512
+"""At most this many texts are embedded (a fixed sample by hash): each costs two text-tower passes, and on the offline
+world 300 anchors fit as well as 2,822 (README, "Moving to another CLIP")."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,8 @@ class TextAnchors:
         return len(self.old)
 
 
-def text_anchors(old: TextLike, new: TextLike, texts: Sequence[str]) -> TextAnchors:
-    """Embeds ``texts`` with both text towers (deduplicated, order kept).
+def text_anchors(old: TextLike, new: TextLike, texts: Sequence[str], *, limit: int = MAX_ANCHORS) -> TextAnchors:
+    """Embeds ``texts`` with both text towers (deduplicated; beyond ``limit``, a fixed sample chosen by hash).
 
     Raises:
         InputError: fewer than two distinct non-empty texts.
@@ -64,6 +68,8 @@ def text_anchors(old: TextLike, new: TextLike, texts: Sequence[str]) -> TextAnch
             f"{len(unique)} distinct anchor text(s); text anchors need at least {MIN_ANCHORS}",
             hint="give a file of captions or typical queries, one per line",
         )
+    if len(unique) > limit:
+        unique = sorted(unique, key=lambda s: hashlib.sha256(s.encode()).hexdigest())[:limit]
     a = old.embed(unique).vectors.double().numpy()
     b = new.embed(unique).vectors.double().numpy()
     return TextAnchors(np.ascontiguousarray(a), np.ascontiguousarray(b))
