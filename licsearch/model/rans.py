@@ -304,28 +304,23 @@ def _decode(words: Any, indexes: Any, run: int, cdfs: Any, sizes: Any, offsets: 
             if failure:
                 return failure, i
         value = s
-        if s == size - 2:  # the escape sentinel: a bypass-coded raw value follows
-            n_bypass = 0
-            val = bypass_mask
-            while val == bypass_mask:
+        if s == size - 2:  # the escape sentinel: bypass-coded nibbles follow, first the count of the raw value's
+            n_bypass, counting, j, raw = 0, True, 0, 0  # (a nibble of all ones continues it), then those, lowest first
+            while counting or j < n_bypass:
                 val = x & bypass_mask
                 x >>= BYPASS_BITS
                 if x < low:
                     x, pos, failure = _renorm(x, pos, words, n_words)
                     if failure:
                         return failure, i
-                n_bypass += val
-                if n_bypass > MAX_BYPASS_NIBBLES:
-                    return 4, i
-            raw = 0
-            for j in range(n_bypass):
-                val = x & bypass_mask
-                x >>= BYPASS_BITS
-                if x < low:
-                    x, pos, failure = _renorm(x, pos, words, n_words)
-                    if failure:
-                        return failure, i
-                raw |= val << (j * BYPASS_BITS)
+                if counting:
+                    n_bypass += val
+                    if n_bypass > MAX_BYPASS_NIBBLES:
+                        return 4, i
+                    counting = val == bypass_mask
+                else:
+                    raw |= val << (j * BYPASS_BITS)
+                    j += 1
             if raw > 0x7FFFFFFF:  # CompressAI's decoder keeps it in an int32
                 return 5, i
             value = -(raw >> 1) - 1 if raw & 1 else (raw >> 1) + s
