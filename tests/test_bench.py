@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from licsearch.errors import InputError
-from licsearch.release.bench import load_bench_images
-from tests.conftest import TINY_FLAGS, run_cli
+from licsearch.bundle.runtime import OPENVINO_GRAPHS, BundleModelSet, RuntimeOptions
+from licsearch.errors import InputError, StoreError
+from licsearch.release.bench import OPENVINO_BACKEND, OPENVINO_BENCH_GRAPHS, load_bench_images, openvino_installed
+from tests.conftest import TINY_FLAGS, make_image, run_cli, tiny_models
 
 STAGES = {
     "analysis",
@@ -50,7 +51,9 @@ def test_quick_bench_json_schema() -> None:
     assert (doc["images"]["width"], doc["images"]["height"]) == (128, 96)
     assert doc["settings"]["repeats"] == 1
 
-    assert set(doc["backends"]) == {"baseline", "fp32", "int8"}
+    bundles = {"fp32", "int8", *([OPENVINO_BACKEND] if openvino_installed() else [])}
+    assert set(doc["backends"]) == {"baseline", *bundles}
+    assert (doc["machine"]["openvino"] is None) == (not openvino_installed())
     for name, b in doc["backends"].items():
         assert b["precision"] in ("fp32", "int8", "mixed"), name
         assert b["bytes_per_image"] > 0 and b["model_bytes"] > 0, name
@@ -60,6 +63,11 @@ def test_quick_bench_json_schema() -> None:
         assert all(s is None or _summary_ok(s) for s in b["stages"].values()), name
     base, fp32 = doc["backends"]["baseline"], doc["backends"]["fp32"]
     assert base["bundle"] is None and Path(fp32["bundle"]).name.startswith("fp32-")
+    assert base["openvino"] is None and fp32["openvino"] == doc["backends"]["int8"]["openvino"] == []
+    if openvino_installed():
+        ov = doc["backends"][OPENVINO_BACKEND]
+        assert ov["bundle"] == fp32["bundle"] and ov["openvino"] == list(OPENVINO_BENCH_GRAPHS)
+        assert doc["gates"][OPENVINO_BACKEND]["passed"], doc["gates"][OPENVINO_BACKEND]
     assert base["stages"]["entropy_encode"] is None and base["stages"]["compress"] is not None
     assert fp32["stages"]["compress"] is None and fp32["stages"]["entropy_encode"] is not None
 
@@ -68,12 +76,12 @@ def test_quick_bench_json_schema() -> None:
     assert set(doc["ratios"]) == set(doc["ratio_backend"]) == END_TO_END
     for key, r in doc["ratios"].items():
         assert isinstance(r, float) and math.isfinite(r) and r > 0, key
-        assert doc["ratio_backend"][key] in (("fp32", "int8") if doc["gate"]["passed"] else ("fp32",))
+        assert doc["ratio_backend"][key] in {"fp32"} | {n for n, g in doc["gates"].items() if g["passed"]}
     assert set(doc["random_weights"]) == {"codec", "clip", "adapter"}
 
     assert set(doc["throughput"]) == {"ingest", "decode"}
     for key, per in doc["throughput"].items():
-        assert set(per) == {"baseline", "fp32", "int8"} and all(v > 0 for v in per.values()), key
+        assert set(per) == {"baseline", *bundles} and all(v > 0 for v in per.values()), key
     _check_profile(doc["profile"])
     assert "profile (fp32" in run_cli("bench", "--quick", "--threads", "1", "--profile", *TINY_FLAGS).stdout
 
@@ -132,3 +140,68 @@ def test_provider_selection_prefers_cuda_when_present_and_names_what_is_missing(
     assert resolve_providers(("auto",)) == [
         p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
     ]
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from licsearch.bundle.export import export_bundle
+
+    root = tmp_path_factory.mktemp("bench-bundle") / "fp32"
+    export_bundle(tiny_models(), root, space_id="test")
+    return root
+
+
+def test_openvino_transforms_decode_the_same_latents_to_the_same_pixels_at_any_thread_count(fp32_bundle: Path) -> None:
+    """The codec transforms on OpenVINO against ONNX Runtime: bitstreams cross-decode to the same latent, pixels within
+    one grey level of ONNX Runtime's and equal across thread counts."""
+    pytest.importorskip("openvino")
+    import numpy as np
+    import torch
+
+    ort_plane = BundleModelSet(fp32_bundle, RuntimeOptions(threads=1))
+    ov = {t: BundleModelSet(fp32_bundle, RuntimeOptions(threads=t, openvino=OPENVINO_GRAPHS)) for t in (1, 2)}
+    for seed, (h, w) in enumerate([(96, 128), (70, 150), (96, 128)]):  # two shapes, one met again
+        px = make_image(500 + seed, h, w)
+        enc_ort, enc_ov = ort_plane.encode(px), ov[1].encode(px)
+        for data in (enc_ort.data, enc_ov.data):
+            assert torch.equal(ov[2].entropy_decode(data)[1], ort_plane.entropy_decode(data)[1])
+        decoded = {t: p.decode(enc_ort.data) for t, p in ov.items()}
+        assert np.array_equal(decoded[1], decoded[2]), "OpenVINO pixels depend on the thread count"
+        reference = ort_plane.decode(enc_ort.data)
+        assert decoded[1].shape == reference.shape == (h, w, 3)
+        assert int(np.abs(decoded[1].astype(int) - reference.astype(int)).max()) <= 1
+        assert enc_ov.data == ov[2].encode(px).data
+    assert len(ov[1].codec.transforms._g["g_s"]._compiled) == 2  # type: ignore[union-attr]
+
+
+def test_openvino_graph_keeps_only_the_last_shapes_compiled(fp32_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openvino")
+    import numpy as np
+
+    from licsearch.bundle import runtime
+
+    monkeypatch.setattr(runtime, "OPENVINO_SHAPES", 2)
+    plane = BundleModelSet(fp32_bundle, RuntimeOptions(threads=1, openvino=("g_s",)))
+    g_s = plane.codec.transforms._g["g_s"]  # type: ignore[attr-defined]
+    for w in (2, 3, 4, 2):
+        out = g_s(np.zeros((1, 192, 2, w), dtype=np.float32))
+        assert out.shape == (1, 3, 32, 16 * w)
+    assert list(g_s._compiled) == [(1, 192, 2, 4), (1, 192, 2, 2)]
+
+
+def test_openvino_option_names_the_fix(fp32_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    with pytest.raises(StoreError, match=r"OpenVINO cannot run the graph\(s\) text") as e:
+        RuntimeOptions(openvino=("g_s", "text"))
+    assert "g_s" in (e.value.hint or "")
+    monkeypatch.setenv("LICSEARCH_OPENVINO", "g_s, g_a")
+    assert RuntimeOptions.from_env().openvino == ("g_s", "g_a")
+    monkeypatch.delenv("LICSEARCH_OPENVINO")
+    assert RuntimeOptions.from_env().openvino == ()
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    plane = BundleModelSet(fp32_bundle, RuntimeOptions(openvino=("g_s",)))
+    with pytest.raises(StoreError, match=r"OpenVINO was asked to run g_s\.onnx but is not installed") as e:
+        _ = plane.codec
+    assert "pip install openvino" in (e.value.hint or "")

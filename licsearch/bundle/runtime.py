@@ -8,6 +8,8 @@ decodes to exactly the same latent on any other.
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +27,11 @@ if TYPE_CHECKING:
     import onnxruntime as ort
     import torch
 
+OPENVINO_GRAPHS = ("g_a", "h_a", "g_s")
+"""The graphs that may run on OpenVINO: the convolutional codec transforms (see ``RuntimeOptions.openvino``)."""
+OPENVINO_SHAPES = 8
+"""Input shapes an OpenVINO graph keeps compiled (static shapes run faster than one dynamic compilation)."""
+
 
 @dataclass(frozen=True)
 class RuntimeOptions:
@@ -36,20 +43,33 @@ class RuntimeOptions:
         threads: intra-op threads (0: ONNX Runtime's default, one per core).
         profile_dir: when set, every session records ONNX Runtime's profile (a JSON trace per graph) there, read by
             :meth:`BundleModelSet.op_profiles`.
+        openvino: codec transforms (of ``OPENVINO_GRAPHS``) run on OpenVINO's CPU plugin instead of ONNX Runtime,
+            at fp32 inference precision (the optional ``openvino`` package; never the default).
     """
 
     providers: tuple[str, ...] = ("auto",)
     threads: int = 0
     profile_dir: str | None = None
+    openvino: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.openvino) - set(OPENVINO_GRAPHS))
+        if unknown:
+            raise StoreError(
+                f"OpenVINO cannot run the graph(s) {', '.join(unknown)}",
+                hint=f"name codec transforms only: {', '.join(OPENVINO_GRAPHS)} (LICSEARCH_OPENVINO=g_s)",
+            )
 
     @classmethod
     def from_env(cls) -> RuntimeOptions:
-        """``LICSEARCH_ORT_PROVIDERS`` (comma-separated) and ``LICSEARCH_ORT_THREADS``, when set."""
+        """``LICSEARCH_ORT_PROVIDERS`` and ``LICSEARCH_OPENVINO`` (comma-separated), ``LICSEARCH_ORT_THREADS``."""
         prov = os.environ.get("LICSEARCH_ORT_PROVIDERS")
         threads = os.environ.get("LICSEARCH_ORT_THREADS")
+        openvino = os.environ.get("LICSEARCH_OPENVINO")
         return cls(
             providers=tuple(p.strip() for p in prov.split(",")) if prov else ("auto",),
             threads=int(threads) if threads else 0,
+            openvino=tuple(g.strip() for g in openvino.split(",") if g.strip()) if openvino else (),
         )
 
 
@@ -82,6 +102,9 @@ def make_session(path: Path, options: RuntimeOptions | None = None) -> ort.Infer
     so = ort.SessionOptions()
     so.intra_op_num_threads = opts.threads
     so.inter_op_num_threads = 1
+    # Idle intra-op threads sleep instead of spinning: g_s of 4 Kodak images, 2 threads, a loaded 2-core machine,
+    # 1.08x faster (median of 3 interleaved runs, identical output); spinning only burns the cores others wait for.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if opts.profile_dir is not None:
@@ -116,11 +139,61 @@ class _Graph:
         return [{"op": op, "seconds": sec, "share": sec / total} for op, sec in ranked]
 
 
+class _OpenVinoGraph:
+    """A graph on OpenVINO's CPU plugin at fp32 inference precision, compiled for each input shape it meets.
+
+    A static shape runs faster than one dynamic compilation (g_s of a 768x512 Kodak image, 2 threads: see the
+    README's benchmark); the last ``OPENVINO_SHAPES`` shapes stay compiled. A compiled model's request is not
+    thread-safe (an ONNX Runtime session is), so calls take a lock.
+    """
+
+    profiling = False
+
+    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise StoreError(
+                f"OpenVINO was asked to run {path.name} but is not installed",
+                hint="pip install openvino, or leave LICSEARCH_OPENVINO unset to run every graph on ONNX Runtime",
+            ) from e
+        self._core = ov.Core()
+        self._path = path
+        self._config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if options.threads:
+            self._config["INFERENCE_NUM_THREADS"] = options.threads
+        self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, x: Any) -> Any:
+        with self._lock:
+            return self._run(x)
+
+    def _run(self, x: Any) -> Any:
+        key = tuple(x.shape)
+        compiled = self._compiled.pop(key, None)
+        if compiled is None:
+            model = self._core.read_model(str(self._path))
+            model.reshape({0: list(key)})
+            compiled = self._core.compile_model(model, "CPU", self._config)
+        self._compiled[key] = compiled
+        while len(self._compiled) > OPENVINO_SHAPES:
+            self._compiled.popitem(last=False)
+        return compiled(x)[0]
+
+    def op_profile(self, top: int) -> list[dict[str, Any]]:
+        return []
+
+
 class OnnxTransforms:
-    """``g_a``, ``h_a`` and ``g_s`` on ONNX Runtime (torch tensors in and out)."""
+    """``g_a``, ``h_a`` and ``g_s`` on ONNX Runtime, or those named in ``options.openvino`` on OpenVINO (torch in and
+    out)."""
 
     def __init__(self, root: Path, manifest: Manifest, options: RuntimeOptions) -> None:
-        self._g = {k: _Graph(root / manifest.graphs[k].file, options) for k in ("g_a", "h_a", "g_s")}
+        self._g: dict[str, _Graph | _OpenVinoGraph] = {
+            k: (_OpenVinoGraph if k in options.openvino else _Graph)(root / manifest.graphs[k].file, options)
+            for k in ("g_a", "h_a", "g_s")
+        }
 
     def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
         import torch
@@ -227,7 +300,7 @@ class BundleModelSet(ModelPlane):
 
     def op_profiles(self, top: int) -> dict[str, list[dict[str, Any]]]:
         """With ``options.profile_dir``: each loaded graph's top operators by time (ends the profiling)."""
-        graphs: dict[str, _Graph] = {}
+        graphs: dict[str, _Graph | _OpenVinoGraph] = {}
         if "codec" in self.__dict__ and isinstance(self.codec.transforms, OnnxTransforms):
             graphs.update(self.codec.transforms._g)
         for name in ("adapter", "text"):

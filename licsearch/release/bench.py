@@ -16,6 +16,10 @@ Backends:
   fewer than two) into ``cache/bench/`` of the store, where later runs reuse them, or into a temporary folder
   when run on model flags. Bundles given with ``--bundle`` are named by their manifest precision; one must be fp32,
   the reference of the parity gate.
+- ``fp32-openvino`` (when the optional ``openvino`` package is installed, or asked for): the fp32 reference bundle
+  with the codec transforms of ``OPENVINO_BENCH_GRAPHS`` on OpenVINO's CPU plugin
+  (:class:`~licsearch.bundle.runtime.RuntimeOptions` ``openvino``), the rest on ONNX Runtime; a candidate gated
+  against fp32 like int8.
 
 Stages, in seconds per image (``null`` where a backend has no such separable step):
 
@@ -47,10 +51,11 @@ JSON document, ``schema`` 1 (keys may be added; none renamed or removed without 
 
     {"schema": 1,
      "machine": {"cpu_count", "threads", "platform", "python", "torch", "onnxruntime", "compressai", "open_clip",
-                 "providers"},
+                 "openvino" (its version, or null when not installed), "providers"},
      "settings": {"quick", "repeats", "search_points", "queries": {"short", "long"}},
      "images": {"count", "width", "height" (null when sizes differ), "sizes": [[w, h], ...], "source"},
      "backends": {NAME: {"precision": "fp32" | "int8" | "mixed", "bundle": DIR | null,
+                         "openvino": [graph run on OpenVINO, ...] (empty: all on ONNX Runtime; baseline: null),
                          "bytes_per_image" (mean bitstream bytes; baseline: sum of CompressAI's string lengths),
                          "model_bytes" (bundle: its manifest's files; baseline: parameter bytes of codec + CLIP),
                          "stages": {STAGE: {"median_s", "p90_s"} | null},
@@ -101,6 +106,8 @@ REPEATS = 3
 SEARCH_POINTS, QUICK_SEARCH_POINTS = 2000, 200
 QUICK_SIZE = (128, 96)
 PROVIDERS = ("CPUExecutionProvider",)
+OPENVINO_BACKEND = "fp32-openvino"
+OPENVINO_BENCH_GRAPHS = ("g_a", "h_a", "g_s")
 KODAK = Path(__file__).resolve().parents[3] / "shared" / "data" / "kodak"
 
 
@@ -115,6 +122,7 @@ class BenchOptions:
         threads: threads for PyTorch and ONNX Runtime alike (default: one per CPU).
         cache_dir: where exported bundles are kept between runs; a temporary folder when None.
         profile: also profile entropy coding stage by stage and the graphs' operators (:mod:`.bench_profile`).
+        openvino: also time the ``fp32-openvino`` backend; None: when the ``openvino`` package is installed.
     """
 
     images: Path | None = None
@@ -123,6 +131,14 @@ class BenchOptions:
     threads: int | None = None
     cache_dir: Path | None = None
     profile: bool = False
+    openvino: bool | None = None
+
+
+def openvino_installed() -> bool:
+    """Whether the optional ``openvino`` package can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 def default_bench_models() -> ModelsConfig:
@@ -203,8 +219,11 @@ def export_bench_bundles(
     return [(name, path) for name, path, _ in wanted]
 
 
-def _open_bundles(given: list[tuple[str | None, Path]], threads: int) -> tuple[dict[str, BundleModelSet], str]:
-    """Bundle planes by name (a name of None: the manifest precision) and the name of the fp32 reference."""
+def _open_bundles(
+    given: list[tuple[str | None, Path]], threads: int, *, openvino: bool = False
+) -> tuple[dict[str, BundleModelSet], str]:
+    """Bundle planes by name (a name of None: the manifest precision) and the name of the fp32 reference; with
+    ``openvino``, also the reference on OpenVINO as ``fp32-openvino``."""
     from ..bundle.runtime import BundleModelSet, RuntimeOptions
 
     options = RuntimeOptions(providers=PROVIDERS, threads=threads)
@@ -223,6 +242,9 @@ def _open_bundles(given: list[tuple[str | None, Path]], threads: int) -> tuple[d
         raise InputError(
             "no fp32 bundle among --bundle to gate the others against", hint="add one exported with --int8 none"
         )
+    if openvino:
+        ov = RuntimeOptions(providers=PROVIDERS, threads=threads, openvino=OPENVINO_BENCH_GRAPHS)
+        planes[OPENVINO_BACKEND] = BundleModelSet(planes[reference].root, ov)
     return planes, reference
 
 
@@ -289,6 +311,7 @@ def _finite(x: Any) -> Any:
 
 
 def _machine(threads: int) -> dict[str, Any]:
+    import importlib.metadata
     import platform
 
     import compressai
@@ -305,6 +328,7 @@ def _machine(threads: int) -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "compressai": compressai.__version__,
         "open_clip": open_clip.__version__,
+        "openvino": importlib.metadata.version("openvino") if openvino_installed() else None,
         "providers": list(PROVIDERS),
     }
 
@@ -353,8 +377,9 @@ def _run(
     from ..spaces import space_id_for
     from .gate import DEFAULT_TEXTS, run_gate
 
+    openvino = openvino_installed() if options.openvino is None else options.openvino
     if options.bundles:
-        planes, ref = _open_bundles([(None, p) for p in options.bundles], threads)
+        planes, ref = _open_bundles([(None, p) for p in options.bundles], threads, openvino=openvino)
         ms = ModelSet(models or planes[ref].cfg)
         fp = ms.fingerprinted()
     elif models is not None:
@@ -362,7 +387,7 @@ def _run(
         fp = ms.fingerprinted()
         root = options.cache_dir or tmp / "bundles"
         exported = export_bench_bundles(fp, space_id or space_id_for(fp), images, root, log)
-        planes, ref = _open_bundles([(n, p) for n, p in exported], threads)
+        planes, ref = _open_bundles([(n, p) for n, p in exported], threads, openvino=openvino)
     else:
         raise InputError("bench needs models", hint="give --store DIR, model flags or --bundle DIR")
     _check_same_models(planes, ms.codec.profile_id, fp.clip.sha256)
@@ -440,6 +465,7 @@ def _backend(
     return {
         "precision": precision,
         "bundle": str(plane.root) if plane is not None else None,
+        "openvino": list(plane.options.openvino) if plane is not None else None,
         "bytes_per_image": statistics.fmean(sizes),
         "model_bytes": model_bytes,
         "stages": {s: _summary(times[s]) if s in times else None for s in STAGES},
