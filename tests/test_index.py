@@ -364,3 +364,31 @@ def test_search_tuning_is_checked(filled: VectorIndex) -> None:
             filled.search("clip-a", unit(1), hnsw_ef=bad)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="oversampling"):
         filled.search("clip-a", unit(1), oversampling=0.5)
+
+
+def test_edge_payload_indexes_are_kept_on_disk(tmp_path: Path) -> None:
+    import qdrant_edge as qe
+
+    with VectorIndex(path=tmp_path / "e") as idx:
+        idx.ensure_collection(SPACES)
+        shard = idx.engine.shard  # type: ignore[union-attr]
+        schema = shard.info().payload_schema
+        assert set(schema) == set(INDEXED_FIELDS) and all(info.params.on_disk for info in schema.values())
+        # an index an older store keeps in RAM is moved to disk by the next optimise
+        shard.update(qe.UpdateOperation.delete_field_index("width"))
+        shard.update(qe.UpdateOperation.create_field_index("width", qe.PayloadSchemaType.Integer))
+        assert shard.info().payload_schema["width"].params is None
+        idx.upsert([Point(pid(0), {"clip-a": unit(0)}, {"width": 7}), Point(pid(1), {"clip-a": unit(1)}, {"width": 8})])
+        idx.optimize()
+        assert idx.engine.shard.info().payload_schema["width"].params.on_disk  # type: ignore[union-attr]
+        assert idx.count([FieldFilter("width", "eq", 7)]) == 1
+
+
+def test_ids_come_back_canonical() -> None:
+    from licsearch.storage.points import normalise_id
+
+    raw = uuid.UUID(int=12345)
+    assert normalise_id(raw) == normalise_id(str(raw).upper()) == normalise_id(str(raw)) == str(raw)
+    assert normalise_id(raw.hex) == str(raw)
+    with pytest.raises(InputError, match="invalid point id"):
+        normalise_id("not-a-uuid")

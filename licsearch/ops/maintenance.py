@@ -14,6 +14,8 @@ from ..storage.store import Store
 # A blob younger than this may belong to an ingest in flight on another process (only possible with a
 # Qdrant server; local mode holds an exclusive lock), so repair leaves it alone.
 SERVER_ORPHAN_GRACE_S = 3600.0
+_STATS_BATCH = 5000
+"""Points per scroll of ``stats``, which reads only ``bytes`` and ``bpp`` of each."""
 
 
 def stats(store: Store) -> dict[str, Any]:
@@ -21,7 +23,7 @@ def stats(store: Store) -> dict[str, Any]:
     n = 0
     total_bytes = 0
     bpp_sum = 0.0
-    for _, payload in store.index.iter_points():
+    for _, payload in store.index.iter_points(batch=_STATS_BATCH, fields=("bytes", "bpp")):
         n += 1
         total_bytes += int(payload.get("bytes", 0))
         bpp_sum += float(payload.get("bpp", 0.0))

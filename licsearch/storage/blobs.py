@@ -189,8 +189,16 @@ class BlobStore:
                     yield f"{REF_PREFIX}{subdir.name}{stem}"
 
     def total_bytes(self) -> int:
-        """Total size of all stored objects."""
-        return sum(self.size(ref) for ref in self.iter_refs())
+        """Total size of all stored objects (the files :meth:`iter_refs` names, one ``stat`` each)."""
+        total = 0
+        for subdir in os.scandir(self._objects):
+            if not (subdir.is_dir() and _HEX2.fullmatch(subdir.name)):
+                continue
+            for entry in os.scandir(subdir.path):
+                name = entry.name
+                if name.endswith(SUFFIX) and _HEX62.fullmatch(name.removesuffix(SUFFIX)) and entry.is_file():
+                    total += entry.stat().st_size
+        return total
 
     def clean_tmp(self, older_than_s: float = 0) -> int:
         """Remove temp files left by interrupted writes and return how many were removed.

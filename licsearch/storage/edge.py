@@ -340,17 +340,23 @@ class EdgeEngine:
             self._shard = qe.EdgeShard.create(str(self.path), config)
         self.ensure_payload_indexes()
 
-    def ensure_payload_indexes(self) -> None:
+    def ensure_payload_indexes(self, *, move_to_disk: bool = False) -> None:
+        """Creates the payload indexes of :data:`INDEXED_FIELDS` the shard lacks, kept on disk (see
+        :func:`_index_params`); ``move_to_disk``: also rebuild on disk those an older store keeps in RAM."""
         import qdrant_edge as qe
 
         if self.read_only or self._shard is None:
             return
-        present = self.payload_indexes()
+        with self.calling("reading the payload indexes"):
+            present = self.shard.info().payload_schema
         for field, kind in INDEXED_FIELDS.items():
-            if field not in present:
-                schema = getattr(qe.PayloadSchemaType, _PAYLOAD_TYPES[kind])
-                with self.calling(f"creating the payload index of {field!r}"):
-                    self.shard.update(qe.UpdateOperation.create_field_index(field, schema))
+            info = present.get(field)
+            if info is not None and (getattr(info.params, "on_disk", False) or not move_to_disk):
+                continue
+            with self.calling(f"creating the payload index of {field!r}"):
+                if info is not None:
+                    self.shard.update(qe.UpdateOperation.delete_field_index(field))
+                self.shard.update(qe.UpdateOperation.create_field_index(field, _index_params(kind)))
 
     def payload_indexes(self) -> dict[str, str]:
         with self.calling("reading the payload indexes"):
@@ -513,14 +519,34 @@ class EdgeEngine:
         )
 
     def optimize(self) -> bool:
-        """Builds the HNSW graphs (and quantized codes) of segments past the threshold; True when it did work."""
+        """Builds the HNSW graphs (and quantized codes) of segments past the threshold, and moves payload indexes an
+        older store keeps in RAM to disk (:func:`_index_params`); True when it built any graph."""
         points, floats = self.state().points, sum(dim for dim, _ in self.spaces().values())
         self._check_space("optimising the index", points * (4 * floats + 1024))  # the new segment beside the old
         with self.calling("optimising the index"):
             changed = bool(self.shard.optimize())
             self.shard.flush()
+        self.ensure_payload_indexes(move_to_disk=True)
+        self.flush()
         self._write_marker()
         return changed
+
+
+def _index_params(kind: str) -> Any:
+    """The params of a payload index of ``kind`` (:data:`INDEXED_FIELDS`), kept on disk.
+
+    An index kept in RAM is read whole at every open: at 100,000 points the 16 indexes made opening the shard take
+    2.0-2.8 s, against 0.42-0.45 s on disk (README, The vector index). Filters read them through the page cache.
+    """
+    import qdrant_edge as qe
+
+    params = {
+        "keyword": qe.KeywordIndexParams,
+        "integer": qe.IntegerIndexParams,
+        "float": qe.FloatIndexParams,
+        "datetime": qe.DatetimeIndexParams,
+    }
+    return params[kind](on_disk=True)
 
 
 def held_error(path: Path, holder: str) -> StoreError:

@@ -1,0 +1,42 @@
+"""CLI start-up: a command configures only its own parser, so ``stats`` and ``search`` pay for no other command's
+imports (training code, torch), while every command's ``--help`` still works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from licsearch.cli.main import command_registry, main
+
+HEAVY = ("torch", "open_clip", "licsearch.train", "licsearch.eval", "licsearch.ops.reindex")
+
+
+def test_stats_imports_no_other_commands_modules(tiny_store_template: Path) -> None:
+    code = (
+        "import sys, json; from licsearch.cli.main import main; "
+        f"code = main(['stats', '--store', {str(tiny_store_template)!r}, '--json']); "
+        f"print(json.dumps([m for m in sys.modules if m.startswith({HEAVY!r})]), file=sys.stderr); sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["images"] == 0
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("name", sorted(command_registry()))
+def test_every_command_still_has_its_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([name, "--help"])
+    assert done.value.code == 0
+    assert f"usage: licsearch {name}" in capsys.readouterr().out
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in command_registry())
