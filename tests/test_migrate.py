@@ -31,7 +31,12 @@ N_SCENES = 64
 SAMPLE = "40"
 HOLDOUT = "0.4"
 CLIP_B = "shipped:offline/clip-world-b.safetensors"
-MIGRATE = ("migrate", "--clip", "licsearch-world", "--clip-weights", CLIP_B, "--sample", SAMPLE, "--holdout", HOLDOUT)
+MIGRATE = (
+    "migrate", "--clip", "licsearch-world", "--clip-weights", CLIP_B, "--sample", SAMPLE, "--holdout", HOLDOUT,
+    "--threads", "1",
+)  # fmt: skip
+"""One thread everywhere: float results depend on the thread count in their last bits, and the fixture's run (in this
+process) and the killed and resumed runs (subprocesses) must fit the same adapter, to the bit."""
 COST_KEYS = {
     "points", "full_s_per_image", "sample_decode_s_per_image", "sample_embed_s_per_image", "reembed_s_per_image",
     "fit_s", "migrate_s", "full_s", "speedup",
@@ -64,8 +69,12 @@ def migrated(module_tmp: MakeDir) -> Migrated:
         assert ingest(store, [base / "scenes"], progress=False).ingested == N_SCENES
         old_space = store.space_id
     shutil.copytree(base / "template", base / "store")
+    import torch
+
+    threads = torch.get_num_threads()
     rc, out, err = _main(*MIGRATE, "--store", str(base / "store"), "--activate", "--force", "--json")
     assert rc == 0, err
+    assert torch.get_num_threads() == threads  # --threads 1 held for the run only
     return Migrated(base / "template", base / "store", json.loads(out), old_space)
 
 

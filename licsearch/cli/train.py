@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import defaults
 from ..errors import InputError
+from ..model.threads import torch_threads
 from .base import Command, Result, add_json_flag
 from .model_flags import add_model_flags, given_model_flags, models_with_defaults, resolve_weights
 
@@ -336,13 +337,10 @@ TRAINERS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], TrainReport]]
 
 def cmd_train(args: argparse.Namespace) -> Result:
     """Runs the trainer named by ``args``; the report's figures and output files are the result."""
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            raise InputError("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
-    report = TRAINERS[args.train_command](args, _common_options(args))
+    if args.threads is not None and args.threads < 1:
+        raise InputError("--threads must be at least 1")
+    with torch_threads(args.threads):
+        report = TRAINERS[args.train_command](args, _common_options(args))
     return train_result(args.train_command, report)
 
 

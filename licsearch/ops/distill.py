@@ -36,6 +36,7 @@ from .. import defaults
 from ..errors import InputError, LicsearchError, StoreError
 from ..faults import crash_point
 from ..model.adapter import Adapter, AdapterShape
+from ..model.threads import torch_threads
 from ..model.weights import RANDOM, save_state_dict, state_dict_sha256
 from ..spaces import BUILDING, PIXELS_KIND
 from ..storage.store import Store
@@ -397,16 +398,17 @@ def distill(store: Store, options: DistillOptions) -> DistillReport:
             vector, a held-out or training split that is empty, or bad options.
         StoreError: a bitstream fails to decode (nothing is written then), or the store is read-only.
     """
-    import numpy as np
-
     started = time.perf_counter()
     store.require_writable("distill")
-    if options.threads is not None:
-        import torch
+    if options.threads is not None and options.threads < 1:
+        raise InputError(f"--threads {options.threads} must be at least 1")
+    with torch_threads(options.threads):
+        return _distill(store, options, started)
 
-        if options.threads < 1:
-            raise InputError(f"--threads {options.threads} must be at least 1")
-        torch.set_num_threads(options.threads)
+
+def _distill(store: Store, options: DistillOptions, started: float) -> DistillReport:
+    import numpy as np
+
     teacher = teacher_space(store)
     ids = _ids_with(store, teacher)
     if len(ids) < defaults.DISTILL_MIN_POINTS:

@@ -48,6 +48,7 @@ from ..fsutil import atomic_write
 from ..model.adapter import Adapter, AdapterShape
 from ..model.models import ModelSet
 from ..model.text import TextEncoder, load_clip_model
+from ..model.threads import torch_threads
 from ..model.weights import RANDOM, save_state_dict, state_dict_sha256
 from ..spaces import ADAPTER_KIND, space_id_for
 from ..storage.store import Store
@@ -148,7 +149,8 @@ def migrate(store_dir: Path, options: MigrateOptions) -> MigrateReport:
                 f"the store already uses this CLIP ({c.model}, weights {clip_cfg.sha256[:12]})",
                 hint="a new adapter for the same CLIP is `licsearch distill` or `licsearch reindex --adapter-weights`",
             )
-        return _migrate(store, options, clip_model, clip_cfg)
+        with torch_threads(options.threads):
+            return _migrate(store, options, clip_model, clip_cfg)
 
 
 def _check_options(o: MigrateOptions) -> None:
@@ -170,8 +172,6 @@ def _migrate(store: Store, o: MigrateOptions, clip_model: Any, clip_cfg: ClipCon
 
     from ..model.image_tower import ImageTower
 
-    if o.threads is not None:
-        torch.set_num_threads(o.threads)
     total = store.index.count()
     if o.sample > total:
         raise InputError(f"--sample {o.sample} is more than the store's {total} points", hint=f"use at most {total}")

@@ -90,6 +90,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ModelsConfig
 from ..errors import InputError, StoreError
+from ..model.threads import torch_threads
 from .bench_runners import LONG_QUERY, SHORT_QUERY, BaselineRunner, BundleRunner, Runner, SearchIndex
 
 if TYPE_CHECKING:
@@ -352,15 +353,9 @@ def run_bench(
     if threads < 1:
         raise InputError(f"--threads must be at least 1, got {threads}")
     images, source = load_bench_images(options.images, quick=options.quick)
-    import torch
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with tempfile.TemporaryDirectory(prefix="licsearch-bench-") as tmp:
-            return _run(models, options, space_id, images, source, threads, Path(tmp), log)
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="licsearch-bench-") as tmp:
+        return _run(models, options, space_id, images, source, threads, Path(tmp), log)
 
 
 def _run(
