@@ -133,7 +133,7 @@ def test_migrate_moves_the_store_to_the_new_clip_and_reports_its_cost(migrated: 
 
     r = migrated.report
     assert (r["state"], r["activated"], r["method"]) == ("active", True, "ridge_head")
-    assert r["sample"] == {"n": 40, "train": 24, "heldout": 16, "points": N_SCENES}
+    assert r["sample"] == {"n": 40, "train": 24, "heldout": 16, "points": N_SCENES, "anchors": 0}
     assert set(r["cost"]) == COST_KEYS
     assert set(r["seconds"]) == {"sample_decode", "sample_embed", "fit", "reembed"}
     assert all(v > 0 for v in r["seconds"].values()), r["seconds"]
@@ -310,3 +310,23 @@ def test_a_pixels_store_migrates_with_a_fresh_adapter_trained_on_the_sample(
     assert "not asked to activate (pass --activate)" in report["reasons"]
     with Store.open(tmp_path / "pixels") as store:
         assert store.space_id == pixels_space and store.config.spaces[report["space_id"]].kind == "adapter"
+
+
+def test_anchor_texts_enter_the_fit_and_are_counted(
+    migrated: Migrated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from licsearch.world import sample_specs
+
+    captions = sorted({spec.caption() for spec in sample_specs(60, seed=9, split="train")})
+    (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")
+    store = _copy(migrated.template, tmp_path)
+    r = cli_inprocess(capsys, *MIGRATE, "--store", str(store), "--anchor-texts", str(tmp_path / "captions.txt"),
+                      "--activate", "--force", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["sample"]["anchors"] == len(captions) > 2
+    assert report["space_id"] != migrated.report["space_id"]  # another map, another adapter
+    assert report["heldout"]["cos_mean"] > 0.5, report["heldout"]
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not text")
+    bad = cli_inprocess(capsys, *MIGRATE, "--store", str(store), "--anchor-texts", str(tmp_path / "bad.txt"), "--json")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and json.loads(bad.stdout)["error"]

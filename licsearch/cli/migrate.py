@@ -28,6 +28,11 @@ def configure_migrate(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps", type=int, default=s, help=f"training steps when the store has no adapter space to start from ({s})"
     )
+    p.add_argument(
+        "--anchor-texts",
+        metavar="FILE",
+        help="captions or typical queries, one per line: embedded by both text towers as extra pairs of the fit",
+    )
     add_heldout_flags(p)
 
 
@@ -53,6 +58,7 @@ def cmd_migrate(args: argparse.Namespace) -> Result:
         train=TrainOptions(steps=args.steps, progress=progress),
         thresholds=thresholds,
         texts=read_texts(args.texts) if args.texts else None,
+        anchor_texts=read_texts(args.anchor_texts) if args.anchor_texts else None,
         activate=args.activate,
         force=args.force,
         progress=progress,

@@ -52,6 +52,7 @@ from ..model.threads import torch_threads
 from ..model.weights import RANDOM, save_state_dict, state_dict_sha256
 from ..spaces import ADAPTER_KIND, space_id_for
 from ..storage.store import Store
+from .anchors import TextAnchors, fit_map, text_anchors
 from .distill import (
     ADAPTERS_DIR,
     Pairs,
@@ -76,8 +77,6 @@ MIGRATIONS_DIR = "migrations"
 """Work folders of ``migrate`` inside the store (teacher chunks, training run, the last report)."""
 MIN_TRAIN, MIN_HELDOUT = 8, 4
 CHUNK = 16
-RIDGE_PENALTIES = tuple(10.0 ** (e / 4) for e in range(-12, 9))
-"""Ridge penalties tried on unit features, 1e-3 to 1e2 (the leave-one-out error picks one)."""
 REEMBED_BATCH = 128
 
 
@@ -91,6 +90,7 @@ class MigrateOptions:
     train: TrainOptions = field(default_factory=lambda: TrainOptions(steps=defaults.MIGRATE_STEPS))
     thresholds: Thresholds = field(default_factory=Thresholds)
     texts: tuple[str, ...] | None = None
+    anchor_texts: tuple[str, ...] | None = None
     activate: bool = False
     force: bool = False
     progress: bool | None = None
@@ -189,8 +189,10 @@ def _migrate(store: Store, o: MigrateOptions, clip_model: Any, clip_cfg: ClipCon
     shape = AdapterShape(store.models.codec.latent_channels, text.embed_dim, width=a.width, hidden=a.hidden)
     trunk = _trunk(store)
     t0 = time.perf_counter()
+    anchors = None
     if trunk is not None:
-        method, state = "ridge_head", ridge_head(trunk, pairs.subset(train_ids), shape)
+        anchors = text_anchors(store.models.text, text, o.anchor_texts) if o.anchor_texts else None
+        method, state = "ridge_head", ridge_head(trunk, pairs.subset(train_ids), shape, anchors)
         timing["fit"] = time.perf_counter() - t0
     else:
         from .distill import train_from_pairs
@@ -223,7 +225,13 @@ def _migrate(store: Store, o: MigrateOptions, clip_model: Any, clip_cfg: ClipCon
         space_id=target.space_id,
         clip={"model": clip_cfg.model, "tag": clip_cfg.tag, "weights": clip_cfg.weights, "sha256": clip_cfg.sha256},
         method=method,
-        sample={"n": o.sample, "train": len(train_ids), "heldout": len(held_ids), "points": rx.points},
+        sample={
+            "n": o.sample,
+            "train": len(train_ids),
+            "heldout": len(held_ids),
+            "points": rx.points,
+            "anchors": len(anchors) if anchors is not None else 0,
+        },
         heldout=figures.to_dict(),
         thresholds=dataclasses.asdict(o.thresholds),
         passed=passed,
@@ -323,7 +331,9 @@ def _trunk(store: Store) -> Adapter | None:
     return adapter if isinstance(adapter, Adapter) else None
 
 
-def ridge_head(trunk: Adapter, pairs: Pairs, shape: AdapterShape) -> dict[str, torch.Tensor]:
+def ridge_head(
+    trunk: Adapter, pairs: Pairs, shape: AdapterShape, anchors: TextAnchors | None = None
+) -> dict[str, torch.Tensor]:
     """The new adapter's weights: ``trunk``'s, with its output layer refitted to ``pairs``' teacher vectors.
 
     The old adapter's unit vectors ``x`` are mapped linearly to the teacher vectors: ridge regression shrunk towards
@@ -335,7 +345,7 @@ def ridge_head(trunk: Adapter, pairs: Pairs, shape: AdapterShape) -> dict[str, t
     import torch
 
     x = torch.cat([trunk.embed(y) for y in pairs.y_hats]).double().numpy()
-    m = _fit_map(x, pairs.teacher.astype(np.float64))
+    m = fit_map(x, pairs.teacher.astype(np.float64), anchors)
     mlp: Any = trunk.module.mlp  # LayerNorm, Linear, GELU, Linear; the adapter normalises its output
     last = mlp[-1]
     prefix = next(f"{name}." for name, mod in trunk.module.named_modules() if mod is last)
@@ -346,28 +356,6 @@ def ridge_head(trunk: Adapter, pairs: Pairs, shape: AdapterShape) -> dict[str, t
     if tuple(state[f"{prefix}weight"].shape) != (shape.embed_dim, shape.hidden):
         raise StoreError(f"the store's adapter does not fit {shape}: its output layer is {tuple(w_old.shape)}")
     return state
-
-
-def _fit_map(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """``M`` with ``x @ M ~ t``: ridge towards the Procrustes map, the penalty of best leave-one-out cosine.
-
-    For a penalty ``lam`` and prior ``Q``, ``M = (x^T x + lam I)^-1 (x^T t + lam Q)``; its leave-one-out residuals are
-    the residuals divided by ``1 - leverage`` (the PRESS statistic, Allen 1974).
-    """
-    import numpy as np
-
-    u, _, vt = np.linalg.svd(x.T @ t, full_matrices=False)
-    prior = u @ vt
-    best: tuple[float, np.ndarray] = (-math.inf, prior)
-    for lam in RIDGE_PENALTIES:
-        inv = np.linalg.inv(x.T @ x + lam * np.eye(x.shape[1]))
-        m = inv @ (x.T @ t + lam * prior)
-        leverage = np.einsum("ij,jk,ik->i", x, inv, x)
-        loo = t - (t - x @ m) / (1.0 - leverage)[:, None]
-        score = float(np.mean(np.sum(loo * t, axis=1) / np.maximum(np.linalg.norm(loo, axis=1), 1e-12)))
-        if score > best[0]:
-            best = (score, m)
-    return best[1]
 
 
 def _save_weights(store: Store, state: dict[str, torch.Tensor], shape: AdapterShape, clip: str) -> Path:
