@@ -64,6 +64,9 @@ def test_round_trip_is_bit_and_point_exact(stocked: Path, tmp_path: Path) -> Non
     restored = json.loads(proc.stdout)
     assert restored["points"] == 6 and restored["fsck"]["ok"] and not restored["fsck"]["orphans"]
     assert not (tmp_path / "restored.partial").exists()
+    files = [p.stat() for p in target.rglob("*") if p.is_file()]
+    allocated, size = sum(st.st_blocks * 512 for st in files), sum(st.st_size for st in files)
+    assert allocated < size / 10, (allocated, size)  # Edge's preallocated zeros restored as holes
     before, after = _snapshot(stocked), _snapshot(target)
     assert before[0] == after[0] and len(before[0]) == 6  # bitstreams bit-exact
     assert before[1] == after[1]  # ids, payloads, every vector of every space

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..config import CONFIG_FILE
 from ..errors import InputError, StoreError
@@ -43,6 +43,8 @@ KIND = "licsearch-backup"
 _SKIPPED = {"licsearch.lock", ".lock"}
 _TOP_LEVEL = ("blobs/objects", "previews")
 _CHUNK = 1 << 20
+_HOLE = 1 << 16
+_ZEROS = bytes(_HOLE)
 
 
 @dataclass
@@ -219,6 +221,21 @@ def read_manifest(archive: Path) -> dict[str, Any]:
     return doc
 
 
+def _write_sparse(sink: BinaryIO, chunk: bytes) -> None:
+    """Writes ``chunk``, leaving each 64 KiB of zeros as a hole (the caller truncates the file to its size).
+
+    Qdrant Edge preallocates its WAL, vector chunks, payload pages and indexes as sparse files (a one-image store is
+    about 1 MB on disk); written out whole, a restored store would take about 240 MB.
+    """
+    view = memoryview(chunk)
+    for start in range(0, len(view), _HOLE):
+        block = view[start : start + _HOLE]
+        if block == _ZEROS[: len(block)]:
+            sink.seek(len(block), os.SEEK_CUR)
+        else:
+            sink.write(block)
+
+
 def _safe_name(name: str) -> bool:
     parts = Path(name).parts
     return bool(parts) and not Path(name).is_absolute() and ".." not in parts
@@ -262,7 +279,8 @@ def restore(archive: Path, root: Path) -> RestoreReport:
                 with target.open("wb") as sink:
                     while chunk := source.read(_CHUNK):
                         digest.update(chunk)
-                        sink.write(chunk)
+                        _write_sparse(sink, chunk)
+                    sink.truncate()
                     sink.flush()
                     os.fsync(sink.fileno())
                 if digest.hexdigest() != want["sha256"] or target.stat().st_size != want["size"]:
