@@ -92,8 +92,9 @@ MakeDir = Callable[[str], Path]
 def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeDir]:
     """``tmp_path_factory.mktemp`` for one module's fixtures: the folders go when the module ends.
 
-    An Edge store takes ~240 MB of disk however few points it holds (preallocated WAL, vector chunk, payload pages
-    and indexes); kept for the whole session, the modules' stores would fill a small CI disk.
+    A copied Edge store takes ~240 MB of disk however few points it holds (its WAL, vector chunk, payload pages and
+    indexes are preallocated sparse files, and ``shutil.copytree`` writes them whole); kept for the whole session,
+    the modules' stores would fill a small CI disk.
     """
     made: list[Path] = []
 
