@@ -18,8 +18,6 @@ few hundred crops, ``tiny`` a smaller one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from licsearch.config import ModelsConfig
 from licsearch.errors import BitstreamError
 from licsearch.model.codec import Codec, load_codec_model
 from licsearch.model.models import ModelPlane, ModelSet
+from licsearch.model.threads import torch_threads
 from licsearch.model.weights import save_state_dict
 
 from .conftest import SHARED_DATA, make_image, tiny_models
@@ -81,16 +80,6 @@ def bundles(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def live_bundles(tmp_path_factory: pytest.TempPathFactory) -> TinyBundles:
     base = tmp_path_factory.mktemp("live")
     return export_bundles(live_models(base / "codec.safetensors"), base)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def backend(name: str, bundles: TinyBundles, threads: int) -> ModelPlane:
