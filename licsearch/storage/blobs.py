@@ -178,27 +178,29 @@ class BlobStore:
             return False
         return True
 
-    def iter_refs(self) -> Iterator[str]:
-        """Yield the reference of every stored object, in hex order; stray files are skipped."""
-        for subdir in sorted(self._objects.iterdir()):
+    def _objects_walk(self, *, ordered: bool) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """``(ref, entry)`` of every stored object (one ``scandir`` per folder); stray files are skipped."""
+
+        def entries(path: str | Path) -> list[os.DirEntry[str]]:
+            with os.scandir(path) as it:
+                found = list(it)
+            return sorted(found, key=lambda e: e.name) if ordered else found
+
+        for subdir in entries(self._objects):
             if not (subdir.is_dir() and _HEX2.fullmatch(subdir.name)):
                 continue
-            for entry in sorted(subdir.iterdir()):
+            for entry in entries(subdir.path):
                 stem = entry.name.removesuffix(SUFFIX)
                 if entry.name.endswith(SUFFIX) and _HEX62.fullmatch(stem) and entry.is_file():
-                    yield f"{REF_PREFIX}{subdir.name}{stem}"
+                    yield f"{REF_PREFIX}{subdir.name}{stem}", entry
+
+    def iter_refs(self) -> Iterator[str]:
+        """Yield the reference of every stored object, in hex order; stray files are skipped."""
+        return (ref for ref, _ in self._objects_walk(ordered=True))
 
     def total_bytes(self) -> int:
         """Total size of all stored objects (the files :meth:`iter_refs` names, one ``stat`` each)."""
-        total = 0
-        for subdir in os.scandir(self._objects):
-            if not (subdir.is_dir() and _HEX2.fullmatch(subdir.name)):
-                continue
-            for entry in os.scandir(subdir.path):
-                name = entry.name
-                if name.endswith(SUFFIX) and _HEX62.fullmatch(name.removesuffix(SUFFIX)) and entry.is_file():
-                    total += entry.stat().st_size
-        return total
+        return sum(entry.stat().st_size for _, entry in self._objects_walk(ordered=False))
 
     def clean_tmp(self, older_than_s: float = 0) -> int:
         """Remove temp files left by interrupted writes and return how many were removed.
