@@ -11,7 +11,6 @@ The library side is :mod:`licsearch.storage.upgrade` and :meth:`licsearch.storag
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from .base import Command, Result, note
@@ -30,11 +29,9 @@ def configure_store(p: argparse.ArgumentParser) -> None:
 
 
 def _bar(args: argparse.Namespace, desc: str, unit: str) -> Any:
-    if args.no_progress or args.json or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+    from ..ops.progress import progress_bar
 
-    return tqdm(desc=desc, unit=unit, file=sys.stderr)
+    return progress_bar(None, False if args.no_progress or args.json else None, desc, unit=unit)
 
 
 def cmd_store(args: argparse.Namespace) -> Result:

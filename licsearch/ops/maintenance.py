@@ -59,18 +59,15 @@ def optimize_index(store: Store, progress: bool | None = None) -> bool:
     Returns:
         True when anything was built.
     """
-    import sys
+    from .progress import progress_bar
 
     if store.read_only or store.config.qdrant.url is not None:
         return False
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
+    bar = progress_bar(None, progress, "index", unit="vec", leave=False)
+    if bar is None:
         return store.index.optimize()
-    from tqdm import tqdm
-
     spaces = max(len(store.index.spaces()), 1)
-    with tqdm(desc="index", unit="vec", file=sys.stderr, leave=False) as bar:
+    with bar:
 
         def show(state: Any) -> None:
             bar.total = state.points * spaces

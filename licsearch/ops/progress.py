@@ -1,4 +1,5 @@
-"""The one progress bar of the long store operations (ingest, re-index, distill, migrate): tqdm on stderr."""
+"""The one progress bar of the long store operations (ingest, re-index, distill, migrate, upgrade, optimise): tqdm on
+stderr."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 
-def progress_bar(total: int, enabled: bool | None, desc: str, *, unit: str = "img") -> tqdm | None:
+def progress_bar(
+    total: int | None, enabled: bool | None, desc: str, *, unit: str = "img", leave: bool = True
+) -> tqdm | None:
     """A tqdm bar over ``total`` items on stderr, or None when there is nothing to show.
 
     Args:
-        total: how many items the operation will go through; none gives no bar.
+        total: how many items the operation will go through; none gives no bar; None: not known yet (the caller
+            sets ``bar.total`` once the operation reports it, as the index upgrade and the HNSW build do).
         enabled: on or off as asked; None: on when stderr is a terminal (never in logs or pipes).
         desc: the bar's label.
         unit: what one item is.
+        leave: keep the finished bar on the terminal.
     """
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -24,4 +29,4 @@ def progress_bar(total: int, enabled: bool | None, desc: str, *, unit: str = "im
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, file=sys.stderr, desc=desc)
+    return tqdm(total=total, unit=unit, file=sys.stderr, desc=desc, leave=leave)
