@@ -37,6 +37,7 @@ from licsearch.train.objectives import (
     TextRealigner,
     arc_margin_loss,
     caption_pool,
+    distill_loss,
     embed_items,
     mc_arc_margin_loss,
     mine_pseudo_captions,
@@ -101,6 +102,14 @@ def test_mc_arc_margin_agrees_with_the_formula_written_out() -> None:
         torch.tensor(emb), torch.tensor(texts), torch.zeros(3, 4, dtype=torch.bool), scale=S, margin=M
     )
     assert float(none) == 0.0
+
+
+def test_distill_term_agrees_with_the_formula_written_out() -> None:
+    emb = [[1.0, 0.2, -0.3], [0.1, -1.0, 0.4]]
+    targets = [[0.9, 0.1, 0.0], [-0.5, 0.5, 0.5]]  # not unit vectors: both sides are normalised
+    want = sum(1.0 - _cos(e, t) for e, t in zip(emb, targets, strict=True)) / 2
+    assert float(distill_loss(torch.tensor(emb), torch.tensor(targets))) == pytest.approx(want, rel=1e-6)
+    assert float(distill_loss(torch.tensor(targets), torch.tensor(targets))) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_pseudo_caption_mining_is_deterministic_nearest_first_and_respects_the_threshold() -> None:
@@ -192,13 +201,13 @@ def test_build_data_labels_views_and_latents(tiny_data: tuple[Codec, ClipTeacher
     assert len({k for k, _ in data.where}) > 1  # views of other sizes (crops, downscales) are kept as they are
 
 
-@pytest.mark.parametrize("objective", ["2sft", "mcip"])
+@pytest.mark.parametrize(("objective", "distill"), [("2sft", None), ("mcip", 0.0), ("mcip", 1.0), ("2sft", 1.0)])
 def test_each_retrieval_objective_lowers_its_loss(
-    objective: str, tiny_data: tuple[Codec, ClipTeacher, ObjectiveData], tmp_path: Path
+    objective: str, distill: float | None, tiny_data: tuple[Codec, ClipTeacher, ObjectiveData], tmp_path: Path
 ) -> None:
     codec, teacher, data = tiny_data
     data = dataclasses.replace(data)
-    options = _options(tmp_path, objective)
+    options = _options(tmp_path, objective, lambda_distill=distill)
     shape = AdapterShape(codec.latent_channels, teacher.embed_dim, width=32, hidden=64)
     adapter = build_trainable_adapter(shape, "random", seed=0)
     caption_emb = None
@@ -218,8 +227,23 @@ def test_each_retrieval_objective_lowers_its_loss(
     with torch.no_grad():
         after = {k: float(v) for k, v in trainer.losses(everything).items()}
     assert after["loss"] < 0.7 * before["loss"]
-    if objective == "mcip":
-        assert after["mc_arc"] < before["mc_arc"] and set(before) == {"arc", "mc_arc", "loss"}
+    terms = {"arc"} | ({"mc_arc"} if objective == "mcip" else set()) | ({"distill"} if distill else set())
+    assert set(before) == terms | {"loss"}
+    lam = {"arc": options.lambda_labels if objective == "mcip" else 1.0, "mc_arc": options.lambda_captions}
+    for losses in (before, after):  # the seed's losses as defined, the distillation term only added beside them
+        want = sum(lam.get(k, distill or 0.0) * losses[k] for k in terms)
+        assert losses["loss"] == pytest.approx(want, rel=1e-5)
+    for k in terms - {"arc"}:
+        assert after[k] < before[k]
+
+
+def test_distill_weight_defaults_per_objective(tmp_path: Path) -> None:
+    from licsearch.train.objectives import MCIP_LAMBDA_DISTILL
+
+    assert _options(tmp_path, "mcip").distill_weight == MCIP_LAMBDA_DISTILL
+    assert _options(tmp_path, "2sft").distill_weight == 0.0  # 2SFT's stage 1 is the seed's ArcMargin alone
+    assert _options(tmp_path, "2sft", lambda_distill=0.5).distill_weight == 0.5
+    assert _options(tmp_path, "mcip", lambda_distill=0.0).distill_weight == 0.0
 
 
 def test_distillation_and_text_realignment_lower_their_losses(
@@ -264,6 +288,7 @@ def test_objective_options_refuse_unusable_values(tmp_path: Path) -> None:
         ({"arc_margin": 2.0}, "arc-margin"),
         ({"caption_count": 0}, "caption-count"),
         ({"world_scenes": 0}, "nothing to train on"),
+        ({"lambda_distill": -1.0}, "lambda-distill"),
     ):
         with pytest.raises(InputError, match=match):
             _options(tmp_path, "mcip", **bad).check()

@@ -85,7 +85,7 @@ def _configure_adapter(a: argparse.ArgumentParser) -> None:
 
 
 def _objective_flags(a: argparse.ArgumentParser) -> None:
-    from ..train.objectives import OBJECTIVES
+    from ..train.objectives import MCIP_LAMBDA_DISTILL, OBJECTIVES
 
     o = a.add_argument_group("retrieval objectives (Schall et al. 2024: 2SFT and MCIP; --images are the photos)")
     o.add_argument("--objective", choices=OBJECTIVES, default="distill", help="loss (default distill: 1 - cos)")
@@ -106,6 +106,13 @@ def _objective_flags(a: argparse.ArgumentParser) -> None:
     o.add_argument("--caption-count", type=int, default=defaults.PSEUDO_CAPTION_COUNT, help="most pseudo-captions")
     o.add_argument("--lambda-labels", type=float, default=defaults.MCIP_LAMBDA_LABELS, help="MCIP λ1 (ArcMargin)")
     o.add_argument("--lambda-captions", type=float, default=defaults.MCIP_LAMBDA_CAPTIONS, help="MCIP λ2 (MCArcMargin)")
+    o.add_argument(
+        "--lambda-distill",
+        type=float,
+        metavar="W",
+        help=f"weight of 1 - cos to CLIP's image embedding beside the margin losses (default: {MCIP_LAMBDA_DISTILL:g} "
+        "for mcip, 0 for 2sft stage 1)",
+    )
     o.add_argument("--text-steps", type=int, default=300, help="2SFT stage 2: text-tower re-alignment steps")
     o.add_argument("--text-lr", type=float, default=1e-4, help="2SFT stage 2 learning rate")
     o.add_argument("--cache", type=Path, metavar="DIR", help="cached latents (default: OUT/../objective-cache)")
@@ -283,6 +290,7 @@ def _train_adapter(args: argparse.Namespace, common: dict[str, Any]) -> TrainRep
         "text_steps",
         "text_lr",
         "cache",
+        "lambda_distill",
     )
     return train_objective(ObjectiveOptions(options, args.objective, **{n: getattr(args, n) for n in names}))
 

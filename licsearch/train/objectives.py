@@ -15,6 +15,10 @@ search without losing text-to-image search:
   with InfoNCE (CLIP's contrastive loss, open_clip's ``ClipLoss``) against the frozen stage-1 adapter on the world's
   captioned scenes. It writes a new CLIP checkpoint, so its space has its own text tower.
 - **MCIP**: ``λ1·ArcMargin + λ2·MCArcMargin`` with the text tower frozen; the CLIP stays as it is.
+- **Distillation term** (``--lambda-distill``, not in the seed): ``λd·(1 - cos)`` between the adapter's embedding of
+  an item and the CLIP image tower's embedding of its source's pixels, the distill objective's own target, kept
+  beside the margin losses so that the space stays where the text tower's queries land. MCIP uses
+  :data:`MCIP_LAMBDA_DISTILL` unless told otherwise; 2SFT's stage 1 stays ArcMargin alone unless it is given.
 
 ``distill`` remains :mod:`.adapter`'s trainer. The data (:mod:`.objective_data`) is computed once, the codec being
 frozen and the views fixed per seed, and cached, so a run costs the adapter's steps only.
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
 
 OBJECTIVES = ("distill", "2sft", "mcip")
 CLIP_FILE = "clip.safetensors"
+MCIP_LAMBDA_DISTILL = 0.0
+"""MCIP's default weight of the distillation term (chosen from the README's sweep); 0 is the seed's MCIP."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,14 @@ class ObjectiveOptions:
     text_steps: int = 300
     text_lr: float = 1e-4
     cache: Path | None = None
+    lambda_distill: float | None = None
+
+    @property
+    def distill_weight(self) -> float:
+        """``λd``: the value given, else :data:`MCIP_LAMBDA_DISTILL` for MCIP and 0 (the seed's stage 1) for 2SFT."""
+        if self.lambda_distill is not None:
+            return self.lambda_distill
+        return MCIP_LAMBDA_DISTILL if self.objective == "mcip" else 0.0
 
     def check(self) -> None:
         """Refuses values no run can use, naming the flag."""
@@ -80,6 +94,8 @@ class ObjectiveOptions:
             raise InputError("--caption-count must be at least 1 and --caption-threshold a cosine in [-1, 1]")
         if self.world_scenes < 0 or self.photos < 0 or self.views < 0 or self.text_steps < 0:
             raise InputError("--world-scenes, --photos, --views and --text-steps cannot be negative")
+        if self.lambda_labels < 0 or self.lambda_captions < 0 or self.distill_weight < 0:
+            raise InputError("--lambda-labels, --lambda-captions and --lambda-distill cannot be negative")
         if self.world_scenes == 0 and self.photos == 0:
             raise InputError("nothing to train on", hint="give --world-scenes N or --photos N with --images DIR")
         if self.base.batch_size < 2:
@@ -133,6 +149,13 @@ def mc_arc_margin_loss(
     logp = torch.log_softmax(arc_margin_logits(cos, pos, scale=scale, margin=margin), dim=1)
     target = pos.float() / pos.sum(dim=1, keepdim=True)
     return -(target * logp).sum(dim=1).mean()
+
+
+def distill_loss(embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos`` between embeddings (B, D) and the CLIP image tower's embeddings of their sources (B, D)."""
+    import torch.nn.functional as F
+
+    return (1.0 - (F.normalize(embeddings, dim=-1) * F.normalize(targets, dim=-1)).sum(dim=-1)).mean()
 
 
 # -- pseudo-captions ------------------------------------------------------------------------------------------
@@ -247,6 +270,9 @@ class ObjectiveTrainer:
             out["loss"] = o.lambda_labels * out["arc"] + o.lambda_captions * out["mc_arc"]
         else:
             out["loss"] = out["arc"]
+        if (weight := o.distill_weight) > 0:
+            out["distill"] = distill_loss(emb, torch.from_numpy(d.teacher[[d.source[i] for i in idx]]))
+            out["loss"] = out["loss"] + weight * out["distill"]
         return out
 
     def step(self, step: int) -> dict[str, float]:
