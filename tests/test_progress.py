@@ -6,6 +6,7 @@ import argparse
 import io
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,48 @@ def test_store_maintenance_bars_follow_the_flags(monkeypatch: pytest.MonkeyPatch
         assert shown.getvalue() == ""
         optimize_index(store, True)
         assert "index" in shown.getvalue()
+
+
+class _Steps:
+    """The least trainer: one linear layer and SGD."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.layer = torch.nn.Linear(2, 1)
+        self.sgd = torch.optim.SGD(self.layer.parameters(), lr=0.1)
+
+    @property
+    def modules(self) -> dict[str, Any]:
+        return {"layer": self.layer}
+
+    @property
+    def optimizers(self) -> dict[str, Any]:
+        return {"sgd": self.sgd}
+
+    def step(self, step: int) -> dict[str, float]:
+        import torch
+
+        loss = self.layer(torch.ones(1, 2)).pow(2).sum()
+        self.sgd.zero_grad()
+        loss.backward()
+        self.sgd.step()
+        return {"loss": float(loss.detach())}
+
+
+def test_the_training_bar_counts_steps_from_a_resumed_checkpoint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from licsearch.train.loop import LoopOptions, run_loop
+    from licsearch.train.run import RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert run.prepare(resume=False, identity={}) is None
+    shown = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", shown)
+    run_loop(run, _Steps(), LoopOptions(steps=2, log_every=1, progress=False), resume_from=None, state={})
+    assert shown.getvalue() == ""
+    resume = run.prepare(resume=True, identity={})
+    assert resume is not None and resume.step == 2
+    run_loop(run, _Steps(), LoopOptions(steps=5, log_every=1, progress=True), resume_from=resume, state={})
+    assert "train" in shown.getvalue() and "5/5" in shown.getvalue() and "step" in shown.getvalue()

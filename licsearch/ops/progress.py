@@ -1,5 +1,5 @@
-"""The one progress bar of the long store operations (ingest, re-index, distill, migrate, upgrade, optimise): tqdm on
-stderr."""
+"""The one progress bar of the long operations (ingest, re-index, distill, migrate, upgrade, optimise, training): tqdm
+on stderr."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def progress_bar(
-    total: int | None, enabled: bool | None, desc: str, *, unit: str = "img", leave: bool = True
+    total: int | None, enabled: bool | None, desc: str, *, unit: str = "img", leave: bool = True, initial: int = 0
 ) -> tqdm | None:
     """A tqdm bar over ``total`` items on stderr, or None when there is nothing to show.
 
@@ -22,6 +22,7 @@ def progress_bar(
         desc: the bar's label.
         unit: what one item is.
         leave: keep the finished bar on the terminal.
+        initial: items already done (a resumed training run).
     """
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -29,4 +30,4 @@ def progress_bar(
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, file=sys.stderr, desc=desc, leave=leave)
+    return tqdm(total=total, unit=unit, file=sys.stderr, desc=desc, leave=leave, initial=initial)

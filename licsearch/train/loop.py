@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -126,7 +125,7 @@ def run_loop(
         state: JSON-able facts kept in every checkpoint (``identity`` is compared on resume).
         evaluate: called with the step every ``eval_every`` steps and at the end; logged with ``"eval": true``.
     """
-    from tqdm import tqdm
+    from ..ops.progress import progress_bar
 
     start, seconds = 0, 0.0
     if resume_from is not None:
@@ -140,9 +139,7 @@ def run_loop(
     window: deque[dict[str, float]] = deque(maxlen=FINAL_WINDOW)
     pending: list[dict[str, float]] = []
     evaluation: dict[str, Any] = {}
-    bar = tqdm(
-        total=options.steps, initial=start, disable=_no_bar(options.progress), file=sys.stderr, dynamic_ncols=True
-    )
+    bar = progress_bar(options.steps, options.progress, "train", unit="step", initial=start)
 
     def checkpoint(step: int) -> None:
         extra = {"seconds": seconds, "metrics": _mean(list(window)), "evaluation": evaluation}
@@ -159,7 +156,8 @@ def run_loop(
             if done % options.log_every == 0 or done == options.steps:
                 record = {**_mean(pending), "step": done, "seconds": round(seconds, 3)}
                 run.log(record)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "bpp", "psnr", "cos")})
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in ("loss", "bpp", "psnr", "cos")})
                 pending.clear()
             if evaluate is not None and (
                 done == options.steps or (options.eval_every and done % options.eval_every == 0)
@@ -168,9 +166,11 @@ def run_loop(
                 run.log({**evaluation, "step": done, "eval": True, "seconds": round(seconds, 3)})
             if done % options.checkpoint_every == 0 or done == options.steps:
                 checkpoint(done)
-            bar.update(1)
+            if bar is not None:
+                bar.update(1)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return LoopResult(
         step=options.steps,
         seconds=seconds,
@@ -184,10 +184,6 @@ def _mean(records: list[dict[str, float]]) -> dict[str, float]:
     if not records:
         return {}
     return {k: sum(r[k] for r in records) / len(records) for k in records[0]}
-
-
-def _no_bar(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress
 
 
 def write_provenance(
