@@ -301,7 +301,15 @@ def test_a_pixels_store_migrates_with_a_fresh_adapter_trained_on_the_sample(
         write_png(scenes / f"{i:04d}.png", im)
     with Store.create(tmp_path / "pixels", preset_models("offline"), kind=PIXELS_KIND) as store:
         assert ingest(store, [scenes], progress=False).ingested == 24
-        pixels_space = store.space_id
+        pixels_space, spaces_before = store.space_id, dict(store.config.spaces)
+    # Text anchors need an adapter to map from: refused up front, not silently ignored.
+    (tmp_path / "anchors.txt").write_text("a red circle\na blue square\n")
+    refused = cli_inprocess(capsys, *MIGRATE[:5], "--sample", "20", "--store", str(tmp_path / "pixels"),
+                            "--anchor-texts", str(tmp_path / "anchors.txt"), "--json")  # fmt: skip
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "--anchor-texts needs an active adapter space" in json.loads(refused.stdout)["error"]["message"]
+    with Store.open(tmp_path / "pixels") as store:
+        assert (store.space_id, store.config.spaces) == (pixels_space, spaces_before)
     r = cli_inprocess(capsys, *MIGRATE[:5], "--sample", "20", "--steps", "20", "--store", str(tmp_path / "pixels"),
                       "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr

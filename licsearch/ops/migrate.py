@@ -179,6 +179,16 @@ def _migrate(store: Store, o: MigrateOptions, clip_model: Any, clip_cfg: ClipCon
         clip_model, clip_cfg.model, clip_cfg.tag, clip_cfg.sha256, random_weights=clip_cfg.weights == RANDOM
     )
     texts = list(o.texts) if o.texts is not None else vocabulary_texts(text.tokenizer)
+    trunk = _trunk(store)
+    if o.anchor_texts and trunk is None:
+        # Text anchors constrain the map from the old adapter's vectors to the new CLIP's; without a trained adapter
+        # space there is no such map (the new adapter is trained from scratch), so they could only be ignored.
+        raise InputError(
+            "--anchor-texts needs an active adapter space with trained weights; "
+            f"this store's active space is {store.config.kind!r}"
+            + (" with random weights" if store.config.kind == ADAPTER_KIND else ""),
+            hint="drop --anchor-texts, or run `licsearch distill --activate` first",
+        )
     work = store.root.resolve() / MIGRATIONS_DIR / f"{clip_cfg.model.lower()}-{clip_cfg.sha256[:12]}-n{o.sample}"
     work.mkdir(parents=True, exist_ok=True)
     ids = sample_ids(store, o.sample)
@@ -187,7 +197,6 @@ def _migrate(store: Store, o: MigrateOptions, clip_model: Any, clip_cfg: ClipCon
     train_ids, held_ids = ids[: o.sample - n_held], ids[o.sample - n_held :]
     a = store.config.models.adapter
     shape = AdapterShape(store.models.codec.latent_channels, text.embed_dim, width=a.width, hidden=a.hidden)
-    trunk = _trunk(store)
     t0 = time.perf_counter()
     anchors = None
     if trunk is not None:
