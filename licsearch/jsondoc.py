@@ -1,9 +1,13 @@
-"""Untrusted JSON files (a store's config, the index engine's metadata) decoded with one reason per way they fail."""
+"""JSON documents on disk (a store's config and credentials, the index engine's metadata and version marker): untrusted
+bytes decoded with one reason per way they fail, and documents written atomically."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+
+from .fsutil import atomic_write
 
 
 class JsonDocError(ValueError):
@@ -29,3 +33,15 @@ def decode_json(raw: bytes, what: str) -> Any:
         raise JsonDocError(f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except RecursionError:
         raise JsonDocError(f"is nested too deeply to be {what}") from None
+
+
+def write_json(path: Path, doc: Any, *, indent: int | None = None) -> None:
+    """Writes ``doc`` to ``path`` with sorted keys and a final newline, atomically: a reader sees the old file or
+    the whole new one, never part of it (:func:`~licsearch.fsutil.atomic_write`, whose temp file, and so the
+    result, has mode 0600).
+
+    Raises:
+        TypeError: ``doc`` holds something JSON cannot express (before anything is written).
+        InputError: the folder cannot be written.
+    """
+    atomic_write(path, (json.dumps(doc, indent=indent, sort_keys=True) + "\n").encode())

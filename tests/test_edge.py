@@ -268,6 +268,7 @@ def _segment_file(path: Path, name: str) -> Path:
         (lambda p: _segment_file(p, "segment.json").unlink(), "segment.json is missing"),
         (lambda p: shutil.rmtree(p / "segments"), "segments is missing"),
         (lambda p: (p / "licsearch-edge.json").write_text("{"), "licsearch-edge.json is damaged"),
+        (lambda p: (p / "licsearch-edge.json").write_text("[" * 200_000), "licsearch-edge.json is damaged"),
     ],
 )
 def test_damaged_shard_files_are_refused_naming_the_file(shard: Path, damage: Any, expected: str) -> None:

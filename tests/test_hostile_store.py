@@ -224,7 +224,7 @@ def test_damaged_store_json_is_refused_naming_file_and_field(tiny_store: Path, c
 
 @pytest.mark.parametrize(
     ("content", "expected"),
-    [(b"\xff\xfe", "is damaged: it is not JSON text"), (b"[1]", 'must be an object with a string "qdrant_api_key"')],
+    [(b"\xff\xfe", "is damaged: it is not UTF-8 text"), (b"[1]", 'must be an object with a string "qdrant_api_key"')],
 )
 def test_damaged_credentials_are_refused_naming_the_file(tiny_store: Path, content: bytes, expected: str) -> None:
     from licsearch.storage.store import CREDENTIALS_FILE, Store

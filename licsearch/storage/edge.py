@@ -23,7 +23,6 @@ What the store needs that Edge 0.9 lacks, and how this module goes around it:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from ..jsondoc import JsonDocError, decode_json, write_json
 from ..readonly import is_writable
 from .points import INDEXED_FIELDS, FieldFilter, Hit, IndexState, Point, Selection, datetime_bounds, normalise_id
 from .points import dense as dense_vector
@@ -227,7 +227,7 @@ class EdgeEngine:
         if not marker.exists():
             return
         try:
-            doc = json.loads(marker.read_text("utf-8"))
+            doc = decode_json(marker.read_bytes(), "a version marker")
             written = str(doc["qdrant_edge"])
             fmt = int(doc["format"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -243,10 +243,7 @@ class EdgeEngine:
             )
 
     def _write_marker(self) -> None:
-        from ..fsutil import atomic_write
-
-        doc = {"format": MARKER_FORMAT, "qdrant_edge": edge_version()}
-        atomic_write(self.path / MARKER_FILE, (json.dumps(doc, sort_keys=True) + "\n").encode())
+        write_json(self.path / MARKER_FILE, {"format": MARKER_FORMAT, "qdrant_edge": edge_version()})
 
     def _load(self, config: Any) -> Any:
         import qdrant_edge as qe
@@ -575,11 +572,11 @@ def read_config(path: Path) -> dict[str, Any]:
     """
     config_path = path / CONFIG_FILE
     try:
-        doc = json.loads(config_path.read_bytes().decode("utf-8"))
+        doc = decode_json(config_path.read_bytes(), "a shard config")
     except OSError as exc:
         raise _bad_file(config_path, f"cannot be read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise _bad_file(config_path, f"is not valid JSON ({type(exc).__name__})") from None
+    except JsonDocError as exc:
+        raise _bad_file(config_path, str(exc)) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("vectors"), dict):
         raise _bad_file(config_path, 'lacks its "vectors" object')
     for name, params in doc["vectors"].items():
@@ -603,13 +600,13 @@ def check_files(path: Path) -> None:
             continue
         meta = segment / "segment.json"
         try:
-            doc = json.loads(meta.read_bytes().decode("utf-8"))
+            doc = decode_json(meta.read_bytes(), "a segment's metadata")
         except FileNotFoundError:
             raise _bad_file(meta, "is missing") from None
         except OSError as exc:
             raise _bad_file(meta, f"cannot be read ({exc.strerror or exc})") from None
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            raise _bad_file(meta, "is not valid JSON (truncated or damaged)") from None
+        except JsonDocError as exc:
+            raise _bad_file(meta, str(exc)) from None
         if not isinstance(doc, dict) or "config" not in doc:
             raise _bad_file(meta, 'lacks its "config"')
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import defaults
 from ..config import CONFIG_FILE, ModelsConfig, QdrantConfig, StoreConfig
 from ..errors import ConfigMismatchError, StoreError
+from ..jsondoc import JsonDocError, decode_json, write_json
 from ..model.models import ModelPlane, ModelSet
 from ..readonly import is_writable, read_only_error
 from ..spaces import ADAPTER_KIND, PIXELS_KIND, pixels_space_id, space_id_for
@@ -169,10 +170,7 @@ class Store:
                 f"cannot create a store at {root}: {e.strerror or e}", hint="choose a writable --store DIR"
             ) from e
         if api_key:
-            cred = root / CREDENTIALS_FILE
-            fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"qdrant_api_key": api_key}, f)
+            write_json(root / CREDENTIALS_FILE, {"qdrant_api_key": api_key})  # mode 0600, as atomic_write makes it
         store = cls(root, cfg, api_key=api_key)
         store.models = ms  # reuse the loaded models
         try:
@@ -280,11 +278,11 @@ def _read_api_key(root: Path) -> str | None:
         return None
     hint = 'restore it from a backup, or write it again as {"qdrant_api_key": "KEY"} (mode 0600)'
     try:
-        doc = json.loads(p.read_bytes().decode("utf-8"))
+        doc = decode_json(p.read_bytes(), "a credentials file")
     except OSError as e:
         raise StoreError(f"cannot read {p}: {e.strerror or e}", hint="check the store's permissions") from e
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise StoreError(f"{p} is damaged: it is not JSON text", hint=hint) from None
+    except JsonDocError as e:
+        raise StoreError(f"{p} is damaged: it {e}", hint=hint) from None
     key = doc.get("qdrant_api_key") if isinstance(doc, dict) else None
     if not (key is None or isinstance(key, str)) or not isinstance(doc, dict):
         raise StoreError(f'{p} is damaged: it must be an object with a string "qdrant_api_key"', hint=hint)
