@@ -235,9 +235,11 @@ def run_one(
     exclude_self: Sequence[int] | None = None,
     searches: Sequence[tuple[int | None, float | None]] = ((None, None),),
     data_kind: str = "clustered",
+    log: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """One index of ``data`` under ``setting`` on ``engine`` (``edge`` or ``client``), built once and measured at
-    each of ``searches`` (hnsw_ef, oversampling; None: the default): a row each."""
+    each of ``searches`` (hnsw_ef, oversampling; None: the default): a row each. ``log`` is told as each phase
+    (upsert, HNSW build, open) ends, with its time: a million points take most of an hour."""
     n, dim = data.shape
     ids = _ids(n)
     rss0 = _rss()
@@ -253,15 +255,18 @@ def run_one(
             ]
         )
     upsert_s = time.perf_counter() - t0
+    log(f"  upserted {n:,} points in {upsert_s:.1f} s")
     t0 = time.perf_counter()
     if engine == "edge":
         index.optimize()
     optimize_s = time.perf_counter() - t0
     index.close()
+    log(f"  HNSW build {optimize_s:.1f} s; index closed, opening it again")
     t0 = time.perf_counter()
     index = VectorIndex(path=folder, engine=engine, vectors={_SPACE: setting})  # type: ignore[arg-type]
     index.count()
     open_s = time.perf_counter() - t0
+    log(f"  opened in {open_s:.2f} s; searching")
     position = {pid: i for i, pid in enumerate(ids)}
     flt = [FieldFilter("codec_profile", "eq", "t3")]
     extra = 1 if exclude_self is not None else 0
@@ -354,6 +359,7 @@ def _rows(
                 exclude_self=exclude_self,
                 searches=_searches(engine, setting, options),
                 data_kind=data_kind,
+                log=log,
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
