@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import StoreError
 from ..storage.blobs import parse_ref
 from ..storage.previews import Previews
 from ..storage.store import Store
+from ..storage.totals import SUMMED_FIELDS, Totals
+from ..storage.totals import scan as scan_totals
 
 # A blob younger than this may belong to an ingest in flight on another process (only possible with a
 # Qdrant server; local mode holds an exclusive lock), so repair leaves it alone.
@@ -19,21 +21,22 @@ _STATS_BATCH = 5000
 
 
 def stats(store: Store) -> dict[str, Any]:
-    """Images, stored bytes, mean bpp and embedding spaces."""
-    n = 0
-    total_bytes = 0
-    bpp_sum = 0.0
-    for _, payload in store.index.iter_points(batch=_STATS_BATCH, fields=("bytes", "bpp")):
-        n += 1
-        total_bytes += int(payload.get("bytes", 0))
-        bpp_sum += float(payload.get("bpp", 0.0))
+    """Images, stored bytes, mean bpp and embedding spaces.
+
+    The sums come from the store's running totals (:mod:`licsearch.storage.totals`) when they are known and agree
+    with the index's exact count; otherwise every payload is read once and, when this process may write the store,
+    the totals are saved (``totals`` in the result says which: ``kept``, ``counted`` or ``counted, saved``).
+    """
+    totals, source = store_totals(store)
+    n = totals.points
     return {
         "store": str(store.root),
         "images": n,
-        "bytes": total_bytes,
-        "mean_bpp": bpp_sum / n if n else 0.0,
-        "mean_bytes": total_bytes / n if n else 0.0,
-        "blob_bytes_on_disk": store.blobs.total_bytes(),
+        "bytes": totals.bytes,
+        "mean_bpp": totals.bpp_sum / n if n else 0.0,
+        "mean_bytes": totals.bytes / n if n else 0.0,
+        "blob_bytes_on_disk": totals.blob_bytes,
+        "totals": source,
         **Previews(store.root).stats(),
         "space_id": store.space_id,
         "spaces": store.index.spaces(),
@@ -44,6 +47,27 @@ def stats(store: Store) -> dict[str, Any]:
         "index": index_state(store),
         "random_weights": store.models.random_components(),
     }
+
+
+def store_totals(store: Store) -> tuple[Totals, str]:
+    """The store's totals and where they came from: ``kept`` (the running totals), ``counted`` (a full scan) or
+    ``counted, saved`` (a full scan, now kept: an older store's first ``stats``, or one after a killed writer)."""
+    keeper = store.totals
+    if keeper is not None:
+        known = keeper.current()
+        if known is not None and known.points == store.index.count():
+            return known, "kept"
+    counted = count_totals(store)
+    if keeper is None or store.read_only:
+        return counted, "counted"
+    keeper.replace(counted)
+    return counted, "counted, saved"
+
+
+def count_totals(store: Store) -> Totals:
+    """The totals counted from every point's payload and every bitstream file (what the running totals hold)."""
+    payloads = (payload for _, payload in store.index.iter_points(batch=_STATS_BATCH, fields=SUMMED_FIELDS))
+    return scan_totals(payloads, store.blobs.usage())
 
 
 def optimize_index(store: Store, progress: bool | None = None) -> bool:
@@ -113,11 +137,19 @@ class FsckReport:
     temp_files_removed: int = 0
     preview_orphans: list[str] = field(default_factory=list)  # previews of bitstreams no point references
     preview_damaged: list[str] = field(default_factory=list)  # previews that are not a readable WebP (rebuilt)
+    totals_kept: Totals | None = None  # the store's running totals (None: unknown, or a server's store)
+    totals_counted: Totals | None = None  # the same counted by this fsck's full scan
+    totals_saved: bool = False  # the counted totals were saved (unknown before, or repaired)
     repaired: bool = False
 
     @property
+    def totals_wrong(self) -> bool:
+        """The kept totals disagree with the scan (``stats`` would report them: repair saves the scan's)."""
+        return self.totals_kept is not None and self.totals_kept != self.totals_counted
+
+    @property
     def ok(self) -> bool:
-        return not (self.missing or self.corrupt or self.orphans) or self.repaired
+        return not (self.missing or self.corrupt or self.orphans or self.totals_wrong) or self.repaired
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +161,12 @@ class FsckReport:
             "temp_files_removed": self.temp_files_removed,
             "preview_orphans": self.preview_orphans,
             "preview_damaged": self.preview_damaged,
+            "totals": {
+                "kept": None if self.totals_kept is None else asdict(self.totals_kept),
+                "counted": None if self.totals_counted is None else asdict(self.totals_counted),
+                "wrong": self.totals_wrong,
+                "saved": self.totals_saved,
+            },
             "repaired": self.repaired,
             "ok": self.ok,
         }
@@ -139,7 +177,9 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
 
     A point whose bitstream is missing or corrupt cannot be decoded: repair deletes the point (re-ingest the
     source to restore it). A bitstream no point references is an orphan of an interrupted ingest: repair
-    deletes it. With ``verify``, every referenced bitstream is re-hashed.
+    deletes it. With ``verify``, every referenced bitstream is re-hashed. The store's running totals are checked
+    against the scan: unknown ones (an older store, a killed writer) are saved, wrong ones are a problem that
+    repair fixes.
     """
     if repair:
         store.require_writable("repair it (fsck --repair)")
@@ -147,8 +187,10 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
     referenced: set[str] = set()
     bad_points: list[str] = []
     corrupt_refs: set[str] = set()
+    summed: list[dict[str, Any]] = []
     for pid, payload in store.index.iter_points():
         rep.points += 1
+        summed.append({name: payload.get(name) for name in SUMMED_FIELDS})
         ref = str(payload.get("blob", ""))
         try:
             parse_ref(ref)
@@ -173,6 +215,7 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
         rep.bitstreams += 1
         if ref not in referenced and now - store.blobs.path(ref).stat().st_mtime >= grace:
             rep.orphans.append(ref)
+    _check_totals(store, rep, scan_totals(summed, store.blobs.usage()), repair=repair)
     previews = Previews(store.root)
     rep.preview_orphans = previews.orphans(referenced - corrupt_refs)
     if verify:
@@ -187,3 +230,15 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
         rep.temp_files_removed = store.blobs.clean_tmp(older_than_s=grace)
         rep.repaired = True
     return rep
+
+
+def _check_totals(store: Store, rep: FsckReport, counted: Totals, *, repair: bool) -> None:
+    """Compares the kept totals with ``counted``; saves the count where the totals were unknown, or wrong and
+    ``repair`` (before repair deletes anything, so the deletions then update the right totals)."""
+    keeper = store.totals
+    if keeper is None:
+        return
+    rep.totals_kept, rep.totals_counted = keeper.current(), counted
+    if (rep.totals_kept is None or (rep.totals_wrong and repair)) and not store.read_only:
+        keeper.replace(counted)
+        rep.totals_saved = True

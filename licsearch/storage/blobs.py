@@ -20,9 +20,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from licsearch.bitstream import SUFFIX
 from licsearch.errors import InputError, StoreError
+
+if TYPE_CHECKING:
+    from .totals import TotalsKeeper
 
 REF_PREFIX = "sha256:"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -71,6 +75,8 @@ class BlobStore:
         self.root = Path(root)
         self._objects = self.root / "objects"
         self._tmp = self.root / "tmp"
+        self.totals: TotalsKeeper | None = None
+        """Told of every object added or deleted (set by the store that owns this blob store; see :mod:`.totals`)."""
         try:
             self._objects.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(exist_ok=True)
@@ -102,6 +108,8 @@ class BlobStore:
         if final.is_file():
             return ref
         tmp_name: str | None = None
+        if self.totals is not None:
+            self.totals.before_change()
         try:
             try:
                 final.parent.mkdir()
@@ -116,6 +124,8 @@ class BlobStore:
                 os.fchmod(fh.fileno(), 0o444)
             Path(tmp_name).replace(final)
             tmp_name = None
+            if self.totals is not None:
+                self.totals.blobs_changed(1, len(data))
             _fsync_dir(final.parent)
             if new_subdir:
                 _fsync_dir(self._objects)
@@ -172,10 +182,16 @@ class BlobStore:
 
         The directory is not fsynced: an object that reappears after a crash is an orphan, which fsck finds.
         """
+        path = self.path(ref)
+        if self.totals is not None:
+            self.totals.before_change()
         try:
-            self.path(ref).unlink()
+            size = path.stat().st_size
+            path.unlink()
         except FileNotFoundError:
             return False
+        if self.totals is not None:
+            self.totals.blobs_changed(-1, -size)
         return True
 
     def _objects_walk(self, *, ordered: bool) -> Iterator[tuple[str, os.DirEntry[str]]]:
@@ -200,7 +216,15 @@ class BlobStore:
 
     def total_bytes(self) -> int:
         """Total size of all stored objects (the files :meth:`iter_refs` names, one ``stat`` each)."""
-        return sum(entry.stat().st_size for _, entry in self._objects_walk(ordered=False))
+        return self.usage()[1]
+
+    def usage(self) -> tuple[int, int]:
+        """How many objects are stored and their total size, counted by one walk of the folder."""
+        files = size = 0
+        for _, entry in self._objects_walk(ordered=False):
+            files += 1
+            size += entry.stat().st_size
+        return files, size
 
     def clean_tmp(self, older_than_s: float = 0) -> int:
         """Remove temp files left by interrupted writes and return how many were removed.

@@ -14,6 +14,7 @@ Both answer the same calls with the same results, which ``tests/test_edge.py`` h
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +39,7 @@ from .points import (
     normalise_id,
     parse_filter,
 )
+from .totals import SUMMED_FIELDS
 from .vectors import DEFAULT_VECTORS, VectorSetting, vector_setting
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
     from .client import ClientEngine
     from .edge import EdgeEngine
+    from .totals import TotalsKeeper
 
 __all__ = [
     "DATETIME_FIELDS",
@@ -138,6 +141,8 @@ class VectorIndex:
         self._where = self._engine.where
         self._local = path is not None
         self._url = url
+        self.totals: TotalsKeeper | None = None
+        """Told of every change to the points (set by the store that owns this index; see :mod:`.totals`)."""
 
     @property
     def engine(self) -> EdgeEngine | ClientEngine:
@@ -356,7 +361,30 @@ class VectorIndex:
         ]
         step = self._batch()
         for start in range(0, len(checked), step):
-            self.engine.upsert(checked[start : start + step])
+            chunk = checked[start : start + step]
+            if self.totals is None:
+                self.engine.upsert(chunk)
+                continue
+            added = {point.id: point.payload for point in chunk}  # a repeated id: the last one stays
+            removed = self._payloads(list(added))
+            with self._changing(self.totals):
+                self.engine.upsert(chunk)
+            self.totals.points_changed(removed, added.values())
+
+    def _payloads(self, ids: list[str]) -> list[dict[str, Any]]:
+        """The payloads of those of ``ids`` (normalised) that are present."""
+        return [row[1] for row in self.engine.retrieve(ids, with_payload=True, with_vectors=False)]
+
+    @staticmethod
+    @contextmanager
+    def _changing(totals: TotalsKeeper) -> Iterator[None]:
+        """Around one write to the engine: the totals are marked before it, and unknown if it fails."""
+        totals.before_change()
+        try:
+            yield
+        except BaseException:
+            totals.unknown()
+            raise
 
     def update_vectors(self, space_id: str, vectors: Mapping[str, Sequence[float]]) -> None:
         """Writes one vector of ``space_id`` onto each existing point; its other vectors and payload stay.
@@ -373,8 +401,15 @@ class VectorIndex:
         """Sets the fields of ``payload`` on the points ``ids`` (their other fields stay)."""
         self.require_writable(f"change the payload of {len(ids)} points")
         wanted = [normalise_id(point_id) for point_id in ids]
-        if wanted:
+        if not wanted:
+            return
+        if self.totals is None or not set(payload) & set(SUMMED_FIELDS):
             self.engine.set_payload(wanted, payload)
+            return
+        removed = self._payloads(list(dict.fromkeys(wanted)))
+        with self._changing(self.totals):
+            self.engine.set_payload(wanted, payload)
+        self.totals.points_changed(removed, [{**old, **payload} for old in removed])
 
     def _records(
         self, ids: Sequence[str], *, with_payload: bool, with_vectors: bool | list[str]
@@ -472,10 +507,17 @@ class VectorIndex:
     def delete(self, ids: Sequence[str]) -> None:
         """Delete points by id; ids that are absent are ignored."""
         self.require_writable(f"delete {len(ids)} points")
-        wanted = [normalise_id(point_id) for point_id in ids]
+        wanted = list(dict.fromkeys(normalise_id(point_id) for point_id in ids))
         step = self._batch()
         for start in range(0, len(wanted), step):
-            self.engine.delete(wanted[start : start + step])
+            chunk = wanted[start : start + step]
+            if self.totals is None:
+                self.engine.delete(chunk)
+                continue
+            removed = self._payloads(chunk)
+            with self._changing(self.totals):
+                self.engine.delete(chunk)
+            self.totals.points_changed(removed, ())
 
     def state(self) -> IndexState:
         """Points, vectors held in an HNSW graph and segments (a server's own figures; local mode indexes none)."""

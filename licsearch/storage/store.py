@@ -8,6 +8,7 @@ Layout of a store directory::
     blobs/tmp/          temp files of writes in flight
     edge/               the Qdrant Edge shard (engine ``edge``, the embedded default; absent with a server URL)
     qdrant/             qdrant-client local-mode data of a store made before Edge (``licsearch store upgrade``)
+    totals.json         running totals of the points and bitstreams, for ``stats`` (:mod:`.totals`; embedded only)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..spaces import ADAPTER_KIND, PIXELS_KIND, pixels_space_id, space_id_for
 from .blobs import BlobStore
 from .index import VectorIndex
 from .local import INDEX_REPAIR_HINT
+from .totals import TOTALS_FILE, Totals, TotalsKeeper
 from .vectors import DEFAULT_VECTORS, VECTOR_SETTINGS
 
 DEFAULT_STORE = "./licsearch-data"
@@ -74,6 +76,11 @@ class Store:
             vectors=q.vectors,
             legacy_hint=UPGRADE_HINT if legacy else None,
         )
+        # Embedded stores only: a server's collection may have other writers, whose changes no file here sees.
+        self.totals: TotalsKeeper | None = None
+        if q.url is None:
+            self.totals = TotalsKeeper(root / TOTALS_FILE, writable=not self.read_only)
+            self.index.totals = self.blobs.totals = self.totals
 
     @staticmethod
     def legacy_local(config: StoreConfig) -> bool:
@@ -175,6 +182,8 @@ class Store:
         store.models = ms  # reuse the loaded models
         try:
             store.index.ensure_collection({cfg.space_id: dim}, {cfg.space_id: vectors})
+            if store.totals is not None and store.index.count() == 0:
+                store.totals.replace(Totals())
         except BaseException:
             store.close()
             raise
@@ -236,6 +245,8 @@ class Store:
 
     def close(self) -> None:
         self.index.close()
+        if self.totals is not None:
+            self.totals.close()
 
     def __enter__(self) -> Store:
         return self
