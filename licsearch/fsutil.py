@@ -10,6 +10,17 @@ from pathlib import Path
 from .errors import InputError
 
 
+def fsync_dir(directory: Path) -> None:
+    """Makes a rename or a new entry in ``directory`` durable (a no-op where directories cannot be opened)."""
+    if os.name == "nt":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` via a temp file in the same directory, fsync and rename."""
     directory = path.parent if str(path.parent) else Path()

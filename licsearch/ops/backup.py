@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 from ..config import CONFIG_FILE
 from ..errors import InputError, StoreError
 from ..faults import crash_point
+from ..fsutil import fsync_dir
 from ..storage.store import CREDENTIALS_FILE, Store
 
 MANIFEST = "licsearch-backup.json"
@@ -170,7 +171,7 @@ def backup(root: Path, out: Path, *, include_credentials: bool = False) -> Backu
                 raw.flush()
                 os.fsync(raw.fileno())
             os.replace(partial, out)
-            _fsync_dir(out.parent)
+            fsync_dir(out.parent)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -178,14 +179,6 @@ def backup(root: Path, out: Path, *, include_credentials: bool = False) -> Backu
     return BackupReport(
         str(out), engine, count, len(members), size, time.perf_counter() - start, bool(manifest["credentials"])
     )
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _refuse(archive: Path, problem: str) -> InputError:
@@ -292,7 +285,7 @@ def restore(archive: Path, root: Path) -> RestoreReport:
         if root.exists():
             root.rmdir()  # empty, checked above
         os.replace(partial, root)
-        _fsync_dir(root.parent)
+        fsync_dir(root.parent)
     except (tarfile.TarError, EOFError) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise _refuse(archive, f"it is truncated or damaged ({exc})") from None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from licsearch.bitstream import SUFFIX
 from licsearch.errors import InputError, StoreError
+from licsearch.fsutil import fsync_dir
 
 if TYPE_CHECKING:
     from .totals import TotalsKeeper
@@ -51,17 +52,6 @@ def parse_ref(ref: str) -> str:
             hint='a reference is "sha256:" followed by 64 lowercase hex digits, as returned by BlobStore.put',
         )
     return ref[len(REF_PREFIX) :]
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or a new entry in ``directory`` durable (a no-op where directories cannot be opened)."""
-    if os.name == "nt":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobStore:
@@ -126,9 +116,9 @@ class BlobStore:
             tmp_name = None
             if self.totals is not None:
                 self.totals.blobs_changed(1, len(data))
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             if new_subdir:
-                _fsync_dir(self._objects)
+                fsync_dir(self._objects)
         except OSError as exc:
             raise StoreError(
                 f"cannot write bitstream {ref} to {final}: {exc}",

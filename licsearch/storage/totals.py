@@ -16,12 +16,13 @@ scan gives (a float sum would depend on the order of the additions).
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from ..fsutil import fsync_dir
+from ..jsondoc import decode_json, write_json
 
 TOTALS_FILE = "totals.json"
 """The totals' file in a store's folder."""
@@ -136,22 +137,15 @@ class TotalsKeeper:
 def read_totals(path: Path) -> Totals | None:
     """The totals saved in ``path``, or None when the file is absent, damaged or marked ``writing``."""
     try:
-        doc = json.loads(path.read_text("utf-8"))
+        doc = decode_json(path.read_bytes(), "a store's totals")
         if doc.get("format") != TOTALS_FORMAT or doc.get("writing") is not False:
             return None
         return Totals(**{name: int(doc[name]) for name in Totals.__dataclass_fields__})
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # JsonDocError is a ValueError
         return None
 
 
 def _write(path: Path, totals: Totals, *, writing: bool) -> None:
-    from ..fsutil import atomic_write
-
-    doc = {"format": TOTALS_FORMAT, "writing": writing, **asdict(totals)}
-    atomic_write(path, (json.dumps(doc, sort_keys=True) + "\n").encode())
-    if writing and os.name != "nt":  # the mark must be on disk before the change it announces
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_json(path, {"format": TOTALS_FORMAT, "writing": writing, **asdict(totals)})
+    if writing:  # the mark must be on disk before the change it announces
+        fsync_dir(path.parent)

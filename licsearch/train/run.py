@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, fsync_dir
 from ..model.weights import load_state_dict_file, save_state_dict, state_dict_sha256
 
 if TYPE_CHECKING:
@@ -137,12 +137,12 @@ class RunDir:
         torch.save(extra, tmp / "optimizer.pt")
         doc = {**_jsonable(dict(state)), "step": step, "saved_at": time.time()}
         (tmp / "state.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             final.rename(old)
         tmp.rename(final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self) -> Checkpoint | None:
@@ -235,11 +235,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
