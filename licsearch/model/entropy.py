@@ -10,7 +10,10 @@ Here ``h_s`` is evaluated in exact integer arithmetic: weights and activations a
 every product and sum is an integer far below 2**53, so float64 convolution computes it exactly in any
 summation order, on any machine, with any thread count. After each layer the accumulator is rescaled by
 a floor division by a power of two (exact), then the activation is applied in fixed point. Every encoder
-and every decoder, whichever backend runs the heavy transforms, calls this one implementation.
+and every decoder, whichever backend runs the heavy transforms, calls this one implementation. That float64
+evaluation is the reference; where weights and activations fit two base-128 digits (every shipped codec), the same
+integers come several times faster from int8 matrix products (:mod:`licsearch.model.int8_conv`), and anything out
+of that range falls back to the reference.
 
 The integerised ``h_s`` differs from the float one by ~2**-10 per activation: a negligible change in rate,
 and none in correctness because both ends use it.
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import ModelError
+from .int8_conv import Int8Conv
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,49 +141,88 @@ class IntegerHyperSynthesis:
             )
             i += 1
         self.layers = tuple(layers)
+        self.int8 = tuple(Int8Conv.build(la, shift=WEIGHT_BITS, leaky_bits=LEAKY_BITS) for la in layers)
 
     def __call__(self, x_fixed: torch.Tensor, clock: Clock | None = None) -> torch.Tensor:
         """Runs the layers on a float64 tensor of integers at scale 2**ACT_BITS; returns the same kind.
 
-        The convolutions run in torch (with the caller's thread count); the rescaling and activations run in NumPy,
-        in place: the same exact operations, without the thread-pool start of a torch element-wise op on tensors
-        this small (on a loaded machine that costs more than the convolution).
-        """
-        import numpy as np
-        import torch
-        import torch.nn.functional as F
+        Each layer runs on int8 matrix products (:mod:`licsearch.model.int8_conv`) when its weights and inputs fit
+        two base-128 digits, else on the float64 :meth:`reference`; both give the same integers.
 
-        x = x_fixed
+        Raises:
+            ModelError: when an accumulator could reach 2**52 (the float64 reference would no longer be exact).
+        """
+        import torch
+
+        return torch.from_numpy(self._run(x_fixed.numpy(), clock, int8=True))
+
+    def reference(self, x_fixed: torch.Tensor, clock: Clock | None = None) -> torch.Tensor:
+        """The layers in float64 alone: the definition the int8 path is held to (and its fallback)."""
+        import torch
+
+        return torch.from_numpy(self._run(x_fixed.numpy(), clock, int8=False))
+
+    def _run(self, x: np.ndarray, clock: Clock | None, *, int8: bool) -> np.ndarray:
+        """(B, C, H, W) float64 integers -> the same; between int8 layers activations stay int64, (B, H, W, C)."""
+        import numpy as np
+
+        nhwc = False
+        int8 = int8 and bool(np.array_equal(np.floor(x), x))  # integers only (no NaN): the digits are exact
         for n, layer in enumerate(self.layers):
-            a = x.numpy()
-            bound = max(-float(a.min()), float(a.max())) * layer.l1_max + layer.bias_max
+            lo, hi = float(x.min()), float(x.max())
+            bound = max(-lo, hi) * layer.l1_max + layer.bias_max
             if bound >= EXACT_LIMIT:
                 raise ModelError(
                     "hyperprior activations too large for exact integer evaluation",
                     hint="this codec's weights are out of the range the canonical entropy path supports",
                 )
-            if layer.kind == "conv":
-                acc = F.conv2d(x, layer.weight, layer.bias, stride=layer.stride, padding=layer.padding)
+            conv = self.int8[n] if int8 else None
+            out = None
+            # The reference's LeakyReLU product is exact below 2**52: past that the int64 one could differ from it.
+            leaky_exact = (bound / 2**WEIGHT_BITS + 1) * abs(layer.leaky_num) < EXACT_LIMIT
+            if conv is not None and conv.fits(lo, hi) and leaky_exact:
+                out = conv(x if nhwc else np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.int64))
+            if out is not None:
+                x, nhwc = out, True
             else:
-                acc = F.conv_transpose2d(
-                    x,
-                    layer.weight,
-                    layer.bias,
-                    stride=layer.stride,
-                    padding=layer.padding,
-                    output_padding=layer.output_padding,
-                )
-            out = acc.numpy()
-            np.divide(out, 2**WEIGHT_BITS, out=out)
-            np.floor(out, out=out)
-            if layer.activation == "relu":
-                np.maximum(out, 0.0, out=out)
-            elif layer.activation == "leaky_relu":
-                out = np.where(out >= 0, out, np.floor(out * layer.leaky_num / 2**LEAKY_BITS))
-            x = torch.from_numpy(out)
+                x, nhwc = _float_layer(x.transpose(0, 3, 1, 2) if nhwc else x, layer), False
             if clock is not None:
                 clock(f"h_s.{n}.{layer.kind}")
+        if nhwc:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float64)
         return x
+
+
+def _float_layer(x: np.ndarray, layer: IntegerLayer) -> np.ndarray:
+    """One layer in float64: the convolution in torch (the caller's thread count), rescaling and activation in NumPy.
+
+    NumPy, in place, for the element-wise steps: the same exact operations, without the thread-pool start of a torch
+    element-wise op on tensors this small (on a loaded machine that costs more than the convolution).
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    if layer.kind == "conv":
+        acc = F.conv2d(xt, layer.weight, layer.bias, stride=layer.stride, padding=layer.padding)
+    else:
+        acc = F.conv_transpose2d(
+            xt,
+            layer.weight,
+            layer.bias,
+            stride=layer.stride,
+            padding=layer.padding,
+            output_padding=layer.output_padding,
+        )
+    out = acc.numpy()
+    np.divide(out, 2**WEIGHT_BITS, out=out)
+    np.floor(out, out=out)
+    if layer.activation == "relu":
+        np.maximum(out, 0.0, out=out)
+    elif layer.activation == "leaky_relu":
+        out = np.where(out >= 0, out, np.floor(out * layer.leaky_num / 2**LEAKY_BITS))
+    return out
 
 
 @dataclass(frozen=True)
