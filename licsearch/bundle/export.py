@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 from ..config import ModelsConfig
 from ..errors import InputError, ModelError
 from ..model.models import ModelSet
+from ..model.tokenizer import open_clip_vocab
 from ..model.weights import save_state_dict
 from ..spaces import unproven_space_id
-from .manifest import GraphInfo, Manifest, file_sha256
+from .manifest import TOKENIZER_FILE, GraphInfo, Manifest, file_sha256
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 DEFAULT_OPSET = 17
-TOKENIZER_FILE = "tokenizer/bpe_simple_vocab_16e6.txt.gz"
 CODEC_FILE = "codec/codec.safetensors"
 
 
@@ -103,18 +103,23 @@ def graph_specs(ms: ModelSet) -> list[GraphSpec]:
     m, n = codec.latent_channels, int(codec.model.N)
     x_a, x_b = torch.rand(1, 3, 128, 192, generator=rng), torch.rand(2, 3, 192, 128, generator=rng)
     y_a, y_b = torch.randn(1, m, 8, 12, generator=rng) * 3, torch.randn(2, m, 12, 8, generator=rng) * 3
-    tok = text.tokenizer(["a photo of a red circle", "two small blue squares at the bottom on a striped background"])
     latent: dict[str, list[int | str]] = {"y": ["batch", m, "h16", "w16"]}
     y_hat: dict[str, list[int | str]] = {"y_hat": ["batch", m, "h16", "w16"]}
-    text_out: dict[str, list[int | str]] = {"text_embedding": ["batch", ms.embed_dim]}
     return [
         GraphSpec("g_a", codec.model.g_a.eval(), x_a, x_b, {"x": ["batch", 3, "height", "width"]}, latent),
         GraphSpec("h_a", _Call(codec.transforms.h_a), y_a, y_b, latent, {"z": ["batch", n, "h64", "w64"]}),
         GraphSpec("g_s", codec.model.g_s.eval(), y_a, y_b, y_hat, {"x_hat": ["batch", 3, "height", "width"]}),
         GraphSpec("adapter", ms.adapter.module.eval(), y_a, y_b, y_hat, {"image_embedding": ["batch", ms.embed_dim]}),
-        # batch 2 as the sample: the dynamo exporter specialises a sample dimension of 1
-        GraphSpec("text", _text_module(text.model), tok[:, :12], tok[:1], {"tokens": ["batch", "sequence"]}, text_out),
+        text_graph_spec(text, ms.embed_dim),
     ]
+
+
+def text_graph_spec(text: Any, embed_dim: int) -> GraphSpec:
+    """The text tower's graph (``text``: a :class:`~licsearch.model.text.TextEncoder`), on fixed sample tokens."""
+    tok = text.tokenizer(["a photo of a red circle", "two small blue squares at the bottom on a striped background"])
+    out: dict[str, list[int | str]] = {"text_embedding": ["batch", embed_dim]}
+    # batch 2 as the sample: the dynamo exporter specialises a sample dimension of 1
+    return GraphSpec("text", _text_module(text.model), tok[:, :12], tok[:1], {"tokens": ["batch", "sequence"]}, out)
 
 
 def export_bundle(
@@ -146,13 +151,11 @@ def export_bundle(
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "codec").mkdir(parents=True)
     (tmp / "tokenizer").mkdir()
-    graphs = {s.name: _export_graph(s, tmp / s.file, opset) for s in graph_specs(ms)}
+    graphs = {s.name: export_graph(s, tmp / s.file, opset) for s in graph_specs(ms)}
     save_state_dict(
         codec.model.state_dict(), tmp / CODEC_FILE, {"arch": codec.arch.name, "quality": str(codec.quality)}
     )
-    import open_clip
-
-    shutil.copyfile(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", tmp / TOKENIZER_FILE)
+    shutil.copyfile(open_clip_vocab(), tmp / TOKENIZER_FILE)
     space = space_id
     if int8 != "none":
         from .quantize import quantize_bundle
@@ -214,7 +217,7 @@ def _pin_fixed_axes(path: Path, axes: dict[str, list[int | str]]) -> None:
     onnx.save(model, str(path))
 
 
-def _export_graph(spec: GraphSpec, path: Path, opset: int) -> GraphInfo:
+def export_graph(spec: GraphSpec, path: Path, opset: int) -> GraphInfo:
     """Exports one graph, runs ``onnx.checker`` and compares ONNX Runtime with torch on a differently shaped input."""
     import numpy as np
     import onnx

@@ -11,10 +11,13 @@ from typing import Any
 from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig
 from ..errors import StoreError
 from ..fsutil import atomic_write
+from ..model.tokenizer import VOCAB_FILE
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
 GRAPHS = ("g_a", "h_a", "g_s", "adapter", "text")
+TOKENIZER_FILE = f"tokenizer/{VOCAB_FILE}"
+"""The bundle's copy of CLIP's merges file."""
 
 
 @dataclass(frozen=True)

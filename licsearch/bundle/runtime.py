@@ -19,11 +19,13 @@ from ..config import ModelsConfig
 from ..errors import StoreError
 from ..model.codec import CODEC_ARCHS, Codec, load_codec_model
 from ..model.models import ModelPlane
-from ..model.text import TextEmbedding, check_query
+from ..model.text import QueryEmbedding, TextEmbedding, check_query
+from ..model.tokenizer import ClipTokenizer
 from ..model.weights import state_dict_sha256
-from .manifest import Manifest
+from .manifest import TOKENIZER_FILE, Manifest
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnxruntime as ort
     import torch
 
@@ -224,33 +226,55 @@ class OnnxAdapter:
 
 
 class OnnxTextEncoder:
-    """The text graph with open_clip's tokenizer; queries run only up to their longest end-of-text token."""
+    """A text graph with the torch-free CLIP tokenizer; queries run only up to their longest end-of-text token.
 
-    def __init__(self, root: Path, manifest: Manifest, options: RuntimeOptions) -> None:
-        from open_clip.tokenizer import SimpleTokenizer
+    Args:
+        graph: the text graph (``tokens`` in, ``text_embedding`` out).
+        vocab: the tokenizer's merges file.
+        context_length: the model's context; longer queries are cut to it.
+        weights_sha256: the fingerprint of the CLIP weights the graph was exported from.
+        options: ONNX Runtime settings.
+    """
 
-        self._graph = _Graph(root / manifest.graphs["text"].file, options)
-        self.context_length = manifest.context_length
-        self.tokenizer = SimpleTokenizer(bpe_path=str(root / "tokenizer/bpe_simple_vocab_16e6.txt.gz"))
-        self.weights_sha256 = manifest.models.clip.sha256
+    def __init__(
+        self, graph: Path, vocab: Path, context_length: int, weights_sha256: str, options: RuntimeOptions
+    ) -> None:
+        self._graph = _Graph(graph, options)
+        self.context_length = context_length
+        self.tokenizer = ClipTokenizer(vocab, context_length)
+        self.weights_sha256 = weights_sha256
+
+    @classmethod
+    def from_bundle(cls, root: Path, manifest: Manifest, options: RuntimeOptions) -> OnnxTextEncoder:
+        return cls(
+            root / manifest.graphs["text"].file,
+            root / TOKENIZER_FILE,
+            manifest.context_length,
+            manifest.models.clip.sha256,
+            options,
+        )
 
     def check(self, text: str) -> bool:
         """Validates a query; returns True when it will be truncated to the context length."""
         return check_query(text, self.tokenizer, self.context_length)
 
-    def tokens(self, texts: list[str], *, trim: bool = True) -> Any:
+    def tokens(self, texts: list[str], *, trim: bool = True) -> np.ndarray:
         """Token ids (int64); with ``trim``, cut after the longest end-of-text position (same embedding)."""
-        tok = self.tokenizer(texts, context_length=self.context_length).numpy()
+        tok = self.tokenizer(texts)
         if trim:
             tok = tok[:, : int(tok.argmax(axis=1).max()) + 1]
         return tok
 
+    def queries(self, texts: list[str], *, trim: bool = True) -> QueryEmbedding:
+        """Unit vectors of ``texts`` as NumPy rows, without torch."""
+        truncated = tuple(self.check(t) for t in texts)
+        return QueryEmbedding(self._graph(self.tokens(texts, trim=trim)), truncated, self.context_length)
+
     def embed(self, texts: list[str], *, trim: bool = True) -> TextEmbedding:
         import torch
 
-        truncated = tuple(self.check(t) for t in texts)
-        vec = torch.from_numpy(self._graph(self.tokens(texts, trim=trim)))
-        return TextEmbedding(vectors=vec, truncated=truncated)
+        q = self.queries(texts, trim=trim)
+        return TextEmbedding(vectors=torch.from_numpy(q.vectors), truncated=q.truncated)
 
 
 class BundleModelSet(ModelPlane):
@@ -292,7 +316,7 @@ class BundleModelSet(ModelPlane):
 
     @cached_property
     def text(self) -> OnnxTextEncoder:
-        return OnnxTextEncoder(self.root, self.manifest, self.options)
+        return OnnxTextEncoder.from_bundle(self.root, self.manifest, self.options)
 
     @property
     def embed_dim(self) -> int:

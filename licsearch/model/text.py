@@ -22,6 +22,7 @@ from ..errors import InputError, ModelError, TextError
 from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dict_sha256
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -114,6 +115,18 @@ class TextEmbedding:
 
     vectors: torch.Tensor
     truncated: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class QueryEmbedding:
+    """Unit vectors of text queries as NumPy rows (float32, ``(B, D)``: no torch needed to read them), which texts
+    were truncated, the context length they were truncated to (0 where the encoder does not say), and what a caller
+    should be told about how they were embedded (e.g. a damaged cache rebuilt)."""
+
+    vectors: np.ndarray
+    truncated: tuple[bool, ...]
+    context_length: int
+    notices: tuple[str, ...] = ()
 
 
 class TextEncoder:
