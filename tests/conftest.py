@@ -63,6 +63,17 @@ def write_png(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def eager_text_queries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Text queries run the eager text tower, the reference (exporting a cached text graph costs each CLIP ~6 s once
+    per cache); tests/test_text_query.py turns the cache on and holds it to that reference. A cache a test turns on
+    lives in the session's temporary folder, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LICSEARCH_TEXT_CACHE", "off")
+        mp.setenv("LICSEARCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture
 def images_dir(tmp_path: Path) -> Path:
     """Six distinct PNGs (two sizes) in a folder with a subfolder."""

@@ -46,7 +46,8 @@ def query_vector(
 ) -> tuple[list[float], list[str]]:
     """The query's vector in ``space`` (default: the store's active space), and notices (e.g. text truncated).
 
-    A space other than the active one is embedded by the models recorded for it, and must be complete.
+    A space other than the active one is embedded by the models recorded for it, and must be complete. A text runs
+    on the models' cached text graph where they may use one (:func:`~licsearch.bundle.text_cache.embed_queries`).
     """
     given = [x is not None for x in (text, image, like)]
     if sum(given) != 1:
@@ -59,10 +60,12 @@ def query_vector(
         check_queryable(store, space_id)
         models = plane_for_space(store, space_id)
     if text is not None:
-        emb = models.embed_texts([text])
-        notices = []
+        from ..bundle.text_cache import embed_queries
+
+        emb = embed_queries(models, [text])
+        notices = list(emb.notices)
         if emb.truncated[0]:
-            ctx = models.text.context_length  # 0 when the encoder runs on a server that does not say
+            ctx = emb.context_length  # 0 when the encoder runs on a server that does not say
             notices.append(f"text truncated to the encoder's {ctx} tokens" if ctx else "text truncated")
         return list(emb.vectors[0].tolist()), notices
     if image is not None:
