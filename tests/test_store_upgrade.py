@@ -129,3 +129,11 @@ def test_an_unexpected_edge_folder_is_not_overwritten(legacy: Path) -> None:
     assert (legacy / "qdrant").exists()
     shutil.rmtree(legacy / "edge")
     assert os.listdir(legacy / "qdrant")
+
+
+def test_a_damaged_marker_after_a_finished_upgrade_is_named(tiny_store: Path) -> None:
+    (tiny_store / "upgrade.json").write_bytes(b'{"from": "qdr')  # an Edge store with a marker left, cut short
+    proc = run_cli("store", "upgrade", "--store", str(tiny_store))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "upgrade.json is damaged: it is not valid JSON" in proc.stderr and "delete" in proc.stderr
+    assert (tiny_store / "upgrade.json").exists()  # nothing removed on a guess

@@ -45,6 +45,7 @@ from ..config import AdapterConfig, ClipConfig, ModelsConfig
 from ..errors import ConfigMismatchError, InputError, LicsearchError, StoreError
 from ..faults import crash_point
 from ..fsutil import atomic_write
+from ..jsondoc import write_json
 from ..model.adapter import Adapter, AdapterShape
 from ..model.models import ModelSet
 from ..model.text import TextEncoder, load_clip_model
@@ -254,7 +255,7 @@ def _migrate(store: Store, o: MigrateOptions, clip_model: Any, clip_cfg: ClipCon
         weights=str(weights),
         work_dir=str(work),
     )
-    atomic_write(work / "report.json", (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    write_json(work / "report.json", report.to_dict(), indent=2)
     return report
 
 

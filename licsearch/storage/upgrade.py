@@ -13,7 +13,6 @@ the shard are skipped. After the flip a rerun only finishes the clean-up.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any
 
 from ..config import CONFIG_FILE, QdrantConfig, StoreConfig
 from ..errors import StoreError
-from ..fsutil import atomic_write
+from ..jsondoc import JsonDocError, decode_json, write_json
 from ..readonly import is_writable, read_only_error
 from .index import Point, VectorIndex
 
@@ -81,7 +80,7 @@ def upgrade(
         )
     if not resumed:
         doc = {"from": str(old_path.name), "to": str(new_path.name), "started_at": time.time()}
-        atomic_write(marker, (json.dumps(doc, sort_keys=True) + "\n").encode())
+        write_json(marker, doc)
     copied = 0
     with VectorIndex(path=old_path, engine="client", collection=cfg.qdrant.collection) as old:
         spaces = old.spaces()
@@ -159,12 +158,25 @@ def _unverified(problem: str) -> StoreError:
     )
 
 
+def _marker_doc(marker: Path) -> dict[str, Any]:
+    """The marker's document (``from``, ``to``, ``started_at``), read to clean up after a finished upgrade."""
+    hint = f"the upgrade itself is finished: delete {marker}, then the old local-mode folder (qdrant/) by hand"
+    try:
+        doc = decode_json(marker.read_bytes(), "an upgrade marker")
+    except OSError as e:
+        raise StoreError(f"cannot read {marker}: {e.strerror or e}", hint="check the store's permissions") from e
+    except JsonDocError as e:
+        raise StoreError(f"{marker} is damaged: it {e}", hint=hint) from None
+    if not isinstance(doc, dict):
+        raise StoreError(f"{marker} is damaged: it must be a JSON object", hint=hint)
+    return doc
+
+
 def _clean_up(root: Path, marker: Path, old_path: Path | None = None, *, keep: str) -> None:
     """Removes the old local-mode folder (never ``keep``, the index in use) and then the marker."""
     if marker.exists():
         if old_path is None:
-            doc = json.loads(marker.read_text("utf-8"))
-            old_path = root / Path(str(doc.get("from", "qdrant"))).name
+            old_path = root / Path(str(_marker_doc(marker).get("from", "qdrant"))).name
         if old_path.name != keep and old_path.exists() and (root / CONFIG_FILE).exists():
             shutil.rmtree(old_path)
         marker.unlink()
