@@ -129,3 +129,17 @@ def test_a_weight_the_digits_cannot_hold_keeps_that_layer_on_the_reference(float
     fast = hs(x)
     assert float_layers == [1], "only the first layer fell back"
     assert torch.equal(fast, hs.reference(x))
+
+
+@pytest.mark.parametrize("arch", ["bmshj2018-hyperprior", "mbt2018-mean"])
+def test_the_entropy_parameters_from_the_int8_path_are_the_references(arch: str) -> None:
+    codec = Codec.load(arch, 1, "random", seed=4)
+    path = codec.entropy_path
+    rng = np.random.default_rng(4)
+    z = torch.from_numpy(rng.integers(-5, 6, size=(1, codec.z_medians.numel(), 3, 4))).double()
+    ref = path.h_s.reference(z * 2**ACT_BITS + path.z_medians_fixed)
+    scales, means = ref.chunk(2, dim=1) if codec.arch.has_means else (ref, torch.zeros_like(ref))
+    params = path(z)
+    assert torch.equal(params.indexes, torch.searchsorted(path.thresholds, scales / 2**ACT_BITS).int())
+    assert params.indexes.is_contiguous() and params.means.dtype == torch.float32
+    assert torch.equal(params.means, (means / 2**ACT_BITS).float())

@@ -24,7 +24,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ModelError
 from .int8_conv import Int8Conv
@@ -152,18 +153,19 @@ class IntegerHyperSynthesis:
         Raises:
             ModelError: when an accumulator could reach 2**52 (the float64 reference would no longer be exact).
         """
-        import torch
-
-        return torch.from_numpy(self._run(x_fixed.numpy(), clock, int8=True))
+        return _nchw(self.activations(x_fixed.numpy(), clock))
 
     def reference(self, x_fixed: torch.Tensor, clock: Clock | None = None) -> torch.Tensor:
         """The layers in float64 alone: the definition the int8 path is held to (and its fallback)."""
-        import torch
+        return _nchw(self._run(x_fixed.numpy(), clock, int8=False))
 
-        return torch.from_numpy(self._run(x_fixed.numpy(), clock, int8=False))
+    def activations(self, x_fixed: np.ndarray, clock: Clock | None = None) -> np.ndarray:
+        """:meth:`__call__`'s integers as a (B, H, W, C) array: int64 when the last layer ran on int8 products, else
+        a float64 view (no copy either way)."""
+        return self._run(x_fixed, clock, int8=True)
 
     def _run(self, x: np.ndarray, clock: Clock | None, *, int8: bool) -> np.ndarray:
-        """(B, C, H, W) float64 integers -> the same; between int8 layers activations stay int64, (B, H, W, C)."""
+        """(B, C, H, W) float64 integers -> (B, H, W, C) integers: int64 while the layers run on int8 products."""
         import numpy as np
 
         nhwc = False
@@ -188,9 +190,15 @@ class IntegerHyperSynthesis:
                 x, nhwc = _float_layer(x.transpose(0, 3, 1, 2) if nhwc else x, layer), False
             if clock is not None:
                 clock(f"h_s.{n}.{layer.kind}")
-        if nhwc:
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float64)
-        return x
+        return x if nhwc else x.transpose(0, 2, 3, 1)
+
+
+def _nchw(x: np.ndarray) -> torch.Tensor:
+    """(B, H, W, C) integers -> a contiguous (B, C, H, W) float64 tensor."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float64))
 
 
 def _float_layer(x: np.ndarray, layer: IntegerLayer) -> np.ndarray:
@@ -283,19 +291,23 @@ class CanonicalEntropyPath:
         x = z_symbols.to(torch.float64).numpy() * 2**ACT_BITS + self.z_medians_fixed.numpy()
         if clock is not None:
             clock("h_s.input")
-        out = self.h_s(torch.from_numpy(x), clock).numpy()
+        out = self.h_s.activations(x, clock)  # (B, H, W, C)
+        b, h, w, c = out.shape
         if self.has_means:
-            scales_fixed, means_fixed = np.split(out, 2, axis=1)
-            means = np.ascontiguousarray(means_fixed / 2**ACT_BITS, dtype=np.float32)
+            scales_fixed, means_fixed = out[..., : c // 2], out[..., c // 2 :]
+            means = np.ascontiguousarray((means_fixed / 2**ACT_BITS).transpose(0, 3, 1, 2), dtype=np.float32)
         else:
             scales_fixed = out
-            means = np.zeros(out.shape, dtype=np.float32)
+            means = np.zeros((b, c, h, w), dtype=np.float32)
         # Equivalent to GaussianConditional.build_indexes: the index is the number of thresholds below the scale.
-        if self.index_table is not None:
+        if self.index_table is not None and out.dtype == np.int64:
+            indexes = np.empty((b, scales_fixed.shape[-1], h, w), dtype=np.int32)
+            _lookup_kernel()(scales_fixed, self.index_table, indexes)
+        elif self.index_table is not None:
             top = len(self.index_table) - 1
-            indexes = self.index_table[np.clip(scales_fixed, 0, top).astype(np.int64)]
+            indexes = self.index_table[np.clip(scales_fixed, 0, top).astype(np.int64)].transpose(0, 3, 1, 2)
         else:
-            scales = torch.from_numpy(np.ascontiguousarray(scales_fixed / 2**ACT_BITS))
+            scales = torch.from_numpy(np.ascontiguousarray(scales_fixed.transpose(0, 3, 1, 2) / 2**ACT_BITS))
             indexes = torch.searchsorted(self.thresholds, scales.reshape(-1), right=False).reshape(scales.shape).numpy()
         params = EntropyParams(
             indexes=torch.from_numpy(np.ascontiguousarray(indexes, dtype=np.int32)), means=torch.from_numpy(means)
@@ -322,3 +334,27 @@ def _index_table(thresholds: torch.Tensor) -> np.ndarray | None:
     if top > INDEX_TABLE_LIMIT:
         return None
     return torch.searchsorted(first, torch.arange(top + 1, dtype=torch.int64), right=True).to(torch.int32).numpy()
+
+
+@cache
+def _lookup_kernel() -> Callable[..., None]:
+    """The compiled index lookup, compiled (or loaded from numba's cache) on first use, as in :mod:`.rans`."""
+    from numba import njit
+
+    try:
+        return njit(cache=True, nogil=True)(_lookup)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(cache=False, nogil=True)(_lookup)
+
+
+def _lookup(scales: Any, table: Any, out: Any) -> None:
+    # scales (B, H, W, C) int64 fixed point -> out (B, C, H, W) int32 = table[clip(scales, 0, len(table) - 1)]: the
+    # NumPy branch's clip and lookup, with the transposition to (B, C, H, W) in the same pass.
+    b, h, w, c = scales.shape
+    top = len(table) - 1
+    for i0 in range(b):
+        for i1 in range(h):
+            for i2 in range(w):
+                for i3 in range(c):
+                    v = scales[i0, i1, i2, i3]
+                    out[i0, i3, i1, i2] = table[min(max(v, 0), top)]
