@@ -191,7 +191,7 @@ def latent_hash(
 
     h = hashlib.blake2b(context, digest_size=LATENT_HASH_BYTES)
     for t in (z_symbols, y_symbols):
-        h.update(np.ascontiguousarray(np.asarray(t).astype("<i4")).tobytes())
+        h.update(np.ascontiguousarray(np.asarray(t), dtype="<i4").data)  # no copy for contiguous int32 symbols
     return h.digest()
 
 
@@ -298,22 +298,24 @@ class Codec:
         # NumPy for the element-wise steps: the same IEEE operations as torch's (round half to even), without a
         # thread-pool start per op on arrays this small.
         z_sym = np.round(z.numpy() - self._z_medians.numpy().reshape(1, -1, 1, 1))
+        z_int = z_sym.astype(np.int32)
         z_idx = self._z_indexes(z_sym.shape)
         _mark(clock, "z.symbols")
         # The bytes of CompressAI's EntropyModel.compress on these symbols (no medians re-applied).
-        z_string = encode_with_indexes(z_sym.astype(np.int32), z_idx.numpy(), self._z_tables)
+        z_string = encode_with_indexes(z_int, z_idx.numpy(), self._z_tables)
         _mark(clock, "z.rans")
         params = self.entropy_path(torch.from_numpy(z_sym), clock)
         means = params.means.numpy()
         y_sym = np.round(y.numpy() - means)
+        y_int = y_sym.astype(np.int32)  # once, for the coder and the hash
         _mark(clock, "y.symbols")
-        y_string = encode_with_indexes(y_sym.astype(np.int32), params.indexes.numpy(), self._y_tables)
+        y_string = encode_with_indexes(y_int, params.indexes.numpy(), self._y_tables)
         _mark(clock, "y.rans")
         streams = {STREAM_Z: z_string, STREAM_Y: y_string}
         context = hash_context(self.profile_id, width, height, {k: len(v) for k, v in streams.items()})
         out = Compressed(
             streams=streams,
-            latent_hash=latent_hash(z_sym, y_sym, context),
+            latent_hash=latent_hash(z_int, y_int, context),
             y_hat=torch.from_numpy(y_sym + means),
             width=width,
             height=height,
@@ -372,7 +374,7 @@ class Codec:
         z_sym = self._decode(streams, STREAM_Z, self._z_tables, z_channels, z_shape, run=z_shape[2] * z_shape[3])
         _mark(clock, "z.rans")
         try:
-            params = self.entropy_path(z_sym, clock)
+            params = self.entropy_path(torch.from_numpy(z_sym), clock)
         except ModelError as e:
             # A well-formed z stream of values no image of this codec yields (the encoder refuses those images).
             raise BitstreamError(
@@ -392,7 +394,7 @@ class Codec:
                 hint="the bitstream is corrupt or was made by an encoder out of step with this decoder; "
                 "nothing was decoded",
             )
-        y_hat = torch.from_numpy(y_sym.numpy() + params.means.numpy())
+        y_hat = torch.from_numpy(np.add(y_sym, params.means.numpy(), dtype=np.float32))
         _mark(clock, "hash")
         return y_hat
 
@@ -422,13 +424,9 @@ class Codec:
         shape: tuple[int, ...],
         *,
         run: int = 1,
-    ) -> torch.Tensor:
-        """Symbols of one stream as a float tensor, as CompressAI's ``EntropyModel.decompress`` returns them."""
-        import numpy as np
-        import torch
-
-        symbols = decode_with_indexes(streams[name], indexes, tables, stream=name, run=run)
-        return torch.from_numpy(symbols.astype(np.float32).reshape(shape))
+    ) -> np.ndarray:
+        """Symbols of one stream, int32 in ``shape`` (the values CompressAI's ``EntropyModel.decompress`` returns)."""
+        return decode_with_indexes(streams[name], indexes, tables, stream=name, run=run).reshape(shape)
 
     def synthesize(self, y_hat: torch.Tensor, width: int, height: int) -> np.ndarray:
         """Synthesis transform to an (H, W, 3) uint8 image cropped to the original size."""
