@@ -290,6 +290,18 @@ def _decode(words: Any, indexes: Any, run: int, cdfs: Any, sizes: Any, offsets: 
         size = sizes[k]
         cum = x & mask
         lo, hi = 0, size - 1  # the symbol is the last s with cdf[s] <= cum, and cdf[size - 1] = 2**PRECISION > cum
+        # Most symbols are value 0 or next to it: probe that symbol and its neighbour before the binary search. The
+        # interval keeps cdf[lo] <= cum < cdf[hi] (tables hold cdf[0] = 0 and rise strictly), so s is the same.
+        c = min(max(-offsets[k], 0), size - 2)
+        if cdfs[k, c] <= cum:
+            if cdfs[k, c + 1] > cum:
+                lo, hi = c, c + 1
+            else:
+                lo = c + 1
+        elif cdfs[k, c - 1] <= cum:  # c >= 1 here, as cdf[0] = 0 <= cum
+            lo, hi = c - 1, c
+        else:
+            hi = c - 1
         while hi - lo > 1:
             mid = (lo + hi) >> 1
             if cdfs[k, mid] <= cum:
