@@ -12,8 +12,8 @@ where the CPU has them), several times faster:
   products of at most 2**14 in magnitude, so int32 holds it while ``K * 2**14 < 2**31`` (checked when built);
 - a numba kernel recombines the products exactly in int64, ``acc = (hh << 14) + ((hl + lh) << 7) + ll + bias``,
   then floor-divides and applies the activation, as the reference does;
-- a transposed convolution of stride ``s`` is one stride-1 convolution whose ``s * s`` groups of output columns are
-  the output phases (taps a phase does not use hold zero weights); the same kernel writes each phase in place.
+- a transposed convolution of stride ``s`` is ``s * s`` stride-1 convolutions, one per output phase (the outputs
+  ``s * m + r``), each over the taps its phase uses; the same kernel writes each phase in place.
 
 An input outside the digits' range, or an ``_int_mm`` this torch cannot run, yields None and the caller takes the
 float64 reference instead: the same integers, slower. On CPU, torch 2.14's ``_int_mm`` accepts any shape (its CUDA
@@ -41,18 +41,38 @@ ACTIVATIONS = {"none": 0, "relu": 1, "leaky_relu": 2}  # as the kernel takes the
 
 
 @dataclass(frozen=True)
+class Phase:
+    """The outputs ``(s * my + ry, s * mx + rx)`` of a layer and the window taps they take.
+
+    Attributes:
+        ry, rx: the phase (0, 0 for a convolution).
+        ty, tx: the first tap row and column of the window this phase uses.
+        nty, ntx: how many it uses.
+        weight: (nty * ntx * C, 2 * C') int8, the weight digits ``[hi | lo]``; rows ordered (tap row, tap column,
+            input channel).
+    """
+
+    ry: int
+    rx: int
+    ty: int
+    tx: int
+    nty: int
+    ntx: int
+    weight: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Int8Conv:
     """One fixed-point layer (convolution or transposed convolution, rescaling, activation) on int8 products.
 
     Attributes:
-        weight: (K, 2N) int8, the weight digits ``[hi | lo]``; rows ordered (tap row, tap column, input channel).
-        bias: (N,) int64 at the accumulator's scale.
+        phases: one for a convolution, ``s * s`` for a transposed convolution of stride ``s``.
+        bias: (C',) int64 at the accumulator's scale.
         window: taps of the window along each axis.
         stride: the window's stride (1 for a transposed convolution).
         padding: zeros before the input along each axis (a convolution's padding; for a transposed convolution,
             the taps that reach before the first input).
-        phases: ``s`` for a transposed convolution of stride ``s`` (its N columns are ``s * s`` output phases),
-            1 for a convolution.
+        step: the output's spacing between phases' outputs: ``s`` for a transposed convolution, 1 for a convolution.
         deconv: (kernel, padding, output_padding) of a transposed convolution, for its output size; None for a
             convolution.
         shift: the accumulator's floor division, as a power of two.
@@ -60,12 +80,12 @@ class Int8Conv:
         leaky_num, leaky_bits: the LeakyReLU slope as ``leaky_num / 2**leaky_bits``.
     """
 
-    weight: torch.Tensor
+    phases: tuple[Phase, ...]
     bias: np.ndarray
     window: int
     stride: int
     padding: int
-    phases: int
+    step: int
     deconv: tuple[int, int, int] | None
     shift: int
     activation: int
@@ -74,50 +94,39 @@ class Int8Conv:
 
     @classmethod
     def build(cls, layer: IntegerLayer, *, shift: int, leaky_bits: int) -> Int8Conv | None:
-        """The int8 form of an integer layer, or None when a weight needs more than two digits or a digit product's
-        sum could leave int32."""
-        import numpy as np
+        """The int8 form of an integer layer, or None when a weight needs more than two digits, a digit product's
+        sum could leave int32, or a phase takes no tap."""
         import torch
 
         w = layer.weight.to(torch.int64)
         if int(w.min()) < VALUE_MIN or int(w.max()) > VALUE_MAX:
             return None
         k, s, p = int(w.shape[-1]), layer.stride, layer.padding
-        bias = layer.bias.to(torch.int64).numpy().copy()
         if layer.kind == "conv":
             # (out, in, kh, kw) -> rows (kh, kw, in), columns out.
-            mat, window, stride, pad, phases, deconv = w.permute(2, 3, 1, 0).reshape(-1, w.shape[0]), k, s, p, 1, None
+            phases = [Phase(0, 0, 0, 0, k, k, _digits(w.permute(2, 3, 1, 0).reshape(-1, w.shape[0])))]
+            window, stride, pad, step, deconv = k, s, p, 1, None
         else:
             hi, lo = (k - 1 - p) // s, -((s - 1 + p) // s)  # the input offsets d any output phase reaches
-            window = hi - lo + 1
-            cin, cout = int(w.shape[0]), int(w.shape[1])
-            phased = torch.zeros(window, window, cin, s, s, cout, dtype=torch.int64)
-            for ty in range(window):
-                for tx in range(window):
-                    for ry in range(s):
-                        for rx in range(s):
-                            # Output s*m + r takes input m + t - hi through kernel tap s*(hi - t) + r + p.
-                            ky, kx = s * (hi - ty) + ry + p, s * (hi - tx) + rx + p
-                            if 0 <= ky < k and 0 <= kx < k:
-                                phased[ty, tx, :, ry, rx, :] = w[:, :, ky, kx]
-            mat = phased.reshape(window * window * cin, s * s * cout)
-            stride, pad, phases, deconv, bias = 1, hi, s, (k, p, layer.output_padding), np.tile(bias, s * s)
-        if mat.shape[0] * DIGIT_PRODUCT_MAX > INT32_MAX:
+            window, stride, pad, step, deconv = hi - lo + 1, 1, hi, s, (k, p, layer.output_padding)
+            # Output s*m + r takes input m + t - hi through kernel tap s*(hi - t) + r + p, where that lies in [0, k).
+            taps = [[t for t in range(window) if 0 <= s * (hi - t) + r + p < k] for r in range(s)]
+            if not all(taps):
+                return None
+            phases = []
+            for ry in range(s):
+                for rx in range(s):
+                    ty, tx = taps[ry], taps[rx]
+                    ky = [s * (hi - t) + ry + p for t in ty]
+                    kx = [s * (hi - t) + rx + p for t in tx]
+                    # (in, out, kh, kw) -> rows (tap row, tap column, in), columns out.
+                    mat = w[:, :, ky][:, :, :, kx].permute(2, 3, 0, 1).reshape(-1, w.shape[1])
+                    phases.append(Phase(ry, rx, ty[0], tx[0], len(ty), len(tx), _digits(mat)))
+        if max(ph.weight.shape[0] for ph in phases) * DIGIT_PRODUCT_MAX > INT32_MAX:
             return None
-        digits = torch.cat([mat >> DIGIT_BITS, mat & ((1 << DIGIT_BITS) - 1)], dim=1).to(torch.int8)
-        return cls(
-            digits.contiguous(),
-            bias,
-            window,
-            stride,
-            pad,
-            phases,
-            deconv,
-            shift,
-            ACTIVATIONS[layer.activation],
-            layer.leaky_num,
-            leaky_bits,
-        )
+        bias = layer.bias.to(torch.int64).numpy().copy()
+        act = ACTIVATIONS[layer.activation]
+        return cls(tuple(phases), bias, window, stride, pad, step, deconv, shift, act, layer.leaky_num, leaky_bits)
 
     def __call__(self, x: np.ndarray) -> np.ndarray | None:
         """The layer's output (B, H', W', C') int64 for a C-contiguous int64 input (B, H, W, C); None to fall back.
@@ -128,7 +137,7 @@ class Int8Conv:
         import torch
 
         b, h, w, c = x.shape
-        s = self.phases
+        s = self.step
         if self.deconv is None:
             pad = (self.padding,) * 4  # top, bottom, left, right
             oh = (h + 2 * self.padding - self.window) // self.stride + 1
@@ -144,13 +153,16 @@ class Int8Conv:
         split, epilogue = _kernels()
         digits = np.zeros((2, b, h + pad[0] + pad[1], w + pad[2] + pad[3], c), dtype=np.int8)
         split(x, digits, pad[0], pad[2])
-        cols = _im2col(digits, self.window, self.stride, mh, mw)
-        try:
-            prod = torch._int_mm(torch.from_numpy(cols), self.weight).numpy()
-        except RuntimeError:
-            return None
-        out = np.empty((b, oh, ow, self.bias.shape[0] // (s * s)), dtype=np.int64)
-        epilogue(prod, self.bias, self.shift, self.activation, self.leaky_num, self.leaky_bits, s, out)
+        out = np.empty((b, oh, ow, self.bias.shape[0]), dtype=np.int64)
+        for ph in self.phases:
+            cols = _im2col(digits, ph, self.stride, mh, mw)
+            try:
+                prod = torch._int_mm(torch.from_numpy(cols), ph.weight).numpy()
+            except RuntimeError:
+                return None
+            epilogue(
+                prod, self.bias, self.shift, self.activation, self.leaky_num, self.leaky_bits, s, ph.ry, ph.rx, out
+            )
         return out
 
     @staticmethod
@@ -159,16 +171,24 @@ class Int8Conv:
         return lo >= VALUE_MIN and hi <= VALUE_MAX
 
 
-def _im2col(digits: np.ndarray, window: int, stride: int, mh: int, mw: int) -> np.ndarray:
-    """(2, B, Hp, Wp, C) digits -> (2 * B * mh * mw, window * window * C) rows of windows, K ordered (ky, kx, c)."""
+def _digits(mat: torch.Tensor) -> torch.Tensor:
+    """(K, N) int64 weights in range -> (K, 2N) int8 ``[hi | lo]``."""
+    import torch
+
+    return torch.cat([mat >> DIGIT_BITS, mat & ((1 << DIGIT_BITS) - 1)], dim=1).to(torch.int8).contiguous()
+
+
+def _im2col(digits: np.ndarray, ph: Phase, stride: int, mh: int, mw: int) -> np.ndarray:
+    """(2, B, Hp, Wp, C) digits -> (2 * B * mh * mw, nty * ntx * C) rows of the phase's taps, ordered (ky, kx, c)."""
     import numpy as np
 
     d, b, _, _, c = digits.shape
-    cols = np.empty((d, b, mh, mw, window, window, c), dtype=np.int8)
-    for ky in range(window):
-        for kx in range(window):
-            cols[:, :, :, :, ky, kx] = digits[:, :, ky : ky + stride * mh : stride, kx : kx + stride * mw : stride]
-    return cols.reshape(d * b * mh * mw, window * window * c)
+    cols = np.empty((d, b, mh, mw, ph.nty, ph.ntx, c), dtype=np.int8)
+    for i in range(ph.nty):
+        for j in range(ph.ntx):
+            ky, kx = ph.ty + i, ph.tx + j
+            cols[:, :, :, :, i, j] = digits[:, :, ky : ky + stride * mh : stride, kx : kx + stride * mw : stride]
+    return cols.reshape(d * b * mh * mw, ph.nty * ph.ntx * c)
 
 
 @cache
@@ -195,32 +215,29 @@ def _split(x: Any, digits: Any, top: int, left: int) -> None:
                     digits[1, i0, top + i1, left + i2, i3] = v & ((1 << DIGIT_BITS) - 1)
 
 
-def _epilogue(prod: Any, bias: Any, shift: int, act: int, leaky_num: int, leaky_bits: int, s: int, out: Any) -> None:
-    # prod (2M, 2N) int32 = [[hh, hl], [lh, ll]]; row i of M is (b, my, mx), column j of N is (ry, rx, channel):
-    # output (b, s * my + ry, s * mx + rx, channel), cropped to out's (B, H', W', C').
-    b, oh, ow, cout = out.shape
+def _epilogue(
+    prod: Any, bias: Any, shift: int, act: int, leaky_num: int, leaky_bits: int, s: int, ry: int, rx: int, out: Any
+) -> None:
+    # prod (2M, 2C') int32 = [[hh, hl], [lh, ll]]; row i of M is (b, my, mx): output (b, s * my + ry, s * mx + rx, :),
+    # those inside out's (B, H', W', C').
+    b, oh, ow, n = out.shape
     m = prod.shape[0] // 2
-    n = prod.shape[1] // 2
     mh = -(-oh // s)
     mw = -(-ow // s)
     i = 0
     for bi in range(b):
         for my in range(mh):
+            y = my * s + ry
             for mx in range(mw):
-                for ry in range(s):
-                    y = my * s + ry
-                    for rx in range(s):
-                        x = mx * s + rx
-                        if y < oh and x < ow:
-                            j0 = (ry * s + rx) * cout
-                            for co in range(cout):
-                                j = j0 + co
-                                acc = (prod[i, j] << DIGIT_BITS) + prod[i, n + j] + prod[m + i, j]
-                                acc = (acc << DIGIT_BITS) + prod[m + i, n + j] + bias[j]
-                                v = acc >> shift  # floor division
-                                if v < 0 and act == 1:
-                                    v = 0
-                                elif v < 0 and act == 2:
-                                    v = (v * leaky_num) >> leaky_bits
-                                out[bi, y, x, co] = v
+                x = mx * s + rx
+                if y < oh and x < ow:
+                    for j in range(n):
+                        acc = (prod[i, j] << DIGIT_BITS) + prod[i, n + j] + prod[m + i, j]
+                        acc = (acc << DIGIT_BITS) + prod[m + i, n + j] + bias[j]
+                        v = acc >> shift  # floor division
+                        if v < 0 and act == 1:
+                            v = 0
+                        elif v < 0 and act == 2:
+                            v = (v * leaky_num) >> leaky_bits
+                        out[bi, y, x, j] = v
                 i += 1
