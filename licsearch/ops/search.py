@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from ..imageio import load_image
 from ..spaces import ADAPTER_KIND
 from ..storage.index import FieldFilter, Hit
 from ..storage.store import Store
@@ -69,6 +68,8 @@ def query_vector(
             notices.append(f"text truncated to the encoder's {ctx} tokens" if ctx else "text truncated")
         return list(emb.vectors[0].tolist()), notices
     if image is not None:
+        from ..imageio import load_image  # Pillow: not for a text query
+
         loaded = load_image(image, max_pixels=store.config.max_pixels)
         return models.encode(loaded.pixels).embedding, []
     assert like is not None
