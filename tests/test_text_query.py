@@ -169,12 +169,13 @@ def test_a_damaged_cache_is_rebuilt_not_used(text_store: Path, tmp_path: Path, m
         assert search(s, text="a red circle").notices == [], "rebuilt once"
 
 
-def test_a_model_the_cache_cannot_serve_keeps_the_eager_path(
+def test_a_model_the_cache_cannot_serve_and_an_unwritable_cache_keep_the_eager_path(
     text_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LICSEARCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LICSEARCH_CACHE_DIR", str(tmp_path / "cache"))
     text_cache.forget_loaded()
     with Store.open(text_store) as s:
+        want = _eager_ids(s, "a red circle")[0]
         clip = s.config.models.clip
         folder = text_cache.entry_dir(clip)
         assert folder is not None
@@ -182,5 +183,10 @@ def test_a_model_the_cache_cannot_serve_keeps_the_eager_path(
         entry = text_cache.TextCacheEntry(clip.model, clip.sha256, usable=False, reason="tokenizer not ported")
         (folder / text_cache.ENTRY_FILE).write_text(json.dumps(entry.__dict__))
         assert text_cache.query_encoder(s.models) == (None, [])
-        assert [h.id for h in search(s, text="a red circle", top_k=10).hits] == _eager_ids(s, "a red circle")[0]
-    assert sorted(p.name for p in folder.iterdir()) == [text_cache.ENTRY_FILE], "nothing was exported"
+        assert [h.id for h in search(s, text="a red circle", top_k=10).hits] == want
+        assert sorted(p.name for p in folder.iterdir()) == [text_cache.ENTRY_FILE], "nothing was exported"
+
+        (tmp_path / "a-file").write_text("")
+        monkeypatch.setenv("LICSEARCH_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # no folder can be made there
+        got = search(s, text="a red circle", top_k=10)
+        assert [h.id for h in got.hits] == want and got.notices == []

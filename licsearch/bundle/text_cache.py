@@ -168,7 +168,7 @@ def read_entry(folder: Path, clip: ClipConfig | None = None) -> TextCacheEntry |
     path = folder / ENTRY_FILE
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no entry, or no cache folder can exist there
         return None
     except OSError as e:
         raise DamagedEntry(f"{ENTRY_FILE}: {e.strerror or e}") from e
