@@ -85,7 +85,7 @@ def _configure_adapter(a: argparse.ArgumentParser) -> None:
 
 
 def _objective_flags(a: argparse.ArgumentParser) -> None:
-    from ..train.objectives import MCIP_LAMBDA_DISTILL, OBJECTIVES
+    from ..train.objectives import OBJECTIVES
 
     o = a.add_argument_group("retrieval objectives (Schall et al. 2024: 2SFT and MCIP; --images are the photos)")
     o.add_argument("--objective", choices=OBJECTIVES, default="distill", help="loss (default distill: 1 - cos)")
@@ -110,8 +110,8 @@ def _objective_flags(a: argparse.ArgumentParser) -> None:
         "--lambda-distill",
         type=float,
         metavar="W",
-        help=f"weight of 1 - cos to CLIP's image embedding beside the margin losses (default: {MCIP_LAMBDA_DISTILL:g} "
-        "for mcip, 0 for 2sft stage 1)",
+        help="weight of 1 - cos to CLIP's image embedding beside the margin losses "
+        f"(default: {defaults.MCIP_LAMBDA_DISTILL:g} for mcip, 0 for 2sft stage 1)",
     )
     o.add_argument("--text-steps", type=int, default=300, help="2SFT stage 2: text-tower re-alignment steps")
     o.add_argument("--text-lr", type=float, default=1e-4, help="2SFT stage 2 learning rate")

@@ -17,8 +17,9 @@ search without losing text-to-image search:
 - **MCIP**: ``λ1·ArcMargin + λ2·MCArcMargin`` with the text tower frozen; the CLIP stays as it is.
 - **Distillation term** (``--lambda-distill``, not in the seed): ``λd·(1 - cos)`` between the adapter's embedding of
   an item and the CLIP image tower's embedding of its source's pixels, the distill objective's own target, kept
-  beside the margin losses so that the space stays where the text tower's queries land. MCIP uses
-  :data:`MCIP_LAMBDA_DISTILL` unless told otherwise; 2SFT's stage 1 stays ArcMargin alone unless it is given.
+  beside the margin losses so that the space stays where the text tower's queries land. MCIP's weights default to
+  the measured ones of :data:`licsearch.defaults.MCIP_LAMBDA_DISTILL` (λ1 0.1, λ2 0.5, λd 1, not the seed's
+  λ1 = λ2 = 0.5); 2SFT's stage 1 stays ArcMargin alone unless ``--lambda-distill`` is given.
 
 ``distill`` remains :mod:`.adapter`'s trainer. The data (:mod:`.objective_data`) is computed once, the codec being
 frozen and the views fixed per seed, and cached, so a run costs the adapter's steps only.
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
 
 OBJECTIVES = ("distill", "2sft", "mcip")
 CLIP_FILE = "clip.safetensors"
-MCIP_LAMBDA_DISTILL = 0.0
-"""MCIP's default weight of the distillation term (chosen from the README's sweep); 0 is the seed's MCIP."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,10 @@ class ObjectiveOptions:
 
     @property
     def distill_weight(self) -> float:
-        """``λd``: the value given, else :data:`MCIP_LAMBDA_DISTILL` for MCIP and 0 (the seed's stage 1) for 2SFT."""
+        """``λd``: the value given, else ``MCIP_LAMBDA_DISTILL`` of the defaults for MCIP, 0 (the seed's) for 2SFT."""
         if self.lambda_distill is not None:
             return self.lambda_distill
-        return MCIP_LAMBDA_DISTILL if self.objective == "mcip" else 0.0
+        return defaults.MCIP_LAMBDA_DISTILL if self.objective == "mcip" else 0.0
 
     def check(self) -> None:
         """Refuses values no run can use, naming the flag."""
