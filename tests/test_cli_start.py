@@ -40,3 +40,18 @@ def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) 
         main(["--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in command_registry())
+
+
+def test_a_codec_loads_without_compressais_point_cloud_modules() -> None:
+    code = (
+        "import sys, json, compressai.zoo; from licsearch.model.codec import load_codec_model; "
+        "load_codec_model('bmshj2018-hyperprior', 1, 'random'); import compressai; "
+        "print(json.dumps([compressai.get_entropy_coder(), compressai.__version__, "
+        "[m for m in ('torch_geometric', 'torchvision') if m in sys.modules]]))"
+    )
+    # licsearch imported first, as every licsearch process does
+    code = "import licsearch.model.codec; " + code
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    coder, version, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert coder == "ans" and version.startswith("1.2") and heavy == []

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..bitstream import VERSION, hash_context, make_profile_id
 from ..errors import BitstreamError, InputError, ModelError
 from ..registry import Registry
+from .compressai_import import load as load_compressai
 from .entropy import CanonicalEntropyPath, Clock
 from .rans import RansTables, decode_with_indexes, encode_with_indexes
 from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dict_sha256
@@ -24,6 +25,8 @@ from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dic
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+load_compressai()  # before this module's first CompressAI import (cheap: see compressai_import)
 
 STREAM_Z = "z"  # hyper-latent, coded with the factorized entropy bottleneck
 STREAM_Y = "y"  # latent, coded with the Gaussian conditional
