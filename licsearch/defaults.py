@@ -83,7 +83,7 @@ and λd on the distillation term 1 - cos to CLIP's image embedding (not in the s
 
 They depart from the seed's λ1 = λ2 = 0.5 (and no distillation term) because of what they measured on the offline
 preset's q2 codec (README, Retrieval objectives; docs/retrieval-objectives.json): with the seed's weights, held-out
-world mAP@R is 1.06x the distilled adapter's and text-to-image hit@1 drops from 0.491 to 0.391; with λ1 = 0.1,
-λd = 1 it is 1.27x and 1.26x (seeds 0 and 1) with hit@1 0.516 and 0.519 (near-duplicate figures are mixed: see the
+world mAP@R is 1.06x the distilled adapter's and text-to-image hit@1 drops from 0.491 to 0.394; with λ1 = 0.1,
+λd = 1 it is 1.25x-1.27x (seeds 0, 1 and 2) with hit@1 0.509-0.519 (near-duplicate figures are mixed: see the
 README). The pseudo-caption threshold stays the seed's: it is a cosine on the CLIP model's own scale (the world CLIP
 needs ``--caption-threshold 0.85``)."""
