@@ -18,8 +18,8 @@ search without losing text-to-image search:
 - **Distillation term** (``--lambda-distill``, not in the seed): ``λd·(1 - cos)`` between the adapter's embedding of
   an item and the CLIP image tower's embedding of its source's pixels, the distill objective's own target, kept
   beside the margin losses so that the space stays where the text tower's queries land. MCIP's weights default to
-  the measured ones of :data:`licsearch.defaults.MCIP_LAMBDA_DISTILL` (λ1 0.1, λ2 0.5, λd 1, not the seed's
-  λ1 = λ2 = 0.5); 2SFT's stage 1 stays ArcMargin alone unless ``--lambda-distill`` is given.
+  the measured ones of :data:`licsearch.defaults.MCIP_LAMBDA_DISTILL` and its neighbours, not the seed's
+  λ1 = λ2 = 0.5; 2SFT's stage 1 stays ArcMargin alone unless ``--lambda-distill`` is given.
 
 ``distill`` remains :mod:`.adapter`'s trainer. The data (:mod:`.objective_data`) is computed once, the codec being
 frozen and the views fixed per seed, and cached, so a run costs the adapter's steps only.
