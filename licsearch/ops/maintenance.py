@@ -188,7 +188,10 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
     bad_points: list[str] = []
     corrupt_refs: set[str] = set()
     summed: list[dict[str, Any]] = []
-    for pid, payload in store.index.iter_points():
+    # One walk of the bitstream folder, before the points: a point whose bitstream is not in it (one written by
+    # another process meanwhile, on a server) is looked up on its own.
+    stored = store.blobs.inventory()
+    for pid, payload in store.index.iter_points(fields=("blob", *SUMMED_FIELDS)):
         rep.points += 1
         summed.append({name: payload.get(name) for name in SUMMED_FIELDS})
         ref = str(payload.get("blob", ""))
@@ -199,7 +202,7 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
             bad_points.append(pid)
             continue
         referenced.add(ref)
-        if not store.blobs.exists(ref):
+        if ref not in stored and not store.blobs.exists(ref):
             rep.missing.append(pid)
             bad_points.append(pid)
         elif verify:
@@ -211,11 +214,12 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
                 corrupt_refs.add(ref)
     grace = 0.0 if store.local else SERVER_ORPHAN_GRACE_S
     now = time.time()
-    for ref in store.blobs.iter_refs():
+    for ref, st in stored.items():
         rep.bitstreams += 1
-        if ref not in referenced and now - store.blobs.path(ref).stat().st_mtime >= grace:
+        if ref not in referenced and now - st.st_mtime >= grace:
             rep.orphans.append(ref)
-    _check_totals(store, rep, scan_totals(summed, store.blobs.usage()), repair=repair)
+    usage = (len(stored), sum(st.st_size for st in stored.values()))
+    _check_totals(store, rep, scan_totals(summed, usage), repair=repair)
     previews = Previews(store.root)
     rep.preview_orphans = previews.orphans(referenced - corrupt_refs)
     if verify:

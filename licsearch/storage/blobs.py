@@ -208,6 +208,10 @@ class BlobStore:
         """Total size of all stored objects (the files :meth:`iter_refs` names, one ``stat`` each)."""
         return self.usage()[1]
 
+    def inventory(self) -> dict[str, os.stat_result]:
+        """Every stored object's reference (hex order) and ``stat``, from one walk of the folder."""
+        return {ref: entry.stat() for ref, entry in self._objects_walk(ordered=True)}
+
     def usage(self) -> tuple[int, int]:
         """How many objects are stored and their total size, counted by one walk of the folder."""
         files = size = 0
