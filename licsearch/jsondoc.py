@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import StoreError
 from .fsutil import atomic_write
 
 
@@ -45,3 +46,18 @@ def write_json(path: Path, doc: Any, *, indent: int | None = None) -> None:
         InputError: the folder cannot be written.
     """
     atomic_write(path, (json.dumps(doc, indent=indent, sort_keys=True) + "\n").encode())
+
+
+def read_json_file(path: Path, what: str, *, hint: str) -> Any:
+    """The JSON document in the file ``path`` (``what``: as for :func:`decode_json`).
+
+    Raises:
+        StoreError: ``cannot read PATH: REASON`` (hint: the permissions), or ``PATH is damaged: it REASON`` with
+            ``hint``.
+    """
+    try:
+        return decode_json(path.read_bytes(), what)
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror or e}", hint="check the store's permissions") from e
+    except JsonDocError as e:
+        raise StoreError(f"{path} is damaged: it {e}", hint=hint) from None

@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import defaults
 from ..config import CONFIG_FILE, ModelsConfig, QdrantConfig, StoreConfig
 from ..errors import ConfigMismatchError, StoreError
-from ..jsondoc import JsonDocError, decode_json, write_json
+from ..jsondoc import read_json_file, write_json
 from ..model.models import ModelPlane, ModelSet
 from ..readonly import is_writable, read_only_error
 from ..spaces import ADAPTER_KIND, PIXELS_KIND, pixels_space_id, space_id_for
@@ -288,12 +288,7 @@ def _read_api_key(root: Path) -> str | None:
     if not p.is_file():
         return None
     hint = 'restore it from a backup, or write it again as {"qdrant_api_key": "KEY"} (mode 0600)'
-    try:
-        doc = decode_json(p.read_bytes(), "a credentials file")
-    except OSError as e:
-        raise StoreError(f"cannot read {p}: {e.strerror or e}", hint="check the store's permissions") from e
-    except JsonDocError as e:
-        raise StoreError(f"{p} is damaged: it {e}", hint=hint) from None
+    doc = read_json_file(p, "a credentials file", hint=hint)
     key = doc.get("qdrant_api_key") if isinstance(doc, dict) else None
     if not (key is None or isinstance(key, str)) or not isinstance(doc, dict):
         raise StoreError(f'{p} is damaged: it must be an object with a string "qdrant_api_key"', hint=hint)

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import CONFIG_FILE, QdrantConfig, StoreConfig
 from ..errors import StoreError
-from ..jsondoc import JsonDocError, decode_json, write_json
+from ..jsondoc import read_json_file, write_json
 from ..readonly import is_writable, read_only_error
 from .index import Point, VectorIndex
 
@@ -161,12 +161,7 @@ def _unverified(problem: str) -> StoreError:
 def _marker_doc(marker: Path) -> dict[str, Any]:
     """The marker's document (``from``, ``to``, ``started_at``), read to clean up after a finished upgrade."""
     hint = f"the upgrade itself is finished: delete {marker}, then the old local-mode folder (qdrant/) by hand"
-    try:
-        doc = decode_json(marker.read_bytes(), "an upgrade marker")
-    except OSError as e:
-        raise StoreError(f"cannot read {marker}: {e.strerror or e}", hint="check the store's permissions") from e
-    except JsonDocError as e:
-        raise StoreError(f"{marker} is damaged: it {e}", hint=hint) from None
+    doc = read_json_file(marker, "an upgrade marker", hint=hint)
     if not isinstance(doc, dict):
         raise StoreError(f"{marker} is damaged: it must be a JSON object", hint=hint)
     return doc
