@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ModelError
 from .int8_conv import Int8Conv
+from .jit import compile_kernel
 
 if TYPE_CHECKING:
     import numpy as np
@@ -338,13 +339,8 @@ def _index_table(thresholds: torch.Tensor) -> np.ndarray | None:
 
 @cache
 def _lookup_kernel() -> Callable[..., None]:
-    """The compiled index lookup, compiled (or loaded from numba's cache) on first use, as in :mod:`.rans`."""
-    from numba import njit
-
-    try:
-        return njit(cache=True, nogil=True)(_lookup)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return njit(cache=False, nogil=True)(_lookup)
+    """The compiled index lookup, compiled (or loaded from numba's cache) on first use (:mod:`.jit`)."""
+    return compile_kernel(_lookup)
 
 
 def _lookup(scales: Any, table: Any, out: Any) -> None:

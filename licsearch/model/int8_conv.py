@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from .jit import compile_kernel
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -193,14 +195,8 @@ def _im2col(digits: np.ndarray, ph: Phase, stride: int, mh: int, mw: int) -> np.
 
 @cache
 def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
-    """The compiled digit split and epilogue, compiled (or loaded from numba's cache) on first use, as in
-    :mod:`licsearch.model.rans`."""
-    from numba import njit
-
-    try:
-        return njit(cache=True, nogil=True)(_split), njit(cache=True, nogil=True)(_epilogue)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return njit(cache=False, nogil=True)(_split), njit(cache=False, nogil=True)(_epilogue)
+    """The compiled digit split and epilogue, compiled (or loaded from numba's cache) on first use (:mod:`.jit`)."""
+    return compile_kernel(_split), compile_kernel(_epilogue)
 
 
 def _split(x: Any, digits: Any, top: int, left: int) -> None:

@@ -27,6 +27,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BitstreamError
+from .jit import compile_kernel
 
 if TYPE_CHECKING:
     import numpy as np
@@ -199,13 +200,8 @@ def warm_up() -> None:
 
 @cache
 def _encoder_kernel() -> Callable[..., int]:
-    """The compiled encoder, compiled (or loaded from numba's cache) on first use, as :func:`_kernel`."""
-    from numba import njit
-
-    try:
-        return njit(cache=True, nogil=True)(_encode)
-    except RuntimeError:
-        return njit(cache=False, nogil=True)(_encode)
+    """The compiled encoder, compiled (or loaded from numba's cache) on first use (:mod:`.jit`)."""
+    return compile_kernel(_encode)
 
 
 def _encode(sym: Any, indexes: Any, cdfs: Any, sizes: Any, offsets: Any, out: Any) -> int:
@@ -258,19 +254,12 @@ def _encode(sym: Any, indexes: Any, cdfs: Any, sizes: Any, offsets: Any, out: An
 
 @cache
 def _kernel() -> Callable[..., tuple[int, int]]:
-    """The compiled decoder; numba is imported and the kernel compiled (or loaded from its cache) on first use.
-
-    ``cache=True`` writes beside this module, or under ``NUMBA_CACHE_DIR`` or the user's cache directory; where none
-    is writable numba refuses to cache at all, and the kernel is compiled for this process only.
-    """
-    from numba import njit
+    """The compiled decoder; numba is imported and the kernel compiled (or loaded from its cache) on first use
+    (:mod:`.jit`)."""
     from numba.extending import register_jitable
 
     register_jitable(_renorm)  # the decoder's helper, compiled into it (LLVM inlines it)
-    try:
-        return njit(cache=True, nogil=True)(_decode)
-    except RuntimeError:  # "cannot cache function ...: no locator available"
-        return njit(cache=False, nogil=True)(_decode)
+    return compile_kernel(_decode)
 
 
 def _decode(words: Any, indexes: Any, run: int, cdfs: Any, sizes: Any, offsets: Any, out: Any) -> tuple[int, int]:
