@@ -128,6 +128,18 @@ class Bitstream:
         """Bytes of coded data, without the container's header and checksum."""
         return sum(len(v) for v in self.streams.values())
 
+    def check_profile(self, profile_id: str) -> None:
+        """Refuses a container that the codec of ``profile_id`` did not make.
+
+        Raises:
+            BitstreamError: the container names another codec profile.
+        """
+        if self.profile_id != profile_id:
+            raise BitstreamError(
+                f"bitstream was made by codec profile {self.profile_id}, this codec is {profile_id}",
+                hint="decode it with the store or model flags that encoded it",
+            )
+
     def to_bytes(self) -> bytes:
         """Serialises the container."""
         lengths = {name: len(data) for name, data in self.streams.items()}

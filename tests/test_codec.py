@@ -191,13 +191,13 @@ def _int_reference(h_s: IntegerHyperSynthesis, x: torch.Tensor) -> torch.Tensor:
 
     xi = x.to(torch.int64)
     for layer in h_s.layers:
-        w = layer.weight.to(torch.int64)
+        w = torch.from_numpy(layer.weight).to(torch.int64)
         if layer.kind == "conv":
             cols = F.unfold(xi.double(), w.shape[-1], padding=layer.padding, stride=layer.stride).to(torch.int64)
             acc = (w.reshape(w.shape[0], -1) @ cols).reshape(1, w.shape[0], *_out_hw(xi, layer))
         else:
             acc = _deconv_int(xi, w, layer)
-        acc = acc + layer.bias.to(torch.int64).view(1, -1, 1, 1)
+        acc = acc + torch.from_numpy(layer.bias).to(torch.int64).view(1, -1, 1, 1)
         xi = torch.div(acc, 2**14, rounding_mode="floor")
         if layer.activation == "relu":
             xi = xi.clamp_min(0)

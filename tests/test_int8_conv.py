@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from licsearch.errors import ModelError
 from licsearch.model import entropy
 from licsearch.model.codec import Codec, _to_tensor
 from licsearch.model.entropy import ACT_BITS, WEIGHT_BITS, IntegerHyperSynthesis
@@ -143,3 +144,41 @@ def test_the_entropy_parameters_from_the_int8_path_are_the_references(arch: str)
     assert torch.equal(params.indexes, torch.searchsorted(path.thresholds, scales / 2**ACT_BITS).int())
     assert params.indexes.is_contiguous() and params.means.dtype == torch.float32
     assert torch.equal(params.means, (means / 2**ACT_BITS).float())
+
+
+# -- the torch-free evaluation (NumPy float64), held to the same reference ----------------------------------
+
+
+@pytest.mark.parametrize("act", [None, nn.ReLU(), nn.LeakyReLU()], ids=["none", "relu", "leaky"])
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_the_torch_free_layers_equal_the_reference(kind: str, act: nn.Module | None) -> None:
+    rng = np.random.default_rng(sum(map(ord, kind)) + 1)
+    ref = _layer(LAYERS[kind](12, 8), rng, act)
+    numpy_path = IntegerHyperSynthesis(ref.layers, torch_free=True)
+    assert numpy_path.int8 == (None,), "no layer runs on torch's int8 products"
+    for size in [(1, 1), (2, 3), (5, 4), (7, 9)]:
+        x = _edge_ints(rng, (1, 12, *size))
+        assert torch.equal(numpy_path(x), ref.reference(x)), f"{kind} at {size}"
+    # Values past the two digits' range, which the int8 path hands to the reference, are exact here too.
+    big = torch.from_numpy(rng.integers(-(2**20), 2**20, size=(2, 12, 3, 5))).double()
+    assert torch.equal(numpy_path(big), ref.reference(big))
+
+
+@pytest.mark.parametrize("arch", ["bmshj2018-hyperprior", "mbt2018-mean"])
+def test_a_latent_codec_rebuilt_from_its_arrays_without_torch_decodes_the_same_latent(arch: str) -> None:
+    from licsearch.model.latent import LatentCodec
+
+    codec = Codec.load(arch, *(SHIPPED_CODEC if arch == "bmshj2018-hyperprior" else (1, "random")))
+    meta, arrays = codec.latent.arrays()
+    lean = LatentCodec.from_arrays(meta, arrays, torch_free=True)
+    assert lean.entropy_path.h_s.torch_free and lean.profile_id == codec.profile_id
+    for seed, (h, w) in ((11, (96, 160)), (12, (130, 70))):
+        comp = codec.compress(make_image(seed, h, w))
+        y_eager = codec.entropy_decode(comp.streams, w, h, comp.latent_hash).numpy()
+        y_lean = lean.entropy_decode(comp.streams, w, h, comp.latent_hash)
+        assert y_lean.dtype == np.float32 and np.array_equal(y_lean, y_eager)
+        assert np.array_equal(y_lean, comp.y_hat.numpy())
+    broken = dict(arrays)
+    del broken["y_cdfs"]
+    with pytest.raises(ModelError, match="incomplete or inconsistent"):
+        LatentCodec.from_arrays(meta, broken)

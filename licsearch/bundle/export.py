@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from ..model.codec import Codec
+
 DEFAULT_OPSET = 17
 CODEC_FILE = "codec/codec.safetensors"
 
@@ -108,10 +110,22 @@ def graph_specs(ms: ModelSet) -> list[GraphSpec]:
     return [
         GraphSpec("g_a", codec.model.g_a.eval(), x_a, x_b, {"x": ["batch", 3, "height", "width"]}, latent),
         GraphSpec("h_a", _Call(codec.transforms.h_a), y_a, y_b, latent, {"z": ["batch", n, "h64", "w64"]}),
-        GraphSpec("g_s", codec.model.g_s.eval(), y_a, y_b, y_hat, {"x_hat": ["batch", 3, "height", "width"]}),
+        g_s_graph_spec(codec),
         GraphSpec("adapter", ms.adapter.module.eval(), y_a, y_b, y_hat, {"image_embedding": ["batch", ms.embed_dim]}),
         text_graph_spec(text, ms.embed_dim),
     ]
+
+
+def g_s_graph_spec(codec: Codec) -> GraphSpec:
+    """The synthesis transform's graph, on seeded latents (the same on every export): a bundle's and the decoder
+    cache's (:mod:`.decoder_cache`)."""
+    import torch
+
+    rng = torch.Generator().manual_seed(1)
+    m = codec.latent_channels
+    y_a, y_b = torch.randn(1, m, 8, 12, generator=rng) * 3, torch.randn(2, m, 12, 8, generator=rng) * 3
+    y_hat: dict[str, list[int | str]] = {"y_hat": ["batch", m, "h16", "w16"]}
+    return GraphSpec("g_s", codec.model.g_s.eval(), y_a, y_b, y_hat, {"x_hat": ["batch", 3, "height", "width"]})
 
 
 def text_graph_spec(text: Any, embed_dim: int) -> GraphSpec:

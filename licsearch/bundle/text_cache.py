@@ -10,7 +10,8 @@ process, runs that graph on ONNX Runtime.
 An entry is ``<cache root>/text/<key>/``: ``text.onnx``, the merges file and ``entry.json`` (the model, its
 fingerprint, the context length, each file's sha256 and the parity figures), or ``entry.json`` alone where the model
 keeps the eager path, saying why. The key hashes :data:`CACHE_FORMAT`, the model name and the fingerprint. Each load
-checks the files' hashes; a damaged entry is removed and rebuilt (with a notice), never used.
+checks the files' hashes; a damaged entry is removed and rebuilt (with a notice), never used (the rules of
+:mod:`.graph_cache`, which the decoder's cache shares).
 
 An entry is found by the fingerprint the store recorded, so a warm query reads no weights file: a store whose CLIP
 weights file was replaced keeps answering with the tower its vectors were made with, while every command that loads
@@ -19,23 +20,19 @@ the weights (ingest, reindex, a cold query) still refuses the replaced file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import ClipConfig
-from ..errors import LicsearchError
-from ..jsondoc import JsonDocError, decode_json, write_json
 from ..model.models import ModelPlane, ModelSet
 from ..model.text import QueryEmbedding
 from ..model.tokenizer import VOCAB_FILE, open_clip_vocab, tokenizer_supported
-from .manifest import file_sha256
+from . import graph_cache
+from .graph_cache import ENTRY_FILE, DamagedEntry, cache_root, check_files, hash_files, read_entry_doc
 from .runtime import BundleModelSet, OnnxTextEncoder, RuntimeOptions
 
 if TYPE_CHECKING:
@@ -56,24 +53,16 @@ PROBE_TEXTS = (
     " ".join(["a very long caption that goes on"] * 12),
 )
 """Texts on which a new entry's tokenizer ids and embeddings are checked against the eager tower."""
-ENTRY_FILE = "entry.json"
 GRAPH_FILE = "text.onnx"
+__all__ = ["ENTRY_FILE", "DamagedEntry", "cache_root"]  # with this module's own names
 
 _loaded: dict[Path, OnnxTextEncoder] = {}
 """Entries this process has checked and opened (a server or the web UI hashes and opens each once)."""
 
 
-def cache_root() -> Path:
-    """``$LICSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/licsearch`` (``~/.cache/licsearch``)."""
-    env = os.environ.get("LICSEARCH_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "licsearch"
-
-
 def cache_enabled() -> bool:
     """False where ``$LICSEARCH_TEXT_CACHE`` is ``off`` or ``0``: text queries then load the eager text tower."""
-    return os.environ.get("LICSEARCH_TEXT_CACHE", "on").strip().lower() not in ("off", "0")
+    return graph_cache.switched_on("LICSEARCH_TEXT_CACHE")
 
 
 def entry_dir(clip: ClipConfig) -> Path | None:
@@ -104,10 +93,6 @@ class TextCacheEntry:
     parity_max_abs: float = 0.0
     cosine_min: float = 0.0
     format: int = CACHE_FORMAT
-
-
-class DamagedEntry(Exception):
-    """A cache entry whose files are missing, unreadable or do not match their hashes."""
 
 
 def embed_queries(plane: ModelPlane, texts: list[str]) -> QueryEmbedding:
@@ -165,29 +150,18 @@ def read_entry(folder: Path, clip: ClipConfig | None = None) -> TextCacheEntry |
         DamagedEntry: ``entry.json`` is unreadable or names another model than ``clip``, or a file is missing or does
             not match its hash.
     """
-    path = folder / ENTRY_FILE
-    try:
-        raw = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):  # no entry, or no cache folder can exist there
+    doc = read_entry_doc(folder)
+    if doc is None:
         return None
-    except OSError as e:
-        raise DamagedEntry(f"{ENTRY_FILE}: {e.strerror or e}") from e
     try:
-        doc = decode_json(raw, ENTRY_FILE)
-        entry = TextCacheEntry(**doc)
-    except (JsonDocError, TypeError) as e:
+        entry = TextCacheEntry(**doc)  # type: ignore[arg-type]
+    except TypeError as e:
         raise DamagedEntry(f"{ENTRY_FILE} {e}") from e
     if entry.format != CACHE_FORMAT or (entry.usable and set(entry.files) != {GRAPH_FILE, VOCAB_FILE}):
         raise DamagedEntry(f"{ENTRY_FILE} does not describe a format-{CACHE_FORMAT} entry")
     if clip is not None and (entry.model, entry.clip_sha256) != (clip.model, clip.sha256):
         raise DamagedEntry(f"{ENTRY_FILE} names {entry.model} {entry.clip_sha256[:12]}, not this model")
-    for name, sha in entry.files.items():
-        try:
-            ok = file_sha256(folder / name) == sha
-        except OSError as e:
-            raise DamagedEntry(f"{name}: {e.strerror or e}") from e
-        if not ok:
-            raise DamagedEntry(f"{name} does not match its hash")
+    check_files(folder, entry.files)
     return entry
 
 
@@ -197,23 +171,12 @@ def build_entry(ms: ModelSet, folder: Path) -> TextCacheEntry | None:
     The eager tower is loaded here (its weights checked against the store's fingerprint), so this query pays torch.
     A model whose tokenizer or text tower the cache does not support gets an entry that says so, and the eager path.
     """
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
-    except OSError as e:
-        logger.warning("text query cache not written (%s): queries use the eager text tower", e)
-        return None
-    try:
+
+    def make(tmp: Path) -> tuple[TextCacheEntry, dict[str, object]]:
         entry = _export_checked(ms, tmp)
-        write_json(tmp / ENTRY_FILE, asdict(entry), indent=2)
-        with contextlib.suppress(OSError):  # another process finished the same entry first: keep its copy
-            tmp.rename(folder)
-        return entry
-    except (OSError, LicsearchError) as e:
-        logger.warning("text query cache not written (%s): queries use the eager text tower", e)
-        return None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return entry, asdict(entry)
+
+    return graph_cache.build_entry(folder, make, "text query cache")
 
 
 def _export_checked(ms: ModelSet, tmp: Path) -> TextCacheEntry:
@@ -238,7 +201,7 @@ def _export_checked(ms: ModelSet, tmp: Path) -> TextCacheEntry:
     cosine = _cosine_min(encoder.queries(probes).vectors, text.embed(probes).vectors.numpy())
     usable = same_ids and cosine >= COSINE_MIN
     reason = "" if usable else ("tokenizer ids differ" if not same_ids else f"cosine {cosine:.6f} < {COSINE_MIN}")
-    files = {name: file_sha256(tmp / name) for name in (GRAPH_FILE, VOCAB_FILE)} if usable else {}
+    files = hash_files(tmp, [GRAPH_FILE, VOCAB_FILE]) if usable else {}
     if not usable:
         for name in (GRAPH_FILE, VOCAB_FILE):
             (tmp / name).unlink()

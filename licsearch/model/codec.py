@@ -9,17 +9,16 @@ come from :mod:`licsearch.model.entropy` and streams are named.
 
 from __future__ import annotations
 
-import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..bitstream import VERSION, hash_context, make_profile_id
-from ..errors import BitstreamError, InputError, ModelError
+from ..bitstream import VERSION, make_profile_id
+from ..errors import InputError, ModelError
 from ..registry import Registry
 from .compressai_import import load as load_compressai
 from .entropy import CanonicalEntropyPath, Clock
-from .rans import RansTables, decode_with_indexes, encode_with_indexes
+from .latent import LATENT_HASH_BYTES, STREAM_Y, STREAM_Z, STREAMS, LatentCodec, latent_hash, to_pixels
+from .rans import RansTables
 from .weights import PRETRAINED, RANDOM, load_state_dict_file, seeded, state_dict_sha256
 
 if TYPE_CHECKING:
@@ -28,10 +27,7 @@ if TYPE_CHECKING:
 
 load_compressai()  # before this module's first CompressAI import (cheap: see compressai_import)
 
-STREAM_Z = "z"  # hyper-latent, coded with the factorized entropy bottleneck
-STREAM_Y = "y"  # latent, coded with the Gaussian conditional
-STREAMS = (STREAM_Z, STREAM_Y)  # every stream a bitstream of this codec holds, in the order they are written
-LATENT_HASH_BYTES = 16
+__all__ = ["LATENT_HASH_BYTES", "STREAMS", "STREAM_Y", "STREAM_Z", "Codec", "latent_hash"]  # re-exported from .latent
 RANDOM_LATENT_GAIN = 64.0
 
 
@@ -185,19 +181,6 @@ class Compressed:
     height: int
 
 
-def latent_hash(
-    z_symbols: torch.Tensor | np.ndarray, y_symbols: torch.Tensor | np.ndarray, context: bytes = b""
-) -> bytes:
-    """blake2b over ``context`` (the container's header, from format 2) then the int32 little-endian symbols of z
-    then y."""
-    import numpy as np
-
-    h = hashlib.blake2b(context, digest_size=LATENT_HASH_BYTES)
-    for t in (z_symbols, y_symbols):
-        h.update(np.ascontiguousarray(np.asarray(t), dtype="<i4").data)  # no copy for contiguous int32 symbols
-    return h.digest()
-
-
 class Codec:
     """Compresses images to named streams and back, and exposes y_hat for the adapter.
 
@@ -239,6 +222,15 @@ class Codec:
             self._y_tables = RansTables.from_entropy_model(self._gc)
         except ValueError as e:
             raise ModelError(f"{arch.name} entropy tables are unusable: {e}") from e
+        self.latent = LatentCodec(
+            self.profile_id,
+            arch.downsampling,
+            self.latent_channels,
+            self._z_medians.numpy(),
+            self._z_tables,
+            self._y_tables,
+            self.entropy_path,
+        )
 
     @classmethod
     def load(cls, arch: str, quality: int, weights: str, *, seed: int = 0) -> Codec:
@@ -264,8 +256,7 @@ class Codec:
 
     def latent_size(self, width: int, height: int) -> tuple[int, int]:
         """(h, w) of y for an image of this size (after padding to the downsampling factor)."""
-        f = self.arch.downsampling
-        return (-(-height // f) * 4, -(-width // f) * 4)
+        return self.latent.latent_size(width, height)
 
     # -- encoding -----------------------------------------------------------------------------------------
 
@@ -295,57 +286,18 @@ class Codec:
         self, y: torch.Tensor, z: torch.Tensor, width: int, height: int, clock: Clock | None = None
     ) -> Compressed:
         """Entropy-codes one image's latents; ``clock`` is called as each stage ends (``bench --profile``)."""
-        import numpy as np
         import torch
 
-        # NumPy for the element-wise steps: the same IEEE operations as torch's (round half to even), without a
-        # thread-pool start per op on arrays this small.
-        z_sym = np.round(z.numpy() - self._z_medians.numpy().reshape(1, -1, 1, 1))
-        z_int = z_sym.astype(np.int32)
-        z_idx = self._z_indexes(z_sym.shape)
-        _mark(clock, "z.symbols")
-        # The bytes of CompressAI's EntropyModel.compress on these symbols (no medians re-applied).
-        z_string = encode_with_indexes(z_int, z_idx.numpy(), self._z_tables)
-        _mark(clock, "z.rans")
-        params = self.entropy_path(torch.from_numpy(z_sym), clock)
-        means = params.means.numpy()
-        y_sym = np.round(y.numpy() - means)
-        y_int = y_sym.astype(np.int32)  # once, for the coder and the hash
-        _mark(clock, "y.symbols")
-        y_string = encode_with_indexes(y_int, params.indexes.numpy(), self._y_tables)
-        _mark(clock, "y.rans")
-        streams = {STREAM_Z: z_string, STREAM_Y: y_string}
-        context = hash_context(self.profile_id, width, height, {k: len(v) for k, v in streams.items()})
-        out = Compressed(
-            streams=streams,
-            latent_hash=latent_hash(z_int, y_int, context),
-            y_hat=torch.from_numpy(y_sym + means),
-            width=width,
-            height=height,
+        streams, digest, y_hat = self.latent.code(y.numpy(), z.numpy(), width, height, clock)
+        return Compressed(
+            streams=streams, latent_hash=digest, y_hat=torch.from_numpy(y_hat), width=width, height=height
         )
-        _mark(clock, "hash")
-        return out
 
     # -- decoding -----------------------------------------------------------------------------------------
 
     def check_streams(self, streams: dict[str, bytes], width: int, height: int) -> None:
-        """Refuses streams this codec cannot have written for an image of this size, before any decoding.
-
-        The names must be exactly those :meth:`compress` writes, and each length within what rANS can produce for
-        the declared number of symbols (at least the 8-byte flush, at most the costliest symbols throughout).
-        """
-        import numpy as np
-
-        names = tuple(streams)
-        if sorted(names) != sorted(STREAMS):
-            raise BitstreamError(
-                f"bitstream has streams {list(names)}, this codec writes exactly {list(STREAMS)}",
-                hint="the file is damaged or was not written by this codec",
-            )
-        z_shape, y_shape = self._latent_shapes(width, height)
-        z_per_channel = np.full(z_shape[1], z_shape[2] * z_shape[3], dtype=np.float64)
-        self._check_length(streams, STREAM_Z, self._z_tables, math.prod(z_shape), z_per_channel)
-        self._check_length(streams, STREAM_Y, self._y_tables, math.prod(y_shape), None)
+        """Refuses streams this codec cannot have written for an image of this size (:class:`LatentCodec`)."""
+        self.latent.check_streams(streams, width, height)
 
     def entropy_decode(
         self,
@@ -357,79 +309,16 @@ class Codec:
         version: int = VERSION,
         clock: Clock | None = None,
     ) -> torch.Tensor:
-        """Entropy-decodes the streams to y_hat (1, M, h, w), refusing if the latent hash differs.
-
-        The hash covers this codec's profile id, the size and the streams' names and lengths as given (for a
-        container of format ``version`` 2 or later), then the decoded symbols. ``clock`` is called as each stage
-        ends (``bench --profile``).
+        """Entropy-decodes the streams to y_hat (1, M, h, w), refusing if the latent hash differs
+        (:meth:`LatentCodec.entropy_decode`).
 
         Raises:
             BitstreamError: for any defect of the streams; a file is never blamed on the model.
         """
-        import numpy as np
         import torch
 
-        self.check_streams(streams, width, height)
-        z_shape, y_shape = self._latent_shapes(width, height)
-        # z is coded channel by channel (NCHW order), each channel with its own CDF.
-        z_channels = np.arange(z_shape[1], dtype=np.int32)
-        _mark(clock, "checks")
-        z_sym = self._decode(streams, STREAM_Z, self._z_tables, z_channels, z_shape, run=z_shape[2] * z_shape[3])
-        _mark(clock, "z.rans")
-        try:
-            params = self.entropy_path(torch.from_numpy(z_sym), clock)
-        except ModelError as e:
-            # A well-formed z stream of values no image of this codec yields (the encoder refuses those images).
-            raise BitstreamError(
-                f"bitstream's {STREAM_Z!r} stream decodes to hyper-latent values out of this codec's range",
-                hint="the file is damaged or was not written by this codec; nothing was decoded",
-            ) from e
-        y_idx = params.indexes.numpy().reshape(-1)
-        per_cdf = np.bincount(y_idx, minlength=len(self._y_tables.sizes)).astype(np.float64)
-        self._check_length(streams, STREAM_Y, self._y_tables, y_idx.size, per_cdf)
-        _mark(clock, "checks")
-        y_sym = self._decode(streams, STREAM_Y, self._y_tables, y_idx, y_shape)
-        _mark(clock, "y.rans")
-        context = hash_context(self.profile_id, width, height, {k: len(v) for k, v in streams.items()}, version=version)
-        if latent_hash(z_sym, y_sym, context) != expected_hash:
-            raise BitstreamError(
-                "decoded latent does not match the encoder's (latent hash mismatch)",
-                hint="the bitstream is corrupt or was made by an encoder out of step with this decoder; "
-                "nothing was decoded",
-            )
-        y_hat = torch.from_numpy(np.add(y_sym, params.means.numpy(), dtype=np.float32))
-        _mark(clock, "hash")
-        return y_hat
-
-    def _latent_shapes(self, width: int, height: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-        yh, yw = self.latent_size(width, height)
-        return (1, self._z_medians.numel(), yh // 4, yw // 4), (1, self.latent_channels, yh, yw)
-
-    @staticmethod
-    def _check_length(
-        streams: dict[str, bytes], name: str, tables: RansTables, count: int, per_cdf: np.ndarray | None
-    ) -> None:
-        lo, hi = tables.length_bounds(count, per_cdf)
-        n = len(streams[name])
-        if not lo <= n <= hi:
-            raise BitstreamError(
-                f"bitstream's {name!r} stream is {n} bytes; for the {count} symbols of the declared image size "
-                f"this codec writes {lo} to {hi} bytes",
-                hint="the file is damaged (its image size or streams were altered) or was not written by this codec",
-            )
-
-    @staticmethod
-    def _decode(
-        streams: dict[str, bytes],
-        name: str,
-        tables: RansTables,
-        indexes: np.ndarray,
-        shape: tuple[int, ...],
-        *,
-        run: int = 1,
-    ) -> np.ndarray:
-        """Symbols of one stream, int32 in ``shape`` (the values CompressAI's ``EntropyModel.decompress`` returns)."""
-        return decode_with_indexes(streams[name], indexes, tables, stream=name, run=run).reshape(shape)
+        y_hat = self.latent.entropy_decode(streams, width, height, expected_hash, version=version, clock=clock)
+        return torch.from_numpy(y_hat)
 
     def synthesize(self, y_hat: torch.Tensor, width: int, height: int) -> np.ndarray:
         """Synthesis transform to an (H, W, 3) uint8 image cropped to the original size."""
@@ -437,16 +326,14 @@ class Codec:
 
         with torch.inference_mode():
             x_hat = self.transforms.g_s(y_hat).float()
-        x_hat = x_hat[0, :, :height, :width].clamp(0, 1)
-        return x_hat.mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        return to_pixels(x_hat.cpu().numpy(), width, height)
 
     # -- helpers ------------------------------------------------------------------------------------------
 
     def _z_indexes(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         import torch
 
-        c = shape[1]
-        return torch.arange(c, dtype=torch.int32).view(1, c, 1, 1).expand(*shape).contiguous()
+        return torch.from_numpy(self.latent.z_indexes(tuple(shape)))
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
@@ -458,11 +345,6 @@ class Codec:
             return x
         # Replicate the edges: cheaper to code than a zero border, and cropped away after decoding.
         return F.pad(x, (0, pw, 0, ph), mode="replicate")
-
-
-def _mark(clock: Clock | None, stage: str) -> None:
-    if clock is not None:
-        clock(stage)
 
 
 def _to_tensor(pixels: np.ndarray) -> torch.Tensor:

@@ -13,7 +13,9 @@ a floor division by a power of two (exact), then the activation is applied in fi
 and every decoder, whichever backend runs the heavy transforms, calls this one implementation. That float64
 evaluation is the reference; where weights and activations fit two base-128 digits (every shipped codec), the same
 integers come several times faster from int8 matrix products (:mod:`licsearch.model.int8_conv`), and anything out
-of that range falls back to the reference.
+of that range falls back to the reference. A decoder that runs without torch (``torch_free``: the CLI's cached
+decoder) computes the same float64 convolutions in NumPy: one more evaluation of the same integers, held to the
+reference by the tests, exact for the same reason.
 
 The integerised ``h_s`` differs from the float one by ~2**-10 per activation: a negligible change in rate,
 and none in correctness because both ends use it.
@@ -22,7 +24,7 @@ and none in correctness because both ends use it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -72,8 +74,8 @@ class IntegerLayer:
 
     Attributes:
         kind: "conv" or "deconv" (transposed convolution).
-        weight: float64 tensor of integers (weight * 2**WEIGHT_BITS, rounded).
-        bias: float64 tensor of integers at the accumulator's scale.
+        weight: float64 array of integers (weight * 2**WEIGHT_BITS, rounded).
+        bias: float64 array of integers at the accumulator's scale.
         stride, padding, output_padding: as in the float layer.
         activation: the activation after the layer.
         leaky_num: the LeakyReLU slope times 2**LEAKY_BITS.
@@ -82,8 +84,8 @@ class IntegerLayer:
     """
 
     kind: Literal["conv", "deconv"]
-    weight: torch.Tensor
-    bias: torch.Tensor
+    weight: np.ndarray
+    bias: np.ndarray
     stride: int
     padding: int
     output_padding: int
@@ -93,57 +95,73 @@ class IntegerLayer:
     bias_max: float
 
 
+def _as_layers(h_s: nn.Sequential | Sequence[IntegerLayer]) -> tuple[IntegerLayer, ...]:
+    """Integer layers as given, or those of a float ``h_s``."""
+    if isinstance(h_s, (tuple, list)) and all(isinstance(la, IntegerLayer) for la in h_s):
+        return tuple(h_s)
+    return integer_layers(h_s)  # type: ignore[arg-type]
+
+
+def integer_layers(h_s: nn.Sequential) -> tuple[IntegerLayer, ...]:
+    """The fixed-point layers of a float ``h_s``: weights and biases rounded to integers at their scales."""
+    import numpy as np
+    from torch import nn
+
+    layers: list[IntegerLayer] = []
+    mods = list(h_s)
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            raise ModelError(f"unsupported layer in h_s: {type(m).__name__}")
+        act: Activation = "none"
+        leaky_num = 0
+        if i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU):
+            act, i = "relu", i + 1
+        elif i + 1 < len(mods) and isinstance(mods[i + 1], nn.LeakyReLU):
+            act, i = "leaky_relu", i + 1
+            leaky_num = round(float(getattr(mods[i], "negative_slope", 0.01)) * 2**LEAKY_BITS)
+        w = np.round(m.weight.detach().double().numpy() * 2**WEIGHT_BITS)
+        n_out = w.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0]
+        b = m.bias.detach().double().numpy() if m.bias is not None else np.zeros(n_out)
+        b = np.round(b * 2 ** (WEIGHT_BITS + ACT_BITS))
+        # Conv2d weights are (out, in, k, k); ConvTranspose2d weights are (in, out, k, k).
+        per_out = np.abs(w).sum(axis=(1, 2, 3)) if isinstance(m, nn.Conv2d) else np.abs(w).sum(axis=(0, 2, 3))
+        layers.append(
+            IntegerLayer(
+                kind="deconv" if isinstance(m, nn.ConvTranspose2d) else "conv",
+                weight=w,
+                bias=b,
+                stride=int(m.stride[0]),
+                padding=int(m.padding[0]),
+                output_padding=int(m.output_padding[0]) if isinstance(m, nn.ConvTranspose2d) else 0,
+                activation=act,
+                leaky_num=leaky_num,
+                l1_max=float(per_out.max()),
+                bias_max=float(np.abs(b).max()),
+            )
+        )
+        i += 1
+    return tuple(layers)
+
+
 class IntegerHyperSynthesis:
     """``h_s`` of a CompressAI hyperprior model, evaluated exactly in fixed point.
 
     Args:
-        h_s: the float ``nn.Sequential`` of Conv2d / ConvTranspose2d / ReLU / LeakyReLU layers.
+        h_s: the float ``nn.Sequential`` of Conv2d / ConvTranspose2d / ReLU / LeakyReLU layers, or its integer layers
+            (:func:`integer_layers`, or read back from a cache).
+        torch_free: evaluate every layer in NumPy float64 (no torch import): the same integers, slower than int8.
     """
 
-    def __init__(self, h_s: nn.Sequential) -> None:
-        import torch
-        from torch import nn
-
-        layers: list[IntegerLayer] = []
-        mods = list(h_s)
-        i = 0
-        while i < len(mods):
-            m = mods[i]
-            if not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                raise ModelError(f"unsupported layer in h_s: {type(m).__name__}")
-            act: Activation = "none"
-            leaky_num = 0
-            if i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU):
-                act, i = "relu", i + 1
-            elif i + 1 < len(mods) and isinstance(mods[i + 1], nn.LeakyReLU):
-                act, i = "leaky_relu", i + 1
-                leaky_num = round(float(getattr(mods[i], "negative_slope", 0.01)) * 2**LEAKY_BITS)
-            w = torch.round(m.weight.detach().to(torch.float64) * 2**WEIGHT_BITS)
-            b = (
-                m.bias.detach()
-                if m.bias is not None
-                else torch.zeros(w.shape[1 if isinstance(m, nn.ConvTranspose2d) else 0])
-            )
-            b = torch.round(b.to(torch.float64) * 2 ** (WEIGHT_BITS + ACT_BITS))
-            # Conv2d weights are (out, in, k, k); ConvTranspose2d weights are (in, out, k, k).
-            per_out = w.abs().sum(dim=(1, 2, 3)) if isinstance(m, nn.Conv2d) else w.abs().sum(dim=(0, 2, 3))
-            layers.append(
-                IntegerLayer(
-                    kind="deconv" if isinstance(m, nn.ConvTranspose2d) else "conv",
-                    weight=w,
-                    bias=b,
-                    stride=int(m.stride[0]),
-                    padding=int(m.padding[0]),
-                    output_padding=int(m.output_padding[0]) if isinstance(m, nn.ConvTranspose2d) else 0,
-                    activation=act,
-                    leaky_num=leaky_num,
-                    l1_max=float(per_out.max()),
-                    bias_max=float(b.abs().max()),
-                )
-            )
-            i += 1
-        self.layers = tuple(layers)
-        self.int8 = tuple(Int8Conv.build(la, shift=WEIGHT_BITS, leaky_bits=LEAKY_BITS) for la in layers)
+    def __init__(self, h_s: nn.Sequential | Sequence[IntegerLayer], *, torch_free: bool = False) -> None:
+        self.layers = _as_layers(h_s)
+        self.torch_free = torch_free
+        self.int8 = (
+            (None,) * len(self.layers)
+            if torch_free
+            else tuple(Int8Conv.build(la, shift=WEIGHT_BITS, leaky_bits=LEAKY_BITS) for la in self.layers)
+        )
 
     def __call__(self, x_fixed: torch.Tensor, clock: Clock | None = None) -> torch.Tensor:
         """Runs the layers on a float64 tensor of integers at scale 2**ACT_BITS; returns the same kind.
@@ -187,6 +205,8 @@ class IntegerHyperSynthesis:
                 out = conv(x if nhwc else np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.int64))
             if out is not None:
                 x, nhwc = out, True
+            elif self.torch_free:
+                x, nhwc = _numpy_layer(x.transpose(0, 3, 1, 2) if nhwc else x, layer), False
             else:
                 x, nhwc = _float_layer(x.transpose(0, 3, 1, 2) if nhwc else x, layer), False
             if clock is not None:
@@ -213,18 +233,53 @@ def _float_layer(x: np.ndarray, layer: IntegerLayer) -> np.ndarray:
     import torch.nn.functional as F
 
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    w, b = torch.from_numpy(layer.weight), torch.from_numpy(layer.bias)
     if layer.kind == "conv":
-        acc = F.conv2d(xt, layer.weight, layer.bias, stride=layer.stride, padding=layer.padding)
+        acc = F.conv2d(xt, w, b, stride=layer.stride, padding=layer.padding)
     else:
         acc = F.conv_transpose2d(
-            xt,
-            layer.weight,
-            layer.bias,
-            stride=layer.stride,
-            padding=layer.padding,
-            output_padding=layer.output_padding,
+            xt, w, b, stride=layer.stride, padding=layer.padding, output_padding=layer.output_padding
         )
-    out = acc.numpy()
+    return _rescale(acc.numpy(), layer)
+
+
+def _numpy_layer(x: np.ndarray, layer: IntegerLayer) -> np.ndarray:
+    """:func:`_float_layer` without torch: the convolution as one float64 matrix product over the input's windows.
+
+    Exact for the same reason as torch's float64 convolution: every product and partial sum is an integer below the
+    bound :meth:`IntegerHyperSynthesis._run` checks, whatever order BLAS sums them in. A transposed convolution is
+    the convolution, with the flipped kernel, of the input spread out by its stride (zeros between the samples).
+    """
+    import numpy as np
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    x = np.asarray(x, dtype=np.float64)
+    b, c, h, w = x.shape
+    k = layer.weight.shape[-1]
+    if layer.kind == "conv":
+        p, stride = layer.padding, layer.stride
+        padded = np.zeros((b, c, h + 2 * p, w + 2 * p))
+        padded[:, :, p : p + h, p : p + w] = x
+        kernel = layer.weight  # (out, in, k, k)
+    else:
+        s, e = layer.stride, k - 1 - layer.padding
+        if e < 0:
+            raise ModelError("a transposed convolution with padding beyond its kernel is not supported")
+        op, stride = layer.output_padding, 1
+        padded = np.zeros((b, c, (h - 1) * s + 1 + 2 * e + op, (w - 1) * s + 1 + 2 * e + op))
+        padded[:, :, e : e + (h - 1) * s + 1 : s, e : e + (w - 1) * s + 1 : s] = x
+        kernel = layer.weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (in, out, k, k) -> flipped (out, in, k, k)
+    # NumPy's stubs take one axis; the function takes a tuple of them.
+    windows = sliding_window_view(padded, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]  # type: ignore[call-overload]  # (B, C, oh, ow, k, k)
+    acc = np.tensordot(windows, kernel, axes=([1, 4, 5], [1, 2, 3]))  # (B, oh, ow, out)
+    acc += layer.bias
+    return _rescale(np.ascontiguousarray(acc.transpose(0, 3, 1, 2)), layer)
+
+
+def _rescale(out: np.ndarray, layer: IntegerLayer) -> np.ndarray:
+    """The accumulator's floor division by 2**WEIGHT_BITS and the fixed-point activation, in place where it can."""
+    import numpy as np
+
     np.divide(out, 2**WEIGHT_BITS, out=out)
     np.floor(out, out=out)
     if layer.activation == "relu":
@@ -251,32 +306,60 @@ class CanonicalEntropyPath:
     """z symbols -> (CDF indexes, means) for y, identical on every backend and machine.
 
     Args:
-        h_s: the model's float hyper-synthesis transform.
-        z_medians: the entropy bottleneck's per-channel medians, shape (C,).
-        scale_table: the Gaussian conditional's scale table.
+        h_s: the model's float hyper-synthesis transform, or its integer layers (:func:`integer_layers`).
+        z_medians: the entropy bottleneck's per-channel medians, shape (C,) (a tensor or an array).
+        scale_table: the Gaussian conditional's scale table (a tensor or an array).
         has_means: True for mean-scale models, whose h_s emits scales then means.
+        torch_free: run without torch (:class:`IntegerHyperSynthesis`); :meth:`params` is then the way in.
     """
 
     def __init__(
-        self, h_s: nn.Sequential, z_medians: torch.Tensor, scale_table: torch.Tensor, *, has_means: bool
+        self,
+        h_s: nn.Sequential | Sequence[IntegerLayer],
+        z_medians: torch.Tensor | np.ndarray,
+        scale_table: torch.Tensor | np.ndarray,
+        *,
+        has_means: bool,
+        torch_free: bool = False,
     ) -> None:
-        import torch
+        import numpy as np
 
-        self.h_s = IntegerHyperSynthesis(h_s)
+        self.h_s = IntegerHyperSynthesis(h_s, torch_free=torch_free)
         self.has_means = has_means
-        self.z_medians_fixed = torch.round(z_medians.detach().to(torch.float64) * 2**ACT_BITS).view(1, -1, 1, 1)
+        medians = np.asarray(_array(z_medians), dtype=np.float64).reshape(1, -1, 1, 1)
+        self.z_medians_fixed_array = np.round(medians * 2**ACT_BITS)
         # Scales below the first entry share index 0, as in CompressAI's GaussianConditional.build_indexes;
         # the last entry is never compared against (it is the top bucket).
-        self.thresholds = scale_table.detach().to(torch.float64)[:-1]
+        self.threshold_array = np.asarray(_array(scale_table), dtype=np.float64)[:-1]
+
+    @property
+    def z_medians_fixed(self) -> torch.Tensor:
+        """The medians at the activations' fixed-point scale, (1, C, 1, 1) float64 (a tensor, for torch callers)."""
+        import torch
+
+        return torch.from_numpy(self.z_medians_fixed_array)
 
     @property
     def thresholds(self) -> torch.Tensor:
         """The scale thresholds (float64): a scale's CDF index is the number of thresholds below it."""
-        return self._thresholds
+        import torch
+
+        return torch.from_numpy(self._thresholds)
 
     @thresholds.setter
-    def thresholds(self, value: torch.Tensor) -> None:
-        self._thresholds = value.contiguous()
+    def thresholds(self, value: torch.Tensor | np.ndarray) -> None:
+        self.threshold_array = value
+
+    @property
+    def threshold_array(self) -> np.ndarray:
+        """:attr:`thresholds` as a NumPy array."""
+        return self._thresholds
+
+    @threshold_array.setter
+    def threshold_array(self, value: torch.Tensor | np.ndarray) -> None:
+        import numpy as np
+
+        self._thresholds = np.ascontiguousarray(_array(value), dtype=np.float64)
         self.index_table = _index_table(self._thresholds)
 
     def __call__(self, z_symbols: torch.Tensor, clock: Clock | None = None) -> EntropyParams:
@@ -286,10 +369,16 @@ class CanonicalEntropyPath:
             z_symbols: the symbols.
             clock: called at the end of each stage (every layer of h_s, then ``index``), for profiling.
         """
-        import numpy as np
         import torch
 
-        x = z_symbols.to(torch.float64).numpy() * 2**ACT_BITS + self.z_medians_fixed.numpy()
+        indexes, means = self.params(z_symbols.to(torch.float64).numpy(), clock)
+        return EntropyParams(indexes=torch.from_numpy(indexes), means=torch.from_numpy(means))
+
+    def params(self, z_symbols: np.ndarray, clock: Clock | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`__call__` on NumPy: integer z symbols (B, C, h, w) -> (int32 CDF indexes, float32 means) of y."""
+        import numpy as np
+
+        x = np.asarray(z_symbols, dtype=np.float64) * 2**ACT_BITS + self.z_medians_fixed_array
         if clock is not None:
             clock("h_s.input")
         out = self.h_s.activations(x, clock)  # (B, H, W, C)
@@ -308,17 +397,22 @@ class CanonicalEntropyPath:
             top = len(self.index_table) - 1
             indexes = self.index_table[np.clip(scales_fixed, 0, top).astype(np.int64)].transpose(0, 3, 1, 2)
         else:
-            scales = torch.from_numpy(np.ascontiguousarray(scales_fixed.transpose(0, 3, 1, 2) / 2**ACT_BITS))
-            indexes = torch.searchsorted(self.thresholds, scales.reshape(-1), right=False).reshape(scales.shape).numpy()
-        params = EntropyParams(
-            indexes=torch.from_numpy(np.ascontiguousarray(indexes, dtype=np.int32)), means=torch.from_numpy(means)
-        )
+            scales = np.ascontiguousarray(scales_fixed.transpose(0, 3, 1, 2)) / 2**ACT_BITS
+            indexes = np.searchsorted(self._thresholds, scales.reshape(-1), side="left").reshape(scales.shape)
+        indexes = np.ascontiguousarray(indexes, dtype=np.int32)
         if clock is not None:
             clock("index")
-        return params
+        return indexes, means
 
 
-def _index_table(thresholds: torch.Tensor) -> np.ndarray | None:
+def _array(value: Any) -> np.ndarray:
+    """A tensor's values as a NumPy array (detached, on the CPU); an array as it is."""
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+def _index_table(thresholds: np.ndarray) -> np.ndarray | None:
     """The CDF index of every fixed-point scale ``k`` (scale ``k / 2**ACT_BITS``) up to the last threshold, or None.
 
     ``t < k / 2**ACT_BITS`` holds exactly when ``floor(t * 2**ACT_BITS) + 1 <= k`` (both sides exact in float64), so
@@ -326,15 +420,15 @@ def _index_table(thresholds: torch.Tensor) -> np.ndarray | None:
     below zero) clamp to its ends, which count every threshold (none). None for an unsorted table or one too large
     to tabulate; the caller then searches.
     """
-    import torch
+    import numpy as np
 
     if len(thresholds) == 0 or bool((thresholds[1:] < thresholds[:-1]).any()) or float(thresholds.min()) < 0:
         return None
-    first = torch.floor(thresholds * 2**ACT_BITS).to(torch.int64) + 1
+    first = np.floor(thresholds * 2**ACT_BITS).astype(np.int64) + 1
     top = int(first.max())
     if top > INDEX_TABLE_LIMIT:
         return None
-    return torch.searchsorted(first, torch.arange(top + 1, dtype=torch.int64), right=True).to(torch.int32).numpy()
+    return np.searchsorted(first, np.arange(top + 1, dtype=np.int64), side="right").astype(np.int32)
 
 
 @cache

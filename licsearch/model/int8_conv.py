@@ -31,7 +31,6 @@ from .jit import compile_kernel
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
     from .entropy import IntegerLayer
 
@@ -60,7 +59,7 @@ class Phase:
     tx: int
     nty: int
     ntx: int
-    weight: torch.Tensor
+    weight: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -98,15 +97,15 @@ class Int8Conv:
     def build(cls, layer: IntegerLayer, *, shift: int, leaky_bits: int) -> Int8Conv | None:
         """The int8 form of an integer layer, or None when a weight needs more than two digits, a digit product's
         sum could leave int32, or a phase takes no tap."""
-        import torch
+        import numpy as np
 
-        w = layer.weight.to(torch.int64)
+        w = layer.weight.astype(np.int64)
         if int(w.min()) < VALUE_MIN or int(w.max()) > VALUE_MAX:
             return None
         k, s, p = int(w.shape[-1]), layer.stride, layer.padding
         if layer.kind == "conv":
             # (out, in, kh, kw) -> rows (kh, kw, in), columns out.
-            phases = [Phase(0, 0, 0, 0, k, k, _digits(w.permute(2, 3, 1, 0).reshape(-1, w.shape[0])))]
+            phases = [Phase(0, 0, 0, 0, k, k, _digits(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])))]
             window, stride, pad, step, deconv = k, s, p, 1, None
         else:
             hi, lo = (k - 1 - p) // s, -((s - 1 + p) // s)  # the input offsets d any output phase reaches
@@ -122,11 +121,11 @@ class Int8Conv:
                     ky = [s * (hi - t) + ry + p for t in ty]
                     kx = [s * (hi - t) + rx + p for t in tx]
                     # (in, out, kh, kw) -> rows (tap row, tap column, in), columns out.
-                    mat = w[:, :, ky][:, :, :, kx].permute(2, 3, 0, 1).reshape(-1, w.shape[1])
+                    mat = w[:, :, ky][:, :, :, kx].transpose(2, 3, 0, 1).reshape(-1, w.shape[1])
                     phases.append(Phase(ry, rx, ty[0], tx[0], len(ty), len(tx), _digits(mat)))
         if max(ph.weight.shape[0] for ph in phases) * DIGIT_PRODUCT_MAX > INT32_MAX:
             return None
-        bias = layer.bias.to(torch.int64).numpy().copy()
+        bias = layer.bias.astype(np.int64)
         act = ACTIVATIONS[layer.activation]
         return cls(tuple(phases), bias, window, stride, pad, step, deconv, shift, act, layer.leaky_num, leaky_bits)
 
@@ -159,7 +158,7 @@ class Int8Conv:
         for ph in self.phases:
             cols = _im2col(digits, ph, self.stride, mh, mw)
             try:
-                prod = torch._int_mm(torch.from_numpy(cols), ph.weight).numpy()
+                prod = torch._int_mm(torch.from_numpy(cols), torch.from_numpy(ph.weight)).numpy()
             except RuntimeError:
                 return None
             epilogue(
@@ -173,11 +172,11 @@ class Int8Conv:
         return lo >= VALUE_MIN and hi <= VALUE_MAX
 
 
-def _digits(mat: torch.Tensor) -> torch.Tensor:
+def _digits(mat: np.ndarray) -> np.ndarray:
     """(K, N) int64 weights in range -> (K, 2N) int8 ``[hi | lo]``."""
-    import torch
+    import numpy as np
 
-    return torch.cat([mat >> DIGIT_BITS, mat & ((1 << DIGIT_BITS) - 1)], dim=1).to(torch.int8).contiguous()
+    return np.ascontiguousarray(np.concatenate([mat >> DIGIT_BITS, mat & ((1 << DIGIT_BITS) - 1)], axis=1), np.int8)
 
 
 def _im2col(digits: np.ndarray, ph: Phase, stride: int, mh: int, mw: int) -> np.ndarray:

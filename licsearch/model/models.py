@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..bitstream import Bitstream
 from ..config import ModelsConfig
-from ..errors import BitstreamError, ConfigMismatchError, ModelError
+from ..errors import ConfigMismatchError, ModelError
 from ..spaces import ADAPTER_KIND, PIXELS_KIND
 from ..spaces import space_id_for as space_id_for  # re-exported: callers that fingerprint models name the space
 from .adapter import Adapter, AdapterShape
@@ -138,11 +138,7 @@ class ModelPlane:
     def parse(self, data: bytes) -> Bitstream:
         """Parses a container and checks that this codec made it."""
         bs = Bitstream.from_bytes(data)
-        if bs.profile_id != self.codec.profile_id:
-            raise BitstreamError(
-                f"bitstream was made by codec profile {bs.profile_id}, this codec is {self.codec.profile_id}",
-                hint="decode it with the store or model flags that encoded it",
-            )
+        bs.check_profile(self.codec.profile_id)
         return bs
 
     def entropy_decode(self, data: bytes) -> tuple[Bitstream, torch.Tensor]:

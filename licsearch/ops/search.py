@@ -120,9 +120,12 @@ def fetch_bitstream(store: Store, image_id: str) -> tuple[bytes, dict[str, Any]]
 
 
 def decode_stored(store: Store, image_id: str) -> np.ndarray:
-    """Decodes a stored image to pixels on demand."""
+    """Decodes a stored image to pixels on demand, on the models' cached decoder where they may use one
+    (:func:`~licsearch.bundle.decoder_cache.decode`: no torch)."""
+    from ..bundle.decoder_cache import decode
+
     data, _ = fetch_bitstream(store, image_id)
-    return store.models.decode(data)
+    return decode(store.models, data)
 
 
 def _norm(i: str) -> str:

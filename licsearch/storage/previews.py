@@ -52,7 +52,9 @@ class Previews:
             return path.read_bytes()
         except FileNotFoundError:
             pass
-        data = preview_bytes(store.models.decode(store.blobs.get(ref)))
+        from ..bundle.decoder_cache import decode  # the model plane: only when a preview is made
+
+        data = preview_bytes(decode(store.models, store.blobs.get(ref)))
         if store.read_only:
             return data  # a read-only store is served, not changed
         self.root.mkdir(exist_ok=True)

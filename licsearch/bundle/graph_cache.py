@@ -1,0 +1,115 @@
+"""The user's cache of exported graphs: where it lives, how an entry is written and how it is checked on load.
+
+A store's eager models are exported to ONNX once per machine, in ``$LICSEARCH_CACHE_DIR`` (default
+``~/.cache/licsearch``), so that a CLI command that only queries (:mod:`.text_cache`) or only decodes
+(:mod:`.decoder_cache`) needs neither torch nor the model's own library. Both caches keep an entry as a folder
+``<root>/<kind>/<key>/`` of files and an ``entry.json`` that records each file's sha256; this module owns those rules:
+
+- an entry is built in a temporary folder beside its place and renamed into it when complete, so a killed build
+  leaves no entry that looks complete (and two processes building the same entry keep the first one);
+- every load checks the files against their hashes (:func:`check_files`); a damaged entry raises
+  :class:`DamagedEntry`, and its cache removes it and builds it again, never using it;
+- a cache that cannot be written costs speed only: the command runs on the eager models, with a logged warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from ..errors import LicsearchError
+from ..jsondoc import JsonDocError, decode_json, write_json
+from .manifest import file_sha256
+
+logger = logging.getLogger(__name__)
+
+ENTRY_FILE = "entry.json"
+T = TypeVar("T")
+
+
+class DamagedEntry(Exception):
+    """A cache entry whose files are missing, unreadable or do not match their hashes."""
+
+
+def cache_root() -> Path:
+    """``$LICSEARCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/licsearch`` (``~/.cache/licsearch``)."""
+    env = os.environ.get("LICSEARCH_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "licsearch"
+
+
+def switched_on(variable: str) -> bool:
+    """False where the environment variable ``variable`` is ``off`` or ``0`` (unset: on)."""
+    return os.environ.get(variable, "on").strip().lower() not in ("off", "0")
+
+
+def read_entry_doc(folder: Path) -> dict[str, object] | None:
+    """``entry.json`` of the entry in ``folder`` as a JSON object; None where there is none.
+
+    Raises:
+        DamagedEntry: the file cannot be read or is not a JSON object.
+    """
+    try:
+        raw = (folder / ENTRY_FILE).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):  # no entry, or no cache folder can exist there
+        return None
+    except OSError as e:
+        raise DamagedEntry(f"{ENTRY_FILE}: {e.strerror or e}") from e
+    try:
+        doc = decode_json(raw, ENTRY_FILE)
+    except JsonDocError as e:
+        raise DamagedEntry(f"{ENTRY_FILE} {e}") from e
+    if not isinstance(doc, dict):
+        raise DamagedEntry(f"{ENTRY_FILE} is not a JSON object")
+    return doc
+
+
+def check_files(folder: Path, files: Mapping[str, str]) -> None:
+    """Checks each file of an entry against its recorded sha256.
+
+    Raises:
+        DamagedEntry: a file is missing, unreadable or does not match its hash.
+    """
+    for name, sha in files.items():
+        try:
+            ok = file_sha256(folder / name) == sha
+        except OSError as e:
+            raise DamagedEntry(f"{name}: {e.strerror or e}") from e
+        if not ok:
+            raise DamagedEntry(f"{name} does not match its hash")
+
+
+def hash_files(folder: Path, names: list[str]) -> dict[str, str]:
+    """The sha256 of each named file of a folder, for ``entry.json``."""
+    return {name: file_sha256(folder / name) for name in names}
+
+
+def build_entry(folder: Path, make: Callable[[Path], tuple[T, dict[str, object]]], what: str) -> T | None:
+    """Builds an entry: ``make(tmp)`` writes its files into a temporary folder and returns (result, ``entry.json``
+    document); the folder is then renamed to ``folder``. None, with a warning naming ``what``, where the cache
+    cannot be written or ``make`` fails with a licsearch error.
+    """
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    except OSError as e:
+        logger.warning("%s not written (%s): the eager models run instead", what, e)
+        return None
+    try:
+        result, doc = make(tmp)
+        write_json(tmp / ENTRY_FILE, doc, indent=2)
+        with contextlib.suppress(OSError):  # another process finished the same entry first: keep its copy
+            tmp.rename(folder)
+        return result
+    except (OSError, LicsearchError) as e:
+        logger.warning("%s not written (%s): the eager models run instead", what, e)
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
