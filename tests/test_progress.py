@@ -81,6 +81,25 @@ def test_store_maintenance_bars_follow_the_flags(monkeypatch: pytest.MonkeyPatch
         assert "index" in shown.getvalue()
 
 
+def test_fsck_counts_the_points_it_checks(monkeypatch: pytest.MonkeyPatch, tiny_store: Path) -> None:
+    import uuid
+
+    from licsearch.ops.maintenance import fsck
+    from licsearch.storage.points import Point
+    from licsearch.storage.store import Store
+
+    with Store.open(tiny_store) as store:
+        refs = [store.blobs.put(bytes([i]) * 50) for i in range(3)]
+        vec = [1.0] + [0.0] * 63  # licsearch-tiny's embed_dim is 64
+        points = [Point(str(uuid.UUID(int=i + 1)), {store.space_id: vec}, {"blob": r}) for i, r in enumerate(refs)]
+        store.index.upsert(points)
+        shown = _Terminal()
+        monkeypatch.setattr(sys, "stderr", shown)
+        assert fsck(store, progress=False).ok and shown.getvalue() == ""
+        assert fsck(store).points == 3
+        assert "fsck" in shown.getvalue() and "3/3" in shown.getvalue() and "pt" in shown.getvalue()
+
+
 class _Steps:
     """The least trainer: one linear layer and SGD."""
 

@@ -104,13 +104,14 @@ def configure_fsck(p: argparse.ArgumentParser) -> None:
     add_store_flags(p)
     p.add_argument("--repair", action="store_true")
     p.add_argument("--no-verify", action="store_true", help="skip re-hashing every bitstream")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def cmd_fsck(args: argparse.Namespace) -> Result:
     from ..ops.maintenance import fsck
 
     with open_store(args) as store:
-        rep = fsck(store, repair=args.repair, verify=not args.no_verify)
+        rep = fsck(store, repair=args.repair, verify=not args.no_verify, progress=False if args.no_progress else None)
     d = rep.to_dict()
     human = (
         f"{d['points']} points, {d['bitstreams']} bitstreams: {len(rep.missing)} missing, {len(rep.corrupt)} "

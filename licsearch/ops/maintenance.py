@@ -172,14 +172,14 @@ class FsckReport:
         }
 
 
-def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckReport:
+def fsck(store: Store, *, repair: bool = False, verify: bool = True, progress: bool | None = None) -> FsckReport:
     """Cross-checks points and bitstreams.
 
     A point whose bitstream is missing or corrupt cannot be decoded: repair deletes the point (re-ingest the
     source to restore it). A bitstream no point references is an orphan of an interrupted ingest: repair
     deletes it. With ``verify``, every referenced bitstream is re-hashed. The store's running totals are checked
     against the scan: unknown ones (an older store, a killed writer) are saved, wrong ones are a problem that
-    repair fixes.
+    repair fixes. ``progress``: a bar over the points (None: when stderr is a terminal).
     """
     if repair:
         store.require_writable("repair it (fsck --repair)")
@@ -191,8 +191,13 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
     # One walk of the bitstream folder, before the points: a point whose bitstream is not in it (one written by
     # another process meanwhile, on a server) is looked up on its own.
     stored = store.blobs.inventory()
+    from .progress import progress_bar
+
+    bar = progress_bar(store.index.count(), progress, "fsck", unit="pt")
     for pid, payload in store.index.iter_points(fields=("blob", *SUMMED_FIELDS)):
         rep.points += 1
+        if bar is not None:
+            bar.update()
         summed.append({name: payload.get(name) for name in SUMMED_FIELDS})
         ref = str(payload.get("blob", ""))
         try:
@@ -212,6 +217,8 @@ def fsck(store: Store, *, repair: bool = False, verify: bool = True) -> FsckRepo
                 rep.corrupt.append(pid)
                 bad_points.append(pid)
                 corrupt_refs.add(ref)
+    if bar is not None:
+        bar.close()
     grace = 0.0 if store.local else SERVER_ORPHAN_GRACE_S
     now = time.time()
     for ref, st in stored.items():

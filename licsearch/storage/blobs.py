@@ -64,6 +64,7 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._objects = self.root / "objects"
+        self._objects_dir = str(self._objects)  # for the string paths of reads (pathlib costs more than the read)
         self._tmp = self.root / "tmp"
         self.totals: TotalsKeeper | None = None
         """Told of every object added or deleted (set by the store that owns this blob store; see :mod:`.totals`)."""
@@ -80,8 +81,11 @@ class BlobStore:
 
     def path(self, ref: str) -> Path:
         """Return where the object named by ``ref`` lives (whether or not it exists)."""
-        digest = parse_ref(ref)
-        return self._objects / digest[:2] / f"{digest[2:]}{SUFFIX}"
+        return Path(self._path(parse_ref(ref)))
+
+    def _path(self, digest: str) -> str:
+        # os.path rather than pathlib: fsck reads every object, and building a Path cost it more than reading the file.
+        return os.path.join(self._objects_dir, digest[:2], f"{digest[2:]}{SUFFIX}")
 
     def put(self, data: bytes) -> str:
         """Store ``data`` durably and return its reference.
@@ -136,15 +140,17 @@ class BlobStore:
             InputError: ``ref`` is malformed.
             StoreError: the object is missing or its content does not match its hash.
         """
-        final = self.path(ref)
+        digest = parse_ref(ref)
+        final = self._path(digest)
         try:
-            data = final.read_bytes()
+            with open(final, "rb") as fh:
+                data = fh.read()
         except FileNotFoundError as exc:
             raise StoreError(f"missing bitstream {ref} (expected at {final})", hint=_FSCK_HINT) from exc
         except OSError as exc:
             raise StoreError(f"cannot read bitstream {ref} at {final}: {exc}", hint=_FSCK_HINT) from exc
         actual = hashlib.sha256(data).hexdigest()
-        if actual != parse_ref(ref):
+        if actual != digest:
             raise StoreError(
                 f"corrupt bitstream {ref} at {final}: its content hashes to sha256:{actual}",
                 hint=f"restore the file from a backup, or {_FSCK_HINT}",

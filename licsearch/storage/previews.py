@@ -84,7 +84,9 @@ class Previews:
         from PIL import Image, UnidentifiedImageError
 
         bad = []
-        for ref in refs:
+        wanted = set(refs)
+        # One listing of the previews (usually few) rather than a lookup per reference (a store holds 100,000s).
+        for ref in sorted(r for r in self.iter_refs() if r in wanted):
             path = self.path(ref)
             if not path.is_file():
                 continue
