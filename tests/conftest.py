@@ -70,7 +70,7 @@ def eager_text_queries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
     lives in the session's temporary folder, never the user's."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LICSEARCH_TEXT_CACHE", "off")
-        mp.setenv("LICSEARCH_DECODE_CACHE", "off")
+        mp.setenv("LICSEARCH_CODEC_CACHE", "off")
         mp.setenv("LICSEARCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         yield
 

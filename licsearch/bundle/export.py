@@ -98,34 +98,44 @@ class GraphSpec:
 
 def graph_specs(ms: ModelSet) -> list[GraphSpec]:
     """The five graphs of ``ms``, with seeded sample and check inputs (the same on every export)."""
+    return [
+        *codec_graph_specs(ms.codec),
+        adapter_graph_spec(ms.adapter.module, ms.codec.latent_channels, ms.embed_dim),
+        text_graph_spec(ms.text, ms.embed_dim),
+    ]
+
+
+def codec_graph_specs(codec: Codec) -> list[GraphSpec]:
+    """The codec's three transforms, ``g_a``, ``h_a`` and ``g_s``: a bundle's and the codec cache's
+    (:mod:`.codec_cache`)."""
     import torch
 
-    codec, text = ms.codec, ms.text
     rng = torch.Generator().manual_seed(0)
     m, n = codec.latent_channels, int(codec.model.N)
     x_a, x_b = torch.rand(1, 3, 128, 192, generator=rng), torch.rand(2, 3, 192, 128, generator=rng)
-    y_a, y_b = torch.randn(1, m, 8, 12, generator=rng) * 3, torch.randn(2, m, 12, 8, generator=rng) * 3
+    y_a, y_b = _latents(m)
     latent: dict[str, list[int | str]] = {"y": ["batch", m, "h16", "w16"]}
     y_hat: dict[str, list[int | str]] = {"y_hat": ["batch", m, "h16", "w16"]}
     return [
         GraphSpec("g_a", codec.model.g_a.eval(), x_a, x_b, {"x": ["batch", 3, "height", "width"]}, latent),
         GraphSpec("h_a", _Call(codec.transforms.h_a), y_a, y_b, latent, {"z": ["batch", n, "h64", "w64"]}),
-        g_s_graph_spec(codec),
-        GraphSpec("adapter", ms.adapter.module.eval(), y_a, y_b, y_hat, {"image_embedding": ["batch", ms.embed_dim]}),
-        text_graph_spec(text, ms.embed_dim),
+        GraphSpec("g_s", codec.model.g_s.eval(), y_a, y_b, y_hat, {"x_hat": ["batch", 3, "height", "width"]}),
     ]
 
 
-def g_s_graph_spec(codec: Codec) -> GraphSpec:
-    """The synthesis transform's graph, on seeded latents (the same on every export): a bundle's and the decoder
-    cache's (:mod:`.decoder_cache`)."""
+def adapter_graph_spec(module: nn.Module, latent_channels: int, embed_dim: int) -> GraphSpec:
+    """The adapter's graph (y_hat in, unit vectors out): a bundle's and the codec cache's."""
+    y_a, y_b = _latents(latent_channels)
+    y_hat: dict[str, list[int | str]] = {"y_hat": ["batch", latent_channels, "h16", "w16"]}
+    return GraphSpec("adapter", module.eval(), y_a, y_b, y_hat, {"image_embedding": ["batch", embed_dim]})
+
+
+def _latents(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded sample and check latents of ``m`` channels, of two shapes and batch sizes."""
     import torch
 
     rng = torch.Generator().manual_seed(1)
-    m = codec.latent_channels
-    y_a, y_b = torch.randn(1, m, 8, 12, generator=rng) * 3, torch.randn(2, m, 12, 8, generator=rng) * 3
-    y_hat: dict[str, list[int | str]] = {"y_hat": ["batch", m, "h16", "w16"]}
-    return GraphSpec("g_s", codec.model.g_s.eval(), y_a, y_b, y_hat, {"x_hat": ["batch", 3, "height", "width"]})
+    return torch.randn(1, m, 8, 12, generator=rng) * 3, torch.randn(2, m, 12, 8, generator=rng) * 3
 
 
 def text_graph_spec(text: Any, embed_dim: int) -> GraphSpec:

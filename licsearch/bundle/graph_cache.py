@@ -2,7 +2,7 @@
 
 A store's eager models are exported to ONNX once per machine, in ``$LICSEARCH_CACHE_DIR`` (default
 ``~/.cache/licsearch``), so that a CLI command that only queries (:mod:`.text_cache`) or only decodes
-(:mod:`.decoder_cache`) needs neither torch nor the model's own library. Both caches keep an entry as a folder
+(:mod:`.codec_cache`) needs neither torch nor the model's own library. Both caches keep an entry as a folder
 ``<root>/<kind>/<key>/`` of files and an ``entry.json`` that records each file's sha256; this module owns those rules:
 
 - an entry is built in a temporary folder beside its place and renamed into it when complete, so a killed build
@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ..errors import LicsearchError
 from ..jsondoc import JsonDocError, decode_json, write_json
@@ -31,6 +31,16 @@ logger = logging.getLogger(__name__)
 
 ENTRY_FILE = "entry.json"
 T = TypeVar("T")
+
+
+class Entry(Protocol):
+    """What every cache's ``entry.json`` says first: whether the entry's files may be used."""
+
+    @property
+    def usable(self) -> bool: ...
+
+
+E = TypeVar("E", bound=Entry)
 
 
 class DamagedEntry(Exception):
@@ -113,3 +123,42 @@ def build_entry(folder: Path, make: Callable[[Path], tuple[T, dict[str, object]]
         return None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_entry(
+    folder: Path,
+    loaded: dict[Path, T],
+    *,
+    read: Callable[[Path], E | None],
+    build: Callable[[Path], E | None],
+    open_: Callable[[Path, E], T],
+    what: str,
+) -> tuple[T | None, list[str]]:
+    """The object an entry's files make (``open_``), reading the entry or building it first; None where the entry is
+    not usable or cannot be written. Opened entries are kept in ``loaded`` (each is read and checked once per process).
+
+    A damaged entry (``read`` or ``open_`` raising :class:`DamagedEntry`) is removed and built again, with a notice
+    (logged, and returned for the caller's report).
+    """
+    if folder in loaded:
+        return loaded[folder], []
+    damage = ""
+    opened: T | None = None
+    try:
+        entry = read(folder)
+        if entry is not None and entry.usable:
+            opened = open_(folder, entry)
+    except DamagedEntry as e:
+        damage = f"the {what} {folder} was damaged ({e})"
+        shutil.rmtree(folder, ignore_errors=True)
+        entry = None
+    if entry is None:
+        entry = build(folder)
+        if entry is not None and entry.usable:
+            opened = open_(folder, entry)
+    notices = [f"{damage}: {'rebuilt' if entry is not None else 'removed'}"] if damage else []
+    for n in notices:
+        logger.warning(n)
+    if opened is not None:
+        loaded[folder] = opened
+    return opened, notices

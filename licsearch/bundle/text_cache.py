@@ -21,7 +21,6 @@ the weights (ingest, reindex, a cold query) still refuses the replaced file.
 from __future__ import annotations
 
 import hashlib
-import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,8 +36,6 @@ from .runtime import BundleModelSet, OnnxTextEncoder, RuntimeOptions
 
 if TYPE_CHECKING:
     import numpy as np
-
-logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 """Version of an entry's layout and checks; a new one makes new keys, so older entries are never read."""
@@ -120,27 +117,20 @@ def query_encoder(plane: ModelPlane) -> tuple[OnnxTextEncoder | None, list[str]]
     folder = entry_dir(plane.cfg.clip)
     if folder is None or not cache_enabled():
         return None, []
-    if folder in _loaded:
-        return _loaded[folder], []
-    damage = ""
-    try:
-        entry = read_entry(folder, plane.cfg.clip)
-    except DamagedEntry as e:
-        damage = f"the text query cache {folder} was damaged ({e})"
-        shutil.rmtree(folder, ignore_errors=True)
-        entry = None
-    if entry is None:
-        entry = build_entry(plane, folder)
-    notices = [f"{damage}: {'rebuilt' if entry is not None else 'removed'}"] if damage else []
-    for n in notices:
-        logger.warning(n)
-    if entry is None or not entry.usable:
-        return None, notices
-    encoder = OnnxTextEncoder(
-        folder / GRAPH_FILE, folder / VOCAB_FILE, entry.context_length, entry.clip_sha256, RuntimeOptions.from_env()
+    clip = plane.cfg.clip
+
+    def open_(folder: Path, entry: TextCacheEntry) -> OnnxTextEncoder:
+        graph, vocab = folder / GRAPH_FILE, folder / VOCAB_FILE
+        return OnnxTextEncoder(graph, vocab, entry.context_length, entry.clip_sha256, RuntimeOptions.from_env())
+
+    return graph_cache.open_entry(
+        folder,
+        _loaded,
+        read=lambda f: read_entry(f, clip),
+        build=lambda f: build_entry(plane, f),
+        open_=open_,
+        what="text query cache",
     )
-    _loaded[folder] = encoder
-    return encoder, notices
 
 
 def read_entry(folder: Path, clip: ClipConfig | None = None) -> TextCacheEntry | None:

@@ -6,7 +6,7 @@ names and length bounds, and the latent hash that makes a decoder refuse what it
 NumPy arrays; :class:`~licsearch.model.codec.Codec` builds one from a CompressAI model and adds the transforms.
 
 Its arrays (:meth:`LatentCodec.arrays`) are all a decoder needs besides ``g_s``, so a process that only decodes (the
-CLI's ``get``, :mod:`licsearch.bundle.decoder_cache`) can rebuild it from a file and never import torch.
+CLI's ``get``, :mod:`licsearch.bundle.codec_cache`) can rebuild it from a file and never import torch.
 """
 
 from __future__ import annotations
@@ -214,8 +214,7 @@ class LatentCodec:
         """
         import numpy as np
 
-        # NumPy for the element-wise steps: the same IEEE operations as torch's (round half to even).
-        z_sym = np.round(z - self.z_medians.reshape(1, -1, 1, 1))
+        z_sym = self._z_symbols(z)
         z_int = z_sym.astype(np.int32)
         z_idx = self.z_indexes(z_sym.shape)
         _mark(clock, "z.symbols")
@@ -223,7 +222,7 @@ class LatentCodec:
         z_string = encode_with_indexes(z_int, z_idx, self.z_tables)
         _mark(clock, "z.rans")
         indexes, means = self.entropy_path.params(z_sym, clock)
-        y_sym = np.round(y - means)
+        y_sym = np.round(y - means)  # NumPy: the same IEEE operations as torch's (round half to even)
         y_int = y_sym.astype(np.int32)  # once, for the coder and the hash
         _mark(clock, "y.symbols")
         y_string = encode_with_indexes(y_int, indexes, self.y_tables)
@@ -234,6 +233,18 @@ class LatentCodec:
         y_hat = y_sym + means
         _mark(clock, "hash")
         return streams, digest, y_hat
+
+    def quantize(self, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """The y_hat :meth:`code` returns for these latents, without coding them (an image query's latent)."""
+        import numpy as np
+
+        _, means = self.entropy_path.params(self._z_symbols(z))
+        return np.round(y - means) + means
+
+    def _z_symbols(self, z: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        return np.round(z - self.z_medians.reshape(1, -1, 1, 1))
 
     def entropy_decode(
         self,

@@ -46,7 +46,8 @@ def query_vector(
     """The query's vector in ``space`` (default: the store's active space), and notices (e.g. text truncated).
 
     A space other than the active one is embedded by the models recorded for it, and must be complete. A text runs
-    on the models' cached text graph where they may use one (:func:`~licsearch.bundle.text_cache.embed_queries`).
+    on the models' cached text graph where they may use one (:func:`~licsearch.bundle.text_cache.embed_queries`), an
+    image on their cached codec and adapter (:func:`~licsearch.bundle.codec_cache.embed_image`).
     """
     given = [x is not None for x in (text, image, like)]
     if sum(given) != 1:
@@ -68,10 +69,11 @@ def query_vector(
             notices.append(f"text truncated to the encoder's {ctx} tokens" if ctx else "text truncated")
         return list(emb.vectors[0].tolist()), notices
     if image is not None:
+        from ..bundle.codec_cache import embed_image
         from ..imageio import load_image  # Pillow: not for a text query
 
         loaded = load_image(image, max_pixels=store.config.max_pixels)
-        return models.encode(loaded.pixels).embedding, []
+        return embed_image(models, loaded.pixels), []
     assert like is not None
     rec = store.index.retrieve([like], with_vectors=[space_id])
     if not rec:
@@ -120,9 +122,9 @@ def fetch_bitstream(store: Store, image_id: str) -> tuple[bytes, dict[str, Any]]
 
 
 def decode_stored(store: Store, image_id: str) -> np.ndarray:
-    """Decodes a stored image to pixels on demand, on the models' cached decoder where they may use one
-    (:func:`~licsearch.bundle.decoder_cache.decode`: no torch)."""
-    from ..bundle.decoder_cache import decode
+    """Decodes a stored image to pixels on demand, on the models' cached codec where they may use one
+    (:func:`~licsearch.bundle.codec_cache.decode`: no torch)."""
+    from ..bundle.codec_cache import decode
 
     data, _ = fetch_bitstream(store, image_id)
     return decode(store.models, data)

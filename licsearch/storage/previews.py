@@ -52,7 +52,7 @@ class Previews:
             return path.read_bytes()
         except FileNotFoundError:
             pass
-        from ..bundle.decoder_cache import decode  # the model plane: only when a preview is made
+        from ..bundle.codec_cache import decode  # the model plane: only when a preview is made
 
         data = preview_bytes(decode(store.models, store.blobs.get(ref)))
         if store.read_only:

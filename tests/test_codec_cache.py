@@ -1,7 +1,7 @@
-"""Decoding on the cached decoder (ONNX ``g_s``, the entropy path in NumPy): the same latent as the eager codec and
-pixels within one level; a warm ``get`` imports neither torch nor CompressAI; a damaged entry is rebuilt; a decoder
-that fails its probes and an unwritable cache keep the eager path; a bad bitstream is refused as the eager decoder
-refuses it."""
+"""The cached codec and adapter (ONNX transforms, the entropy path in NumPy): decodes give the eager codec's latent and
+its pixels within one level, image queries the eager top-k; a warm ``get`` or ``search --image`` imports neither torch
+nor CompressAI; a damaged entry is rebuilt; a codec that fails its probes, an unwritable cache and a pixels space keep
+the eager path; a bad bitstream is refused as the eager decoder refuses it."""
 
 from __future__ import annotations
 
@@ -17,18 +17,18 @@ import pytest
 from PIL import Image
 
 from licsearch.bitstream import Bitstream
-from licsearch.bundle import decoder_cache
+from licsearch.bundle import codec_cache
 from licsearch.errors import BitstreamError
 from licsearch.model.latent import STREAM_Y
-from licsearch.ops.search import decode_stored, fetch_bitstream
+from licsearch.ops.search import decode_stored, fetch_bitstream, search
 from licsearch.storage.store import Store
 from tests.conftest import MakeDir, make_image, run_cli
 
 
 @pytest.fixture(scope="module")
 def decode_store(tiny_store_template: Path, module_tmp: MakeDir) -> Iterator[tuple[Path, list[str]]]:
-    """A tiny store of three images of two sizes, with a decoder cache made for this module by its first decode."""
-    root = module_tmp("decoder-cache")
+    """A tiny store of three images of two sizes, with a codec cache made for this module by its first decode."""
+    root = module_tmp("codec-cache")
     store = root / "store"
     shutil.copytree(tiny_store_template, store)
     images = root / "images"
@@ -39,11 +39,11 @@ def decode_store(tiny_store_template: Path, module_tmp: MakeDir) -> Iterator[tup
     with Store.open(store) as s:
         ids = [pid for pid, _ in s.index.iter_points()]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LICSEARCH_DECODE_CACHE", "on")
+        mp.setenv("LICSEARCH_CODEC_CACHE", "on")
         mp.setenv("LICSEARCH_CACHE_DIR", str(root / "cache"))
-        decoder_cache.forget_loaded()
+        codec_cache.forget_loaded()
         yield store, ids
-        decoder_cache.forget_loaded()
+        codec_cache.forget_loaded()
 
 
 def test_the_cached_decoder_decodes_the_eager_latent_and_its_pixels_within_a_level(
@@ -56,14 +56,14 @@ def test_the_cached_decoder_decodes_the_eager_latent_and_its_pixels_within_a_lev
             data, _ = fetch_bitstream(s, pid)
             eager = s.models.decode(data)
             assert cached.shape == eager.shape and cached.dtype == np.uint8
-            assert int(np.abs(cached.astype(np.int16) - eager).max()) <= decoder_cache.PIXEL_DIFF_MAX
-            decoder, _ = decoder_cache.cached_decoder(s.models)
+            assert int(np.abs(cached.astype(np.int16) - eager).max()) <= codec_cache.PIXEL_DIFF_MAX
+            decoder, _ = codec_cache.cached_codec(s.models)
             assert decoder is not None, "the decode ran on the cached decoder"
             bs = Bitstream.from_bytes(data)
             y = decoder.latent.entropy_decode(bs.streams, bs.width, bs.height, bs.latent_hash, version=bs.version)
             assert np.array_equal(y, s.models.entropy_decode(data)[1].numpy()), "the latent is exactly the eager one"
-        entry = decoder_cache.read_entry(decoder_cache.entry_dir(s.config.models.codec) or Path())
-    assert entry is not None and entry.usable and entry.pixel_max_diff <= decoder_cache.PIXEL_DIFF_MAX
+        entry = codec_cache.read_codec_entry(codec_cache.codec_dir(s.config.models.codec) or Path())
+    assert entry is not None and entry.usable and entry.pixel_max_diff <= codec_cache.PIXEL_DIFF_MAX
     assert entry.profile_id == s.models.codec.profile_id and 0 <= entry.pixels_differing < 0.01
 
 
@@ -96,36 +96,36 @@ def test_a_damaged_entry_is_rebuilt_not_used(
     store, ids = decode_store
     built: list[Path] = []
 
-    def rebuild(ms: object, folder: Path) -> decoder_cache.DecoderCacheEntry | None:
+    def rebuild(ms: object, folder: Path) -> codec_cache.CodecCacheEntry | None:
         assert not folder.exists(), "the damaged entry is removed before the rebuild"
         built.append(folder)
         shutil.copytree(tmp_path / "pristine", folder)
-        return decoder_cache.read_entry(folder)
+        return codec_cache.read_codec_entry(folder)
 
     with Store.open(store) as s:
-        folder = decoder_cache.entry_dir(s.config.models.codec)
+        folder = codec_cache.codec_dir(s.config.models.codec)
         assert folder is not None
         want = decode_stored(s, ids[0])
         shutil.copytree(folder, tmp_path / "pristine")
-        tables = folder / decoder_cache.TABLES_FILE
+        tables = folder / codec_cache.TABLES_FILE
         data = bytearray(tables.read_bytes())
         data[len(data) // 2] ^= 0xFF
         tables.write_bytes(bytes(data))
-        with pytest.raises(decoder_cache.DamagedEntry, match=r"latent\.npz does not match its hash"):
-            decoder_cache.read_entry(folder)
-        decoder_cache.forget_loaded()
-        monkeypatch.setattr(decoder_cache, "build_entry", rebuild)
+        with pytest.raises(codec_cache.DamagedEntry, match=r"latent\.npz does not match its hash"):
+            codec_cache.read_codec_entry(folder)
+        codec_cache.forget_loaded()
+        monkeypatch.setattr(codec_cache, "build_codec_entry", rebuild)
         assert np.array_equal(decode_stored(s, ids[0]), want)
         assert built == [folder]
         assert "was damaged (latent.npz does not match its hash): rebuilt" in caplog.text
-        decoder_cache.decode(s.models, fetch_bitstream(s, ids[0])[0])
+        codec_cache.decode(s.models, fetch_bitstream(s, ids[0])[0])
         assert built == [folder], "rebuilt once"
 
 
 def test_a_bad_bitstream_is_refused_by_the_cached_decoder(decode_store: tuple[Path, list[str]]) -> None:
     store, ids = decode_store
     with Store.open(store) as s:
-        decoder, _ = decoder_cache.cached_decoder(s.models)
+        decoder, _ = codec_cache.cached_codec(s.models)
         assert decoder is not None
         bs = Bitstream.from_bytes(fetch_bitstream(s, ids[0])[0])
         y = bytearray(bs.streams[STREAM_Y])
@@ -143,20 +143,62 @@ def test_a_decoder_that_fails_its_probes_and_an_unwritable_cache_keep_the_eager_
 ) -> None:
     store, ids = decode_store
     monkeypatch.setenv("LICSEARCH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(decoder_cache, "PIXEL_DIFF_MAX", -1)  # no decoder can pass: the probes must refuse it
-    decoder_cache.forget_loaded()
+    monkeypatch.setattr(codec_cache, "PIXEL_DIFF_MAX", -1)  # no decoder can pass: the probes must refuse it
+    codec_cache.forget_loaded()
     with Store.open(store) as s:
         data, _ = fetch_bitstream(s, ids[0])
         eager = s.models.decode(data)
         assert np.array_equal(decode_stored(s, ids[0]), eager)
-        folder = decoder_cache.entry_dir(s.config.models.codec)
+        folder = codec_cache.codec_dir(s.config.models.codec)
         assert folder is not None
-        entry = decoder_cache.read_entry(folder)
+        entry = codec_cache.read_codec_entry(folder)
         assert entry is not None and not entry.usable and "pixels differ" in entry.reason
-        assert sorted(p.name for p in folder.iterdir()) == [decoder_cache.ENTRY_FILE], "nothing was kept"
-        assert decoder_cache.cached_decoder(s.models) == (None, [])
+        assert sorted(p.name for p in folder.iterdir()) == [codec_cache.ENTRY_FILE], "nothing was kept"
+        assert codec_cache.cached_codec(s.models) == (None, [])
 
         (tmp_path / "a-file").write_text("")
         monkeypatch.setenv("LICSEARCH_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # no folder can be made there
         assert np.array_equal(decode_stored(s, ids[0]), eager)
-    decoder_cache.forget_loaded()
+    codec_cache.forget_loaded()
+
+
+def test_an_image_query_on_the_cached_codec_and_adapter_gives_the_eager_top_k(
+    decode_store: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    store, _ = decode_store
+    query = tmp_path / "query.png"
+    Image.fromarray(make_image(31, 70, 130)).save(query)
+    with Store.open(store) as s:
+        eager = np.asarray(s.models.encode(np.array(Image.open(query))).embedding)
+        want = [h.id for h in s.index.search(s.space_id, eager.tolist(), top_k=3)]
+        got = search(s, image=query, top_k=3)
+        adapter, _ = codec_cache.cached_adapter(s.models)
+        assert adapter is not None, "the query ran on the cached adapter"
+        fast = np.asarray(codec_cache.embed_image(s.models, np.array(Image.open(query))))
+        entry = codec_cache.read_adapter_entry(codec_cache.adapter_dir(s.config.models) or Path())
+    assert [h.id for h in got.hits] == want
+    assert float(fast @ eager / np.linalg.norm(fast) / np.linalg.norm(eager)) >= codec_cache.IMAGE_COSINE_MIN
+    assert entry is not None and entry.usable and entry.cosine_min >= codec_cache.IMAGE_COSINE_MIN
+    code = (
+        "import sys, json; from licsearch.cli.main import main; "
+        f"code = main(['search', '--store', {str(store)!r}, '--image', {str(query)!r}, '--top-k', '3', '--json']); "
+        "print(json.dumps([m for m in ('torch', 'compressai', 'open_clip') if m in sys.modules]), file=sys.stderr); "
+        "sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert [h["id"] for h in json.loads(proc.stdout)["hits"]] == want
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+
+
+def test_a_pixels_space_keeps_its_image_tower_for_image_queries(decode_store: tuple[Path, list[str]]) -> None:
+    from licsearch.model.models import ModelSet
+    from licsearch.spaces import PIXELS_KIND
+
+    store, _ = decode_store
+    with Store.open(store) as s:
+        pixels_plane = ModelSet(s.config.models, kind=PIXELS_KIND)
+        assert codec_cache.cached_adapter(pixels_plane) == (None, [])
+        image = make_image(5, 64, 64)
+        want = pixels_plane.encode(image).embedding
+        assert np.allclose(codec_cache.embed_image(pixels_plane, image), want)
