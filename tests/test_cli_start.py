@@ -55,3 +55,34 @@ def test_a_codec_loads_without_compressais_point_cloud_modules() -> None:
     assert proc.returncode == 0, proc.stderr
     coder, version, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
     assert coder == "ans" and version.startswith("1.2") and heavy == []
+
+
+def test_a_clips_embedding_width_is_read_from_its_config_without_open_clip() -> None:
+    import open_clip
+
+    from licsearch.model.text import _register_configs, clip_embed_dim
+
+    _register_configs()
+    names = open_clip.list_models()
+    assert "licsearch-world" in names and "ViT-B-32" in names
+    for name in names:
+        assert clip_embed_dim(name) == open_clip.get_model_config(name)["embed_dim"], name
+    assert clip_embed_dim("no-such-model") is None
+
+
+def test_ingest_into_an_adapter_space_imports_no_open_clip(tiny_store: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.conftest import make_image
+
+    Image.fromarray(make_image(3)).save(tmp_path / "a.png")
+    code = (
+        "import sys, json; from licsearch.cli.main import main; "
+        f"code = main(['ingest', '--store', {str(tiny_store)!r}, {str(tmp_path / 'a.png')!r}, '--json']); "
+        "print(json.dumps([m for m in ('open_clip', 'torchvision') if m in sys.modules]), file=sys.stderr); "
+        "sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ingested"] == 1
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []

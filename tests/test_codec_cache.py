@@ -202,3 +202,46 @@ def test_a_pixels_space_keeps_its_image_tower_for_image_queries(decode_store: tu
         image = make_image(5, 64, 64)
         want = pixels_plane.encode(image).embedding
         assert np.allclose(codec_cache.embed_image(pixels_plane, image), want)
+
+
+def test_ingest_on_the_cache_writes_bitstreams_every_decoder_decodes_without_importing_torch(
+    decode_store: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    store, _ = decode_store
+    with Store.open(store) as s:
+        assert codec_cache.cached_encoder(s.models) is not None  # the entries exist (built here if this runs alone)
+    for seed, (h, w) in ((60, (96, 128)), (61, (80, 72))):
+        Image.fromarray(make_image(seed, h, w)).save(tmp_path / f"{seed}.png")
+    code = (
+        "import sys, json; from licsearch.cli.main import main; "
+        f"code = main(['ingest', '--store', {str(store)!r}, {str(tmp_path)!r}, '--json']); "
+        "print(json.dumps([m for m in ('torch', 'compressai', 'open_clip') if m in sys.modules]), file=sys.stderr); "
+        "sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ingested"] == 2
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+    from licsearch.imageio import load_image
+    from licsearch.storage.store import point_id
+
+    with Store.open(store) as s:
+        for seed in (60, 61):
+            image = load_image(tmp_path / f"{seed}.png")
+            pid = point_id(image.pixels_sha256())
+            ((_, payload, vectors),) = s.index.retrieve([pid], with_vectors=[s.space_id])
+            data = s.blobs.get(str(payload["blob"]))
+            eager = s.models.encode(image.pixels)
+            assert payload["codec_profile"] == s.models.codec.profile_id
+            decoded = s.models.decode(data)  # the eager decoder: any decoder decodes the cache's bitstreams
+            assert decoded.shape == image.pixels.shape
+            # g_a on ONNX Runtime may round a few latent elements the other way: the same rate and fidelity.
+            assert abs(len(data) - len(eager.data)) <= 0.01 * len(eager.data) + 8
+            assert abs(_psnr(decoded, image.pixels) - _psnr(s.models.decode(eager.data), image.pixels)) < 0.05
+            vec, want = np.asarray(vectors[s.space_id]), np.asarray(eager.embedding)
+            assert float(vec @ want / np.linalg.norm(vec) / np.linalg.norm(want)) >= codec_cache.IMAGE_COSINE_MIN
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return 10 * float(np.log10(255**2 / max(mse, 1e-12)))

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..bitstream import Bitstream, make_profile_id
 from ..config import CodecConfig, ModelsConfig
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..model.latent import LatentCodec, to_pixels
-from ..model.models import ModelPlane, ModelSet
+from ..model.models import Encoded, ModelPlane, ModelSet
 from ..spaces import ADAPTER_KIND
 from . import graph_cache
 from .graph_cache import ENTRY_FILE, DamagedEntry, cache_root, check_files, hash_files, read_entry_doc
@@ -168,6 +168,10 @@ class CachedCodec:
         self._folder, self._options = folder, options
         self._graphs: dict[str, _Session] = {}
 
+    @property
+    def profile_id(self) -> str:
+        return self.latent.profile_id
+
     def _graph(self, name: str) -> _Session:
         if name not in self._graphs:
             self._graphs[name] = _Session(self._folder / f"{name}.onnx", self._options)
@@ -189,19 +193,65 @@ class CachedCodec:
         return to_pixels(self._graph("g_s")(y_hat), width, height)
 
     def analyse(self, pixels: np.ndarray) -> np.ndarray:
-        """An (H, W, 3) uint8 image -> its y_hat (1, M, h, w): what the encoder would store, without entropy coding.
+        """An (H, W, 3) uint8 image -> its y_hat (1, M, h, w): what the encoder would store, without entropy coding."""
+        y, z = self.transforms([pixels])
+        return self.latent.quantize(y, z)
 
-        As :meth:`~licsearch.model.codec.Codec.compress_batch` prepares it: values divided by 255 in float32, edges
-        replicated up to the downsampling factor.
+    def transforms(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``g_a`` and ``h_a`` of images of one size: (y, z), float32, a batch each.
+
+        The images are prepared as :meth:`~licsearch.model.codec.Codec.compress_batch` prepares them: values divided
+        by 255 in float32, edges replicated up to the downsampling factor.
+
+        Raises:
+            InputError: an image is not (H, W, 3) uint8, or the images differ in size.
         """
         import numpy as np
 
+        h, w = images[0].shape[:2]
+        for im in images:
+            if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                raise InputError(f"expected an (H, W, 3) uint8 image, got {im.shape} {im.dtype}")
+            if im.shape[:2] != (h, w):
+                raise InputError("compress_batch needs images of one size", hint="group images by size first")
         f = self.latent.downsampling
-        h, w = pixels.shape[:2]
-        x = pixels.astype(np.float32).transpose(2, 0, 1)[None] / np.float32(255)
+        x = np.stack(images).astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255)
         x = np.pad(x, ((0, 0), (0, 0), (0, (-h) % f), (0, (-w) % f)), mode="edge")
         y = self._graph("g_a")(np.ascontiguousarray(x))
-        return self.latent.quantize(y, self._graph("h_a")(y))
+        return y, self._graph("h_a")(y)
+
+    def compress(self, y: np.ndarray, z: np.ndarray, width: int, height: int) -> tuple[bytes, np.ndarray]:
+        """One image's latents (batches of one) -> its ``.lics`` container and y_hat."""
+        streams, digest, y_hat = self.latent.code(y, z, width, height)
+        return Bitstream(self.latent.profile_id, width, height, digest, streams).to_bytes(), y_hat
+
+
+class CachedEncoder:
+    """An ``adapter`` plane's encoder on the cache: images -> bitstreams (cached codec) and embeddings (cached adapter),
+    the operation of :meth:`~licsearch.model.models.ModelPlane.encode_batch`.
+
+    Its bitstreams are any encoder's: the entropy parameters come from the canonical path, so every decoder decodes
+    them exactly; ``g_a`` on ONNX Runtime rounds a few latent elements differently from eager torch, so the bytes of
+    one image may differ from the eager encoder's.
+    """
+
+    def __init__(self, codec: CachedCodec, adapter: CachedAdapter) -> None:
+        self.codec, self.adapter = codec, adapter
+
+    @property
+    def profile_id(self) -> str:
+        return self.codec.profile_id
+
+    def encode_batch(self, images: list[np.ndarray]) -> list[Encoded]:
+        import numpy as np
+
+        if not images:
+            return []
+        h, w = images[0].shape[:2]
+        y, z = self.codec.transforms(images)
+        coded = [self.codec.compress(y[i : i + 1], z[i : i + 1], w, h) for i in range(len(images))]
+        vectors = self.adapter.embed(np.concatenate([y_hat for _, y_hat in coded]))
+        return [Encoded(data, [float(v) for v in vec], w, h) for (data, _), vec in zip(coded, vectors, strict=True)]
 
 
 class CachedAdapter:
@@ -228,11 +278,18 @@ def decode(plane: ModelPlane, data: bytes) -> np.ndarray:
 def embed_image(plane: ModelPlane, pixels: np.ndarray) -> list[float]:
     """An image query's vector: the cached codec's analysis and the cached adapter for an ``adapter`` space, where the
     plane may use them; else the plane's own encoder (a ``pixels`` space runs CLIP's image tower)."""
+    encoder = cached_encoder(plane)
+    if encoder is None:
+        return plane.encode(pixels).embedding
+    return [float(v) for v in encoder.adapter.embed(encoder.codec.analyse(pixels))[0]]
+
+
+def cached_encoder(plane: ModelPlane) -> CachedEncoder | None:
+    """The cached encoder of a store's eager models in an ``adapter`` space (ingest's and image queries'), or None
+    where the plane must encode itself (see :func:`cached_codec` and :func:`cached_adapter`)."""
     adapter, _ = cached_adapter(plane)
     codec, _ = cached_codec(plane) if adapter is not None else (None, [])
-    if adapter is None or codec is None:
-        return plane.encode(pixels).embedding
-    return [float(v) for v in adapter.embed(codec.analyse(pixels))[0]]
+    return CachedEncoder(codec, adapter) if adapter is not None and codec is not None else None
 
 
 def cached_codec(plane: ModelPlane) -> tuple[CachedCodec | None, list[str]]:

@@ -191,9 +191,12 @@ class ModelSet(ModelPlane):
 
     @cached_property
     def embed_dim(self) -> int:
-        import open_clip
+        from .text import _register_configs, clip_embed_dim
 
-        from .text import _register_configs
+        dim = clip_embed_dim(self.cfg.clip.model)  # from the config file: no open_clip import
+        if dim is not None:
+            return dim
+        import open_clip
 
         _register_configs()
         cfg = open_clip.get_model_config(self.cfg.clip.model)

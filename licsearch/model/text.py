@@ -52,6 +52,30 @@ def _register_configs() -> None:
         _registered.append(True)
 
 
+def clip_embed_dim(name: str) -> int | None:
+    """A CLIP model's embedding width read from its config file, without importing open_clip; None where no config
+    file of that name is found (a hub or local-folder model: ask open_clip).
+
+    Importing open_clip imports torchvision (2-3 s on this project's 2-core machine), which an ingest into an
+    ``adapter`` space would pay only to learn this number. The files are those open_clip reads: licsearch's own
+    configs, which it registers over open_clip's shipped ones (so they are looked at first), then open_clip's.
+    """
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("open_clip")  # finds the package without running it
+    shipped = [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
+    for folder in (_CONFIG_DIR, *shipped):
+        path = folder / f"{name}.json"
+        if path.is_file():
+            try:
+                cfg = json.loads(path.read_text(encoding="utf-8"))
+                return int(cfg.get("model_cfg", cfg)["embed_dim"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
 def load_clip_model(name: str, tag: str | None, weights: str, *, seed: int = 0) -> Any:
     """Builds an open_clip CLIP model from ``pretrained`` (with ``tag``), ``random`` or a checkpoint path."""
     import open_clip

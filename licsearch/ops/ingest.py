@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..bundle.codec_cache import cached_encoder
 from ..errors import InputError, LicsearchError
 from ..faults import crash_point
 from ..imageio import LoadedImage, iter_image_files, load_image
@@ -25,7 +26,10 @@ from .maintenance import optimize_index
 from .progress import progress_bar
 
 if TYPE_CHECKING:
+    import numpy as np
     from tqdm import tqdm
+
+    from ..model.models import Encoded
 
 DEFAULT_BATCH = 8
 MAX_DUPLICATE_PATHS = 100
@@ -108,7 +112,10 @@ def ingest(
     # changed weights is one error for the run, not one failure per file. A pixels space embeds with CLIP's image
     # tower, an adapter space with the adapter only (it never loads the image tower).
     models = store.models
-    _ = models.codec, (models.image_tower if models.kind == PIXELS_KIND else models.adapter)
+    encoder = cached_encoder(models)  # an adapter space on the codec cache: no torch (bundle/codec_cache.py)
+    if encoder is None:
+        _ = models.codec, (models.image_tower if models.kind == PIXELS_KIND else models.adapter)
+    coder = _Coder(encoder.encode_batch, encoder.profile_id) if encoder else _Coder(models.encode_batch, "")
     store.index.ensure_payload_indexes()  # a store made before a field was indexed gets its index now
     files = list(iter_image_files(paths))
     bar = progress_bar(len(files), progress, "ingest")
@@ -127,7 +134,7 @@ def ingest(
     def flush(key: tuple[int, int]) -> None:
         batch = groups.pop(key, [])
         if batch:
-            _store_batch(store, batch, meta, report, fail)
+            _store_batch(store, coder, batch, meta, report, fail)
             if bar is not None:
                 bar.update(len(batch))
 
@@ -180,11 +187,25 @@ def _record_duplicates(store: Store, duplicates: dict[str, list[str]]) -> None:
             store.index.set_payload([pid], {"duplicate_paths": merged})
 
 
+@dataclass(frozen=True)
+class _Coder:
+    """What ingest encodes with: the models' ``encode_batch`` or the codec cache's, and the profile it writes ("": the
+    models' codec's)."""
+
+    encode_batch: Callable[[list[np.ndarray]], list[Encoded]]
+    profile_id: str
+
+
 def _store_batch(
-    store: Store, batch: list[_Pending], meta: dict[str, Any], report: IngestReport, fail: Callable[[Path, str], None]
+    store: Store,
+    coder: _Coder,
+    batch: list[_Pending],
+    meta: dict[str, Any],
+    report: IngestReport,
+    fail: Callable[[Path, str], None],
 ) -> None:
     try:
-        encoded = store.models.encode_batch([p.image.pixels for p in batch])
+        encoded = coder.encode_batch([p.image.pixels for p in batch])
     except InputError as e:
         for p in batch:
             fail(p.path, str(e))
@@ -204,7 +225,7 @@ def _store_batch(
             "bpp": enc.bpp,
             "width": enc.width,
             "height": enc.height,
-            "codec_profile": store.models.codec.profile_id,
+            "codec_profile": coder.profile_id or store.models.codec.profile_id,
             "space_id": store.space_id,
             "source_path": str(p.path.resolve()),
             "source_format": p.image.format,
