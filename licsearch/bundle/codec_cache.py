@@ -25,6 +25,7 @@ A ``pixels`` space's image queries (CLIP's image tower) and a bundle's planes do
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,11 +38,10 @@ from ..model.models import Encoded, ModelPlane, ModelSet
 from ..spaces import ADAPTER_KIND
 from . import graph_cache
 from .graph_cache import ENTRY_FILE, DamagedEntry, cache_root, check_files, hash_files, read_entry_doc
-from .runtime import RuntimeOptions, make_session
+from .runtime import RuntimeOptions, open_graph
 
 if TYPE_CHECKING:
     import numpy as np
-    import onnxruntime as ort
 
 CACHE_FORMAT = 1
 """Version of an entry's layout and checks; a new one makes new keys, so older entries are never read."""
@@ -130,17 +130,6 @@ class AdapterCacheEntry:
     format: int = CACHE_FORMAT
 
 
-class _Session:
-    """One graph on ONNX Runtime, its single input named."""
-
-    def __init__(self, path: Path, options: RuntimeOptions) -> None:
-        self.session: ort.InferenceSession = make_session(path, options)
-        self.input = self.session.get_inputs()[0].name
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: x})[0]
-
-
 class CachedCodec:
     """A codec from its entry: entropy coding in NumPy and numba, the transforms on ONNX Runtime (each opened on first
     use).
@@ -166,15 +155,16 @@ class CachedCodec:
         if self.latent.profile_id != entry.profile_id:
             raise DamagedEntry(f"{TABLES_FILE} describes profile {self.latent.profile_id}, not {entry.profile_id}")
         self._folder, self._options = folder, options
-        self._graphs: dict[str, _Session] = {}
+        self._graphs: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
 
     @property
     def profile_id(self) -> str:
         return self.latent.profile_id
 
-    def _graph(self, name: str) -> _Session:
+    def _graph(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
+        """A transform's graph, opened on first use: on OpenVINO where ``LICSEARCH_OPENVINO`` names it."""
         if name not in self._graphs:
-            self._graphs[name] = _Session(self._folder / f"{name}.onnx", self._options)
+            self._graphs[name] = open_graph(name, self._folder / f"{name}.onnx", self._options)
         return self._graphs[name]
 
     def decode(self, data: bytes) -> np.ndarray:
@@ -258,7 +248,7 @@ class CachedAdapter:
     """The adapter's graph from its entry: y_hat -> a unit vector."""
 
     def __init__(self, folder: Path, entry: AdapterCacheEntry, options: RuntimeOptions) -> None:
-        self._graph = _Session(folder / ADAPTER_FILE, options)
+        self._graph = open_graph("adapter", folder / ADAPTER_FILE, options)
 
     def embed(self, y_hat: np.ndarray) -> np.ndarray:
         import numpy as np
@@ -440,7 +430,7 @@ def _export_codec(ms: ModelSet, tmp: Path) -> CodecCacheEntry:
     meta, arrays = codec.latent.arrays()
     np.savez(tmp / TABLES_FILE, **arrays)
     files = [*(f"{g}.onnx" for g in CODEC_GRAPHS), TABLES_FILE]
-    cached = CachedCodec(tmp, CodecCacheEntry(**base, usable=True, latent=meta), RuntimeOptions())
+    cached = CachedCodec(tmp, CodecCacheEntry(**base, usable=True, latent=meta), RuntimeOptions.from_env())
     worst, differing, total, reason = 0, 0, 0, ""
     for image in _probe_images():
         h, w = image.shape[:2]
@@ -482,7 +472,7 @@ def _export_adapter(ms: ModelSet, codec: CachedCodec, tmp: Path) -> AdapterCache
         raise
     except Exception as e:  # as for the codec: an adapter the exporter cannot take stays eager
         return AdapterCacheEntry(**base, usable=False, reason=f"adapter not exported ({type(e).__name__}: {e})")
-    adapter = CachedAdapter(tmp, AdapterCacheEntry(**base, usable=True), RuntimeOptions())
+    adapter = CachedAdapter(tmp, AdapterCacheEntry(**base, usable=True), RuntimeOptions.from_env())
     cosines = []
     for image in _probe_images():
         fast = adapter.embed(codec.analyse(image))[0]

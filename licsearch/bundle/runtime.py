@@ -187,14 +187,19 @@ class _OpenVinoGraph:
         return []
 
 
+def open_graph(name: str, path: Path, options: RuntimeOptions) -> _Graph | _OpenVinoGraph:
+    """The graph ``name`` (a bundle's or a cache's) on ONNX Runtime, or on OpenVINO where ``options.openvino`` names
+    it; called with one array, it returns the graph's first output."""
+    return (_OpenVinoGraph if name in options.openvino else _Graph)(path, options)
+
+
 class OnnxTransforms:
     """``g_a``, ``h_a`` and ``g_s`` on ONNX Runtime, or those named in ``options.openvino`` on OpenVINO (torch in and
     out)."""
 
     def __init__(self, root: Path, manifest: Manifest, options: RuntimeOptions) -> None:
         self._g: dict[str, _Graph | _OpenVinoGraph] = {
-            k: (_OpenVinoGraph if k in options.openvino else _Graph)(root / manifest.graphs[k].file, options)
-            for k in ("g_a", "h_a", "g_s")
+            k: open_graph(k, root / manifest.graphs[k].file, options) for k in ("g_a", "h_a", "g_s")
         }
 
     def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
