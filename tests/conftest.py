@@ -6,12 +6,14 @@ weights, the CLIP model is the tiny open_clip config shipped in licsearch/model_
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,6 +97,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False) 
     if check and proc.returncode != 0:
         raise AssertionError(f"licsearch {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+def run_cli_watching(args: list[str], packages: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
+    """Runs the real CLI's ``main(args + ['--json'])`` in a fresh interpreter; its JSON document and which of the
+    top-level ``packages`` it imported (a command meant to run without torch is checked this way)."""
+    code = (
+        "import sys, json; from licsearch.cli.main import main; "
+        f"code = main({[*args, '--json']!r}); "
+        f"print(json.dumps([m for m in {packages!r} if m in sys.modules]), file=sys.stderr); sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), json.loads(proc.stderr.strip().splitlines()[-1])
 
 
 MakeDir = Callable[[str], Path]

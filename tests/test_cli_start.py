@@ -73,16 +73,10 @@ def test_a_clips_embedding_width_is_read_from_its_config_without_open_clip() -> 
 def test_ingest_into_an_adapter_space_imports_no_open_clip(tiny_store: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    from tests.conftest import make_image
+    from tests.conftest import make_image, run_cli_watching
 
     Image.fromarray(make_image(3)).save(tmp_path / "a.png")
-    code = (
-        "import sys, json; from licsearch.cli.main import main; "
-        f"code = main(['ingest', '--store', {str(tiny_store)!r}, {str(tmp_path / 'a.png')!r}, '--json']); "
-        "print(json.dumps([m for m in ('open_clip', 'torchvision') if m in sys.modules]), file=sys.stderr); "
-        "sys.exit(code)"
+    doc, imported = run_cli_watching(
+        ["ingest", "--store", str(tiny_store), str(tmp_path / "a.png")], ("open_clip", "torchvision")
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["ingested"] == 1
-    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+    assert doc["ingested"] == 1 and imported == []

@@ -5,10 +5,7 @@ the eager path; a bad bitstream is refused as the eager decoder refuses it."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +19,11 @@ from licsearch.errors import BitstreamError
 from licsearch.model.latent import STREAM_Y
 from licsearch.ops.search import decode_stored, fetch_bitstream, search
 from licsearch.storage.store import Store
-from tests.conftest import MakeDir, make_image, run_cli
+from tests.conftest import MakeDir, make_image, run_cli, run_cli_watching
+
+HEAVY = ("torch", "compressai", "open_clip")
+"""The packages a warm command on the cache must not import (compressai_import's two stand-in submodules are not
+CompressAI: only the packages themselves are looked for)."""
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +73,9 @@ def test_a_warm_get_imports_neither_torch_nor_compressai(decode_store: tuple[Pat
     with Store.open(store) as s:
         want = decode_stored(s, ids[1])  # warms the cache
     out = tmp_path / "out.png"
-    code = (
-        "import sys, json; from licsearch.cli.main import main; "
-        f"code = main(['get', '--store', {str(store)!r}, {ids[1]!r}, '-o', {str(out)!r}, '--json']); "
-        # The packages themselves (compressai_import's two stand-in submodules are not CompressAI).
-        "print(json.dumps([m for m in ('torch', 'compressai', 'open_clip') if m in sys.modules]), file=sys.stderr); "
-        "sys.exit(code)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["width"] == want.shape[1]
-    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+    doc, imported = run_cli_watching(["get", "--store", str(store), ids[1], "-o", str(out)], HEAVY)
+    assert doc["width"] == want.shape[1]
+    assert imported == []
     assert np.array_equal(np.asarray(Image.open(out)), want)
 
 
@@ -179,16 +172,9 @@ def test_an_image_query_on_the_cached_codec_and_adapter_gives_the_eager_top_k(
     assert [h.id for h in got.hits] == want
     assert float(fast @ eager / np.linalg.norm(fast) / np.linalg.norm(eager)) >= codec_cache.IMAGE_COSINE_MIN
     assert entry is not None and entry.usable and entry.cosine_min >= codec_cache.IMAGE_COSINE_MIN
-    code = (
-        "import sys, json; from licsearch.cli.main import main; "
-        f"code = main(['search', '--store', {str(store)!r}, '--image', {str(query)!r}, '--top-k', '3', '--json']); "
-        "print(json.dumps([m for m in ('torch', 'compressai', 'open_clip') if m in sys.modules]), file=sys.stderr); "
-        "sys.exit(code)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert [h["id"] for h in json.loads(proc.stdout)["hits"]] == want
-    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+    doc, imported = run_cli_watching(["search", "--store", str(store), "--image", str(query), "--top-k", "3"], HEAVY)
+    assert [h["id"] for h in doc["hits"]] == want
+    assert imported == []
 
 
 def test_a_pixels_space_keeps_its_image_tower_for_image_queries(decode_store: tuple[Path, list[str]]) -> None:
@@ -212,16 +198,9 @@ def test_ingest_on_the_cache_writes_bitstreams_every_decoder_decodes_without_imp
         assert codec_cache.cached_encoder(s.models) is not None  # the entries exist (built here if this runs alone)
     for seed, (h, w) in ((60, (96, 128)), (61, (80, 72))):
         Image.fromarray(make_image(seed, h, w)).save(tmp_path / f"{seed}.png")
-    code = (
-        "import sys, json; from licsearch.cli.main import main; "
-        f"code = main(['ingest', '--store', {str(store)!r}, {str(tmp_path)!r}, '--json']); "
-        "print(json.dumps([m for m in ('torch', 'compressai', 'open_clip') if m in sys.modules]), file=sys.stderr); "
-        "sys.exit(code)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["ingested"] == 2
-    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+    doc, imported = run_cli_watching(["ingest", "--store", str(store), str(tmp_path)], HEAVY)
+    assert doc["ingested"] == 2
+    assert imported == []
     from licsearch.imageio import load_image
     from licsearch.storage.store import point_id
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from licsearch.model.tokenizer import ClipTokenizer, open_clip_vocab, tokenizer_
 from licsearch.ops.search import search
 from licsearch.storage.points import Point
 from licsearch.storage.store import Store
-from tests.conftest import MakeDir
+from tests.conftest import MakeDir, run_cli_watching
 
 TINY_DIM = 64  # licsearch-tiny's embed_dim (licsearch/model_configs/licsearch-tiny.json)
 QUERIES = ["a red circle", "two small blue squares", "Ünïcødé &amp; café 🙂", "word " * 120]
@@ -127,16 +125,9 @@ def test_a_warm_search_imports_neither_torch_nor_open_clip(text_store: Path) -> 
     with Store.open(text_store) as s:
         search(s, text="warm the cache")
         want = [h.id for h in search(s, text="a red circle", top_k=3).hits]
-    code = (
-        "import sys, json; from licsearch.cli.main import main; "
-        f"code = main(['search', '--store', {str(text_store)!r}, '--text', 'a red circle', '--top-k', '3', '--json']); "
-        "print(json.dumps([m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip')]), file=sys.stderr); "
-        "sys.exit(code)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert [h["id"] for h in json.loads(proc.stdout)["hits"]] == want
-    assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
+    args = ["search", "--store", str(text_store), "--text", "a red circle", "--top-k", "3"]
+    doc, imported = run_cli_watching(args, ("torch", "open_clip"))
+    assert [h["id"] for h in doc["hits"]] == want and imported == []
 
 
 def test_a_damaged_cache_is_rebuilt_not_used(text_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
