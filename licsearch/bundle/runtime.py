@@ -165,6 +165,7 @@ class _OpenVinoGraph:
         if options.threads:
             self._config["INFERENCE_NUM_THREADS"] = options.threads
         self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._model: Any = None  # the graph as read, reshaped per shape on a clone
         self._lock = threading.Lock()
 
     def __call__(self, x: Any) -> Any:
@@ -175,7 +176,10 @@ class _OpenVinoGraph:
         key = tuple(x.shape)
         compiled = self._compiled.pop(key, None)
         if compiled is None:
-            model = self._core.read_model(str(self._path))
+            if self._model is None:
+                self._model = self._core.read_model(str(self._path))
+            # A clone per shape: the file is parsed once (43 ms for the offline g_s, against 1 ms for a clone).
+            model = self._model.clone()
             model.reshape({0: list(key)})
             compiled = self._core.compile_model(model, "CPU", self._config)
         self._compiled[key] = compiled
