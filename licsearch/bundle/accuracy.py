@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..metrics import psnr
 from .manifest import Int8Bound
+from .runtime import OnnxTransforms, RuntimeOptions
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
     from ..model.codec import Codec
 
@@ -43,28 +43,9 @@ INT8_BOUNDS: dict[str, dict[str, float]] = {
 """Metric and bound of each int8 graph (see the module docstring for why these values)."""
 
 
-class SessionTransforms:
-    """``g_a``, ``h_a`` and ``g_s`` from ONNX files given by path (torch tensors in and out)."""
-
-    def __init__(self, paths: dict[str, Path]) -> None:
-        from .runtime import make_session
-
-        self._sessions = {name: make_session(path) for name, path in paths.items()}
-
-    def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        sess = self._sessions[name]
-        return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.detach().float().contiguous().numpy()})[0])
-
-    def g_a(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run("g_a", x)
-
-    def h_a(self, y: torch.Tensor) -> torch.Tensor:
-        return self._run("h_a", y)
-
-    def g_s(self, y_hat: torch.Tensor) -> torch.Tensor:
-        return self._run("g_s", y_hat)
+def _transforms(files: dict[str, Path]) -> OnnxTransforms:
+    """``g_a``, ``h_a`` and ``g_s`` from these ONNX files, on ONNX Runtime's default options."""
+    return OnnxTransforms(files, RuntimeOptions())
 
 
 def measure(
@@ -84,8 +65,8 @@ def measure(
         return {"cosine_min": _cosine_min(fp32[name], int8, samples)}
     if name == "g_s":
         return {"psnr_vs_fp32_db": _synthesis_psnr(fp32, int8, codec, images)}
-    base = _round_trip(codec, SessionTransforms(fp32), images)
-    swapped = _round_trip(codec, SessionTransforms({**fp32, name: int8}), images)
+    base = _round_trip(codec, _transforms(fp32), images)
+    swapped = _round_trip(codec, _transforms({**fp32, name: int8}), images)
     return {
         "bpp_delta_pct": 100.0 * (swapped[0] - base[0]) / base[0],
         "psnr_delta_db": swapped[1] - base[1],
@@ -111,13 +92,13 @@ def _cosine_min(fp32: Path, int8: Path, samples: list[Any]) -> float:
     return float(cos.min())
 
 
-def _codec_with(codec: Codec, transforms: SessionTransforms) -> Codec:
+def _codec_with(codec: Codec, transforms: OnnxTransforms) -> Codec:
     from ..model.codec import Codec
 
     return Codec(codec.model, codec.arch, codec.quality, codec.weights_sha256, transforms=transforms)
 
 
-def _round_trip(codec: Codec, transforms: SessionTransforms, images: list[np.ndarray]) -> tuple[float, float]:
+def _round_trip(codec: Codec, transforms: OnnxTransforms, images: list[np.ndarray]) -> tuple[float, float]:
     """(mean bpp of the entropy-coded streams, mean PSNR of the fp32-synthesised result) over ``images``."""
     c = _codec_with(codec, transforms)
     bpp, ps = [], []
@@ -131,8 +112,8 @@ def _round_trip(codec: Codec, transforms: SessionTransforms, images: list[np.nda
 
 def _synthesis_psnr(fp32: dict[str, Path], int8: Path, codec: Codec, images: list[np.ndarray]) -> float:
     """Mean PSNR of the int8 synthesis against the fp32 synthesis of the fp32 latents of ``images``."""
-    ref = _codec_with(codec, SessionTransforms(fp32))
-    cand = _codec_with(codec, SessionTransforms({**fp32, "g_s": int8}))
+    ref = _codec_with(codec, _transforms(fp32))
+    cand = _codec_with(codec, _transforms({**fp32, "g_s": int8}))
     ps = []
     for img in images:
         comp = ref.compress(img)

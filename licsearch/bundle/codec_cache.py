@@ -38,7 +38,7 @@ from ..model.models import Encoded, ModelPlane, ModelSet
 from ..spaces import ADAPTER_KIND
 from . import graph_cache
 from .graph_cache import ENTRY_FILE, DamagedEntry, cache_root, check_files, hash_files, read_entry_doc
-from .runtime import RuntimeOptions, open_graph
+from .runtime import CODEC_TRANSFORMS, RuntimeOptions, open_graph
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,7 +54,6 @@ IMAGE_COSINE_MIN = 0.999
 few latent elements the other way, so an image query's vector is close to, not equal to, the eager one's."""
 PROBE_SIZES = ((128, 192), (100, 70), (256, 384))
 """(height, width) of the probe images a new entry is checked on (odd sizes exercise padding and cropping)."""
-CODEC_GRAPHS = ("g_a", "h_a", "g_s")
 TABLES_FILE = "latent.npz"
 ADAPTER_FILE = "adapter.onnx"
 ENV = "LICSEARCH_CODEC_CACHE"
@@ -331,7 +330,7 @@ def read_codec_entry(folder: Path, codec: CodecConfig | None = None) -> CodecCac
         DamagedEntry: ``entry.json`` is unreadable or names another codec than ``codec``, or a file is missing or does
             not match its hash.
     """
-    entry = _entry(folder, CodecCacheEntry, {*(f"{g}.onnx" for g in CODEC_GRAPHS), TABLES_FILE})
+    entry = _entry(folder, CodecCacheEntry, {*(f"{g}.onnx" for g in CODEC_TRANSFORMS), TABLES_FILE})
     if entry is None:
         return None
     if codec is not None and (entry.arch, entry.quality, entry.codec_sha256) != (
@@ -429,7 +428,7 @@ def _export_codec(ms: ModelSet, tmp: Path) -> CodecCacheEntry:
             return CodecCacheEntry(**base, usable=False, reason=f"{spec.name} not exported ({type(e).__name__}: {e})")
     meta, arrays = codec.latent.arrays()
     np.savez(tmp / TABLES_FILE, **arrays)
-    files = [*(f"{g}.onnx" for g in CODEC_GRAPHS), TABLES_FILE]
+    files = [*(f"{g}.onnx" for g in CODEC_TRANSFORMS), TABLES_FILE]
     cached = CachedCodec(tmp, CodecCacheEntry(**base, usable=True, latent=meta), RuntimeOptions.from_env())
     worst, differing, total, reason = 0, 0, 0, ""
     for image in _probe_images():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
     import onnxruntime as ort
     import torch
 
-OPENVINO_GRAPHS = ("g_a", "h_a", "g_s")
+CODEC_TRANSFORMS = ("g_a", "h_a", "g_s")
+"""The codec's heavy transforms, each one graph (a bundle's or the codec cache's)."""
+OPENVINO_GRAPHS = CODEC_TRANSFORMS
 """The graphs that may run on OpenVINO: the convolutional codec transforms (see ``RuntimeOptions.openvino``)."""
 OPENVINO_SHAPES = 8
 """Input shapes an OpenVINO graph keeps compiled (static shapes run faster than one dynamic compilation)."""
@@ -199,12 +202,14 @@ def open_graph(name: str, path: Path, options: RuntimeOptions) -> _Graph | _Open
 
 class OnnxTransforms:
     """``g_a``, ``h_a`` and ``g_s`` on ONNX Runtime, or those named in ``options.openvino`` on OpenVINO (torch in and
-    out)."""
+    out), from ONNX files by graph name (a bundle's: :meth:`from_bundle`; int8 candidates': :mod:`.accuracy`)."""
 
-    def __init__(self, root: Path, manifest: Manifest, options: RuntimeOptions) -> None:
-        self._g: dict[str, _Graph | _OpenVinoGraph] = {
-            k: open_graph(k, root / manifest.graphs[k].file, options) for k in ("g_a", "h_a", "g_s")
-        }
+    def __init__(self, files: Mapping[str, Path], options: RuntimeOptions) -> None:
+        self._g: dict[str, _Graph | _OpenVinoGraph] = {k: open_graph(k, files[k], options) for k in CODEC_TRANSFORMS}
+
+    @classmethod
+    def from_bundle(cls, root: Path, manifest: Manifest, options: RuntimeOptions) -> OnnxTransforms:
+        return cls({k: root / manifest.graphs[k].file for k in CODEC_TRANSFORMS}, options)
 
     def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
         import torch
@@ -314,7 +319,7 @@ class BundleModelSet(ModelPlane):
         sha = state_dict_sha256(model.state_dict())
         if sha != c.sha256:
             raise StoreError(f"bundle {self.root}: codec checkpoint does not match the manifest fingerprint")
-        transforms = OnnxTransforms(self.root, self.manifest, self.options)
+        transforms = OnnxTransforms.from_bundle(self.root, self.manifest, self.options)
         return Codec(
             model, CODEC_ARCHS.get(c.arch), c.quality, sha, random_weights=c.weights == "random", transforms=transforms
         )
