@@ -148,6 +148,8 @@ def test_a_decoder_that_fails_its_probes_and_an_unwritable_cache_keep_the_eager_
         assert entry is not None and not entry.usable and "pixels differ" in entry.reason
         assert sorted(p.name for p in folder.iterdir()) == [codec_cache.ENTRY_FILE], "nothing was kept"
         assert codec_cache.cached_codec(s.models) == (None, [])
+        shutil.rmtree(folder)  # the refusal is remembered: this process neither re-reads nor rebuilds the entry
+        assert codec_cache.cached_codec(s.models) == (None, []) and not folder.exists()
 
         (tmp_path / "a-file").write_text("")
         monkeypatch.setenv("LICSEARCH_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # no folder can be made there

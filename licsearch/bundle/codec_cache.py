@@ -58,8 +58,8 @@ TABLES_FILE = "latent.npz"
 ADAPTER_FILE = "adapter.onnx"
 ENV = "LICSEARCH_CODEC_CACHE"
 
-_codecs: dict[Path, CachedCodec] = {}
-_adapters: dict[Path, CachedAdapter] = {}
+_codecs: dict[Path, CachedCodec | None] = {}
+_adapters: dict[Path, CachedAdapter | None] = {}
 """Entries this process has checked and opened."""
 
 

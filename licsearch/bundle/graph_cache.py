@@ -127,7 +127,7 @@ def build_entry(folder: Path, make: Callable[[Path], tuple[T, dict[str, object]]
 
 def open_entry(
     folder: Path,
-    loaded: dict[Path, T],
+    loaded: dict[Path, T | None],
     *,
     read: Callable[[Path], E | None],
     build: Callable[[Path], E | None],
@@ -135,7 +135,9 @@ def open_entry(
     what: str,
 ) -> tuple[T | None, list[str]]:
     """The object an entry's files make (``open_``), reading the entry or building it first; None where the entry is
-    not usable or cannot be written. Opened entries are kept in ``loaded`` (each is read and checked once per process).
+    not usable or cannot be written. What an entry gave is kept in ``loaded``, refusals too: each entry is read and
+    checked once per process, and a long-lived process (the UI's previews) does not re-read an unusable entry or try
+    again to write one that could not be written on every call.
 
     A damaged entry (``read`` or ``open_`` raising :class:`DamagedEntry`) is removed and built again, with a notice
     (logged, and returned for the caller's report).
@@ -159,6 +161,5 @@ def open_entry(
     notices = [f"{damage}: {'rebuilt' if entry is not None else 'removed'}"] if damage else []
     for n in notices:
         logger.warning(n)
-    if opened is not None:
-        loaded[folder] = opened
+    loaded[folder] = opened
     return opened, notices

@@ -53,7 +53,7 @@ PROBE_TEXTS = (
 GRAPH_FILE = "text.onnx"
 __all__ = ["ENTRY_FILE", "DamagedEntry", "cache_root"]  # with this module's own names
 
-_loaded: dict[Path, OnnxTextEncoder] = {}
+_loaded: dict[Path, OnnxTextEncoder | None] = {}
 """Entries this process has checked and opened (a server or the web UI hashes and opens each once)."""
 
 

@@ -295,10 +295,6 @@ class Codec:
 
     # -- decoding -----------------------------------------------------------------------------------------
 
-    def check_streams(self, streams: dict[str, bytes], width: int, height: int) -> None:
-        """Refuses streams this codec cannot have written for an image of this size (:class:`LatentCodec`)."""
-        self.latent.check_streams(streams, width, height)
-
     def entropy_decode(
         self,
         streams: dict[str, bytes],
