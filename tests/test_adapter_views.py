@@ -109,3 +109,54 @@ def test_world_recipe_trains_and_resumes_as_the_straight_run(tmp_path: Path, mon
     assert prov["data"]["world_seed"] == 7 and prov["options"]["world"] is True
     with pytest.raises(InputError, match="--chunk"):
         train_adapter(options(tmp_path / "bad", 2, chunk=1))
+
+
+def test_an_edit_names_its_original_and_whether_it_is_a_near_duplicate() -> None:
+    pixels = render(sample_specs(1, seed=4, split="train")[0], (256, 256))
+    edit = IngestView()
+    kinds = set()
+    for p in range(60):
+        view, original, near = edit.edit(pixels, np.random.default_rng([1, p]))
+        assert np.array_equal(view, edit(pixels, np.random.default_rng([1, p])))  # the same draws, the same view
+        assert np.array_equal(original, pixels)
+        u = np.random.default_rng([1, p]).random()  # the first draw picks the crop kind
+        assert near == (not edit.crop_p <= u < edit.crop_p + edit.resized_p)
+        kinds.add(near)
+    assert kinds == {True, False}
+    photo = make_image(5, 300, 200)
+    _, original, _ = edit.edit(photo, np.random.default_rng(0), base_side=128)
+    assert min(original.shape[:2]) == 128  # a photo's original is the photo at the view's base size
+
+
+def test_original_targets_teach_a_near_duplicate_its_originals_embedding(tmp_path: Path) -> None:
+    import dataclasses
+
+    from licsearch.eval.semantic import Teacher
+    from licsearch.model.codec import Codec
+    from licsearch.train.adapter import ChunkPairs
+    from licsearch.train.data import ImageFolder
+    from licsearch.train.teacher import ClipTeacher
+
+    write_png(tmp_path / "photos" / "a.png", make_image(3, 160, 128))
+    opts = dataclasses.replace(options(tmp_path / "run", 2, chunk=8), view_target="original")
+    codec = Codec.load("bmshj2018-hyperprior", 1, "random")
+    clip = ClipTeacher.load("licsearch-tiny", None, "random", torch.device("cpu"))
+    stream = ViewStream(ImageFolder(tmp_path / "photos"), 8, opts.seed, opts.world_seed, scene_side=64)
+    pairs = ChunkPairs(codec, clip, stream, opts, torch.device("cpu"))
+    pairs._build(0)
+    edits = stream.edits(0, pairs.specs)
+    teacher = Teacher(clip.model)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, (view, _, _) in enumerate(edits):
+        by_shape.setdefault((-(-view.shape[0] // 64) * 64, -(-view.shape[1] // 64) * 64), []).append(i)
+    got = torch.cat([t for _, t in pairs.groups])
+    order = [i for _, idx in sorted(by_shape.items()) for i in idx]
+    for row, i in enumerate(order):
+        view, original, near = edits[i]
+        want = teacher.embed([original if near else view])[0]
+        assert np.allclose(got[row].numpy(), want, atol=1e-5)
+    assert any(near and not np.array_equal(v, o) for v, o, near in edits), "an edited near-duplicate was drawn"
+    report = train_adapter(opts)
+    assert report.data["view_target"] == "original"
+    with pytest.raises(InputError, match="--view-target"):
+        train_adapter(dataclasses.replace(opts, out=tmp_path / "bad", view_target="pixels"))

@@ -80,6 +80,14 @@ def _configure_adapter(a: argparse.ArgumentParser) -> None:
     a.add_argument("--chunk", type=int, default=256, help="with --world: views whose latents are computed together")
     a.add_argument("--reuse", type=int, default=8, help="with --world: times each view is used before it is replaced")
     a.add_argument("--photo-share", type=float, default=0.25, help="with --world: fraction of views that are photos")
+    from ..train.data import VIEW_TARGETS
+
+    a.add_argument(
+        "--view-target",
+        choices=VIEW_TARGETS,
+        default="view",
+        help="with --world: the teacher embeds each view (view) or, for a near-duplicate view, its original (original)",
+    )
     _workers(a)
     _objective_flags(a)
 
@@ -266,6 +274,7 @@ def _train_adapter(args: argparse.Namespace, common: dict[str, Any]) -> TrainRep
         reuse=args.reuse,
         photo_share=args.photo_share,
         world_seed=args.world_seed,
+        view_target=args.view_target,
         **common,
     )
     if args.objective == "distill":

@@ -258,6 +258,9 @@ def batch_source(
 
 VIEW_SCALES = ((1.0, 0.4), (0.75, 0.2), (0.5, 0.4))
 """(factor, probability) of the resize a view gets: native size, 3/4 and the 50 % downscale of near-duplicates."""
+VIEW_TARGETS = ("view", "original")
+"""What the teacher embeds for a view of :class:`ViewStream`: the view as ingested, or the image a near-duplicate was
+edited from (:meth:`IngestView.edit`)."""
 PHOTO_SIDES = (128, 192, 256, 320)
 """Shorter sides a photo view is resized to before the view's own resize (photos are far larger than scenes)."""
 
@@ -285,6 +288,14 @@ class IngestView:
 
     def __call__(self, pixels: np.ndarray, rng: np.random.Generator, *, base_side: int | None = None) -> np.ndarray:
         """The edited view of ``pixels``; ``base_side`` first resizes the shorter side to it (photos)."""
+        return self.edit(pixels, rng, base_side=base_side)[0]
+
+    def edit(
+        self, pixels: np.ndarray, rng: np.random.Generator, *, base_side: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(view, original, near-duplicate): the edited view, the image it was edited from (``pixels`` after the
+        ``base_side`` resize), and whether the view is a near-duplicate of it (every edit but a random resized crop,
+        which shows other content). The same ``rng`` draws give the same view as :meth:`__call__`."""
         import io
 
         from PIL import Image
@@ -292,8 +303,10 @@ class IngestView:
         image = Image.fromarray(pixels)
         if base_side is not None:
             image = _shorter_side(image, base_side)
+        original = np.asarray(image.convert("RGB")).copy()
         w, h = image.size
         u = rng.random()
+        near = not (self.crop_p <= u < self.crop_p + self.resized_p)
         if u < self.crop_p:
             f = float(rng.uniform(0.8, 0.95))
             cw, ch = max(1, round(w * f)), max(1, round(h * f))
@@ -314,7 +327,7 @@ class IngestView:
             buf = io.BytesIO()
             image.save(buf, format="JPEG", quality=int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))
             image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-        return np.asarray(image.convert("RGB")).copy()
+        return np.asarray(image.convert("RGB")).copy(), original, near
 
 
 def _shorter_side(image: Any, side: int) -> Any:
@@ -345,6 +358,10 @@ class ViewStream:
 
     def views(self, c: int, specs: list[Any]) -> list[np.ndarray]:
         """The uint8 views of chunk ``c``; ``specs`` are the world scenes of the run (at least ``(c + 1) * chunk``)."""
+        return [view for view, _, _ in self.edits(c, specs)]
+
+    def edits(self, c: int, specs: list[Any]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        """(view, original, near-duplicate) of each view of chunk ``c`` (:meth:`IngestView.edit`)."""
         from ..world import render
 
         out = []
@@ -353,7 +370,7 @@ class ViewStream:
             if self.photos is not None and rng.random() < self.photo_share:
                 i = int(rng.integers(len(self.photos)))
                 pixels = (self.photos.load(i).permute(1, 2, 0).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
-                out.append(self.edit(pixels, rng, base_side=int(rng.choice(PHOTO_SIDES))))
+                out.append(self.edit.edit(pixels, rng, base_side=int(rng.choice(PHOTO_SIDES))))
             else:
-                out.append(self.edit(render(specs[p], (self.scene_side, self.scene_side)), rng))
+                out.append(self.edit.edit(render(specs[p], (self.scene_side, self.scene_side)), rng))
         return out
