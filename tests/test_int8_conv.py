@@ -16,7 +16,7 @@ from torch import nn
 from licsearch.errors import ModelError
 from licsearch.model import entropy
 from licsearch.model.codec import Codec, _to_tensor
-from licsearch.model.entropy import ACT_BITS, WEIGHT_BITS, IntegerHyperSynthesis
+from licsearch.model.entropy import ACT_BITS, WEIGHT_BITS, IntegerHyperSynthesis, _subpixel_kernel
 from licsearch.model.int8_conv import VALUE_MAX, VALUE_MIN
 
 from .conftest import make_image
@@ -156,6 +156,8 @@ def test_the_torch_free_layers_equal_the_reference(kind: str, act: nn.Module | N
     ref = _layer(LAYERS[kind](12, 8), rng, act)
     numpy_path = IntegerHyperSynthesis(ref.layers, torch_free=True)
     assert numpy_path.int8 == (None,), "no layer runs on torch's int8 products"
+    # the hyperprior's transposed convolutions run as phases at the input's resolution, the others by spreading
+    assert (_subpixel_kernel(ref.layers[0]) is not None) == (kind in ("deconv5s2", "deconv4s2"))
     for size in [(1, 1), (2, 3), (5, 4), (7, 9)]:
         x = _edge_ints(rng, (1, 12, *size))
         assert torch.equal(numpy_path(x), ref.reference(x)), f"{kind} at {size}"

@@ -247,33 +247,83 @@ def _numpy_layer(x: np.ndarray, layer: IntegerLayer) -> np.ndarray:
     """:func:`_float_layer` without torch: the convolution as one float64 matrix product over the input's windows.
 
     Exact for the same reason as torch's float64 convolution: every product and partial sum is an integer below the
-    bound :meth:`IntegerHyperSynthesis._run` checks, whatever order BLAS sums them in. A transposed convolution is
-    the convolution, with the flipped kernel, of the input spread out by its stride (zeros between the samples).
+    bound :meth:`IntegerHyperSynthesis._run` checks, whatever order BLAS sums them in. A transposed convolution whose
+    output is ``stride`` times its input (the hyperprior's) runs as one convolution at the input's resolution into
+    ``stride**2`` phases of the output (:func:`_subpixel_kernel`), a quarter of the products of the general way: the
+    convolution, with the flipped kernel, of the input spread out by its stride (zeros between the samples).
     """
     import numpy as np
-    from numpy.lib.stride_tricks import sliding_window_view
 
     x = np.asarray(x, dtype=np.float64)
     b, c, h, w = x.shape
     k = layer.weight.shape[-1]
     if layer.kind == "conv":
-        p, stride = layer.padding, layer.stride
-        padded = np.zeros((b, c, h + 2 * p, w + 2 * p))
-        padded[:, :, p : p + h, p : p + w] = x
-        kernel = layer.weight  # (out, in, k, k)
+        acc = _conv(_pad(x, layer.padding), layer.weight, layer.stride)  # weight (out, in, k, k)
+    elif (sub := _subpixel_kernel(layer)) is not None:
+        kernel, reach = sub
+        s, co = layer.stride, layer.weight.shape[1]
+        phases = _conv(_pad(x, reach), kernel, 1)  # (B, h, w, out * s * s): channel (co, rh, rw)
+        acc = phases.reshape(b, h, w, co, s, s).transpose(0, 1, 4, 2, 5, 3).reshape(b, h * s, w * s, co)
     else:
         s, e = layer.stride, k - 1 - layer.padding
         if e < 0:
             raise ModelError("a transposed convolution with padding beyond its kernel is not supported")
-        op, stride = layer.output_padding, 1
+        op = layer.output_padding
         padded = np.zeros((b, c, (h - 1) * s + 1 + 2 * e + op, (w - 1) * s + 1 + 2 * e + op))
         padded[:, :, e : e + (h - 1) * s + 1 : s, e : e + (w - 1) * s + 1 : s] = x
-        kernel = layer.weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (in, out, k, k) -> flipped (out, in, k, k)
-    # NumPy's stubs take one axis; the function takes a tuple of them.
-    windows = sliding_window_view(padded, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]  # type: ignore[call-overload]  # (B, C, oh, ow, k, k)
-    acc = np.tensordot(windows, kernel, axes=([1, 4, 5], [1, 2, 3]))  # (B, oh, ow, out)
+        acc = _conv(padded, layer.weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), 1)  # flipped (out, in, k, k)
     acc += layer.bias
     return _rescale(np.ascontiguousarray(acc.transpose(0, 3, 1, 2)), layer)
+
+
+def _pad(x: np.ndarray, p: int) -> np.ndarray:
+    import numpy as np
+
+    b, c, h, w = x.shape
+    padded = np.zeros((b, c, h + 2 * p, w + 2 * p))
+    padded[:, :, p : p + h, p : p + w] = x
+    return padded
+
+
+def _conv(padded: np.ndarray, kernel: np.ndarray, stride: int) -> np.ndarray:
+    """(B, C, H, W) padded input, (out, C, k, k) kernel -> (B, oh, ow, out): one float64 matrix product over windows."""
+    import numpy as np
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    k = kernel.shape[-1]
+    # NumPy's stubs take one axis; the function takes a tuple of them.
+    windows = sliding_window_view(padded, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]  # type: ignore[call-overload]  # (B, C, oh, ow, k, k)
+    return np.tensordot(windows, kernel, axes=([1, 4, 5], [1, 2, 3]))
+
+
+def _subpixel_kernel(layer: IntegerLayer) -> tuple[np.ndarray, int] | None:
+    """A transposed convolution as a convolution into its output's phases: (kernel, reach), or None where the output
+    is not ``stride`` times the input or the taps do not reach as far on both sides.
+
+    Output ``o = s*m + r`` of a transposed convolution sums input ``i = m + d`` times tap ``r + padding - s*d``; the
+    kernel's channel ``(co, rh, rw)`` holds, at offset ``(dh, dw)`` in ``[-reach, reach]``, those taps (zero where a
+    tap falls outside the kernel).
+    """
+    import numpy as np
+
+    s, p, k = layer.stride, layer.padding, layer.weight.shape[-1]
+    if layer.kind != "deconv" or k - 2 * p + layer.output_padding != s:
+        return None
+    offsets = [d for d in range(-k, k + 1) if any(0 <= r + p - s * d < k for r in range(s))]
+    reach = max(offsets)
+    if -min(offsets) != reach:
+        return None
+    ci, co = layer.weight.shape[:2]
+    n = 2 * reach + 1
+    kernel = np.zeros((co, s, s, ci, n, n))
+    for rh in range(s):
+        for rw in range(s):
+            for dh in range(-reach, reach + 1):
+                for dw in range(-reach, reach + 1):
+                    th, tw = rh + p - s * dh, rw + p - s * dw
+                    if 0 <= th < k and 0 <= tw < k:
+                        kernel[:, rh, rw, :, dh + reach, dw + reach] = layer.weight[:, :, th, tw].T
+    return kernel.reshape(co * s * s, ci, n, n), reach
 
 
 def _rescale(out: np.ndarray, layer: IntegerLayer) -> np.ndarray:
