@@ -94,3 +94,21 @@ def test_mismatched_lengths_and_bad_indexes_are_refused(codec: Codec) -> None:
         encode_with_indexes(np.zeros(3, np.int32), np.zeros(2, np.int32), tables)
     with pytest.raises(ValueError, match="do not fit"):
         encode_with_indexes(np.zeros(1, np.int32), np.array([len(tables.sizes)], np.int32), tables)
+
+
+def test_the_background_warm_up_loads_both_kernels_in_a_fresh_interpreter() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from licsearch.model import rans\n"
+        "assert 'numba' not in sys.modules\n"
+        "t = rans.warm_up_in_background()\n"
+        "t.join(300)\n"
+        "assert not t.is_alive() and t.daemon\n"
+        "assert rans._encoder_kernel.cache_info().currsize == 1 and rans._kernel.cache_info().currsize == 1\n"
+        "print('warm')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "warm", done.stderr

@@ -20,6 +20,7 @@ initial ``2**31``). Any such defect raises :class:`~licsearch.errors.BitstreamEr
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from ..errors import BitstreamError
 from .jit import compile_kernel
 
 if TYPE_CHECKING:
+    import threading
+
     import numpy as np
 
 PRECISION = 16  # probability bits (CompressAI's ``entropy_coder_precision``)
@@ -178,6 +181,24 @@ def encode_with_indexes(symbols: np.ndarray, indexes: np.ndarray, tables: RansTa
     if first < 0:
         raise ValueError("a CDF of a single symbol cannot be coded (CompressAI's coder stores frequencies in 16 bits)")
     return out[first:].astype("<u4", copy=False).tobytes()
+
+
+def warm_up_in_background() -> threading.Thread:
+    """Runs :func:`warm_up` in a daemon thread and returns it.
+
+    numba's first load costs a CLI command 0.6-0.7 s (importing numba, then initialising its CPU target), nearly all
+    of it Python holding the GIL; started before work that releases the GIL (ONNX Runtime's transforms, image
+    decoding, file I/O), it runs meanwhile. A failure is left for the caller's own first call to raise.
+    """
+    import threading
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            warm_up()
+
+    thread = threading.Thread(target=run, name="rans-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def warm_up() -> None:

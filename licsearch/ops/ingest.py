@@ -19,6 +19,7 @@ from ..bundle.codec_cache import cached_encoder
 from ..errors import InputError, LicsearchError
 from ..faults import crash_point
 from ..imageio import LoadedImage, iter_image_files, load_image
+from ..model import rans
 from ..spaces import PIXELS_KIND
 from ..storage.index import Point
 from ..storage.store import Store, point_id
@@ -113,6 +114,8 @@ def ingest(
     # tower, an adapter space with the adapter only (it never loads the image tower).
     models = store.models
     encoder = cached_encoder(models)  # an adapter space on the codec cache: no torch (bundle/codec_cache.py)
+    if encoder is not None:
+        rans.warm_up_in_background()  # numba loads while the files are read and the transforms run
     if encoder is None:
         _ = models.codec, (models.image_tower if models.kind == PIXELS_KIND else models.adapter)
     coder = _Coder(encoder.encode_batch, encoder.profile_id) if encoder else _Coder(models.encode_batch, "")
