@@ -85,20 +85,25 @@ train-offline: setup
 	$(MAKE) train-adapters-world
 	$(MAKE) ship-offline
 
-# The shipped adapters: adapter-q3-base (precomputed views above) trained on views made on the fly (new world train
-# scenes and the photos, cropped, resized and JPEG re-encoded as a collection holds them), then q1/q2/q4 from it.
-ADAPTER_WORLD_STEPS ?= 288
-ADAPTER_FT_STEPS ?= 48
+# The shipped adapters: adapter-q3-base (precomputed views above), then three runs on views made on the fly (new world
+# train scenes of each --world-seed and the photos, cropped, resized and JPEG re-encoded as a collection holds them; a
+# near-duplicate view is taught its original's embedding: --view-target original), then q1/q2/q4 from it.
+ADAPTER_FT_STEPS ?= 160
 ADAPTER_WORLD := $(TRAIN) adapter --images $(PHOTOS) --clip licsearch-world \
 	--clip-weights $(RUNS)/clip-world/clip.safetensors --world --chunk 256 --batch-size 32 --eval-images 32 \
-	--device $(TRAIN_DEVICE)
+	--reuse 6 --view-target original --device $(TRAIN_DEVICE)
+ADAPTER_WORLD_Q3 := $(ADAPTER_WORLD) --codec bmshj2018-hyperprior:3 --codec-weights $(RUNS)/codec-q3/codec.safetensors \
+	--lr 3e-4
 train-adapters-world: setup
-	$(ADAPTER_WORLD) --codec bmshj2018-hyperprior:3 --codec-weights $(RUNS)/codec-q3/codec.safetensors \
-		--init $(RUNS)/adapter-q3-base/adapter.safetensors --world-seed 7 --reuse 6 --steps $(ADAPTER_WORLD_STEPS) \
-		--lr 3e-4 --out $(RUNS)/adapter-q3
+	$(ADAPTER_WORLD_Q3) --init $(RUNS)/adapter-q3-base/adapter.safetensors --world-seed 7 --steps 640 \
+		--out $(RUNS)/adapter-q3-w7
+	$(ADAPTER_WORLD_Q3) --init $(RUNS)/adapter-q3-w7/adapter.safetensors --world-seed 8 --steps 1600 \
+		--out $(RUNS)/adapter-q3-w8
+	$(ADAPTER_WORLD_Q3) --init $(RUNS)/adapter-q3-w8/adapter.safetensors --world-seed 9 --steps 1600 \
+		--out $(RUNS)/adapter-q3
 	for q in 2 1 4; do $(ADAPTER_WORLD) --codec bmshj2018-hyperprior:$$q --codec-weights \
 		$(RUNS)/codec-q$$q/codec.safetensors --init $(RUNS)/adapter-q3/adapter.safetensors --world-seed 1$$q \
-		--seed $$q --reuse 6 --steps $(ADAPTER_FT_STEPS) --lr 2e-4 --out $(RUNS)/adapter-q$$q || exit 1; done
+		--seed $$q --steps $(ADAPTER_FT_STEPS) --lr 2e-4 --out $(RUNS)/adapter-q$$q || exit 1; done
 
 ship-offline: setup
 	$(BIN)/python -m licsearch.train.ship --runs $(RUNS)
