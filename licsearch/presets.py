@@ -45,6 +45,17 @@ PRESETS: Registry[Preset] = Registry("preset")
 OFFLINE_QUALITY = 3
 """The codec quality of the offline preset (the other shipped qualities serve ``licsearch eval``)."""
 
+
+def offline_adapter_file(quality: int) -> str:
+    """The shipped adapter of codec quality ``quality`` that the offline preset and ``licsearch eval`` use.
+
+    ``adapter-views-qN`` (trained on views as a collection holds them, ``make train-adapters-world``) replaced the
+    first ``adapter-qN``, which stay in the package unchanged: a store records its weights' fingerprint, so a store
+    made with a first adapter keeps opening with it (and can move to the new one with ``licsearch reindex``).
+    """
+    return f"adapter-views-q{quality}.safetensors"
+
+
 PRESETS.register(
     "offline",
     Preset(
@@ -59,7 +70,7 @@ PRESETS.register(
             clip=ClipConfig(
                 model="licsearch-world", tag=None, weights=f"{SHIPPED_PREFIX}offline/clip-world.safetensors"
             ),
-            adapter=AdapterConfig(weights=f"{SHIPPED_PREFIX}offline/adapter-q{OFFLINE_QUALITY}.safetensors"),
+            adapter=AdapterConfig(weights=f"{SHIPPED_PREFIX}offline/{offline_adapter_file(OFFLINE_QUALITY)}"),
         ),
     ),
 )

@@ -185,8 +185,8 @@ TRAINING_ROWS = {
     "`codec-q3.safetensors`": ["codec-q3"],
     "`codec-q1/q2/q4.safetensors`": ["codec-q1", "codec-q2", "codec-q4"],
     "`clip-world.safetensors` (float16)": ["clip-world"],
-    "`adapter-q3.safetensors`": ["adapter-q3"],
-    "`adapter-q1/q2/q4.safetensors`": ["adapter-q1", "adapter-q2", "adapter-q4"],
+    "`adapter-views-q3.safetensors` (float16)": ["adapter-views-q3"],
+    "`adapter-views-q1/q2/q4.safetensors` (float16)": ["adapter-views-q1", "adapter-views-q2", "adapter-views-q4"],
 }
 
 

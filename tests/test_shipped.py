@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from licsearch.errors import LicsearchError, ModelError
 from licsearch.model.weights import SHIPPED_PREFIX, load_state_dict_file, resolve_source, shipped_dir
-from licsearch.presets import PRESETS, preset_models
+from licsearch.presets import PRESETS, offline_adapter_file, preset_models
 from licsearch.train.ship import REFERENCE_FILE, reference_figures
+from licsearch.world import render, sample_specs
 from tests.conftest import run_cli
 
 OFFLINE = shipped_dir() / "offline"
@@ -28,7 +30,7 @@ def test_shipped_files_exist_are_small_and_have_provenance() -> None:
     preset = PRESETS.get("offline")
     preset.check_present()
     files = sorted(OFFLINE.glob("*.safetensors"))
-    assert {p.name for p in files} >= {"codec-q3.safetensors", "clip-world.safetensors", "adapter-q3.safetensors"}
+    assert {p.name for p in files} >= {"codec-q3.safetensors", "clip-world.safetensors", offline_adapter_file(3)}
     for path in files:
         assert path.stat().st_size <= MAX_FILE_BYTES, f"{path.name} is over 25 MB"
         prov = json.loads(path.with_name(path.name.replace(".safetensors", ".provenance.json")).read_text())
@@ -114,8 +116,42 @@ def test_a_missing_shipped_file_is_a_clear_error() -> None:
         load_state_dict_file("shipped:offline/nothing.safetensors", what="codec")
 
 
-def test_shipped_clip_is_float16_and_codec_float32() -> None:
+def test_shipped_clip_and_adapters_are_float16_and_codec_float32() -> None:
     clip = load_state_dict_file("shipped:offline/clip-world.safetensors", what="CLIP")
     codec = load_state_dict_file("shipped:offline/codec-q3.safetensors", what="codec")
     assert {str(v.dtype) for v in clip.values() if v.is_floating_point()} == {"torch.float16"}
     assert {str(v.dtype) for v in codec.values() if v.is_floating_point()} == {"torch.float32"}
+    for q in (1, 2, 3, 4):
+        adapter = load_state_dict_file(f"shipped:offline/{offline_adapter_file(q)}", what="adapter")
+        assert {str(v.dtype) for v in adapter.values() if v.is_floating_point()} == {"torch.float16"}
+
+
+# The first shipped adapters, byte for byte (sha256 of the files): the stores made with them record their weights.
+FIRST_ADAPTERS = {
+    "adapter-q1.safetensors": "2ac8fb8b7018b3b78571710f247639e8de64f9fda10b434469622b378eb77c17",
+    "adapter-q2.safetensors": "99dd883057d5188aa16e426382adff752aa8f6213aeeb14e37254bb7b7081553",
+    "adapter-q3.safetensors": "c740b91e6abfe3ca3435f94ed7462af5d193254419ec2fdc76e775b97041d3bb",
+    "adapter-q4.safetensors": "3f45fdabfef931da2406d2e75433ea8dc15714891ee6f722b6dca3ee063306a7",
+}
+
+
+def test_a_store_made_with_the_first_shipped_adapter_still_opens_and_ingests(tmp_path: Path) -> None:
+    """The adapters that ``adapter-views-qN`` replaced stay in the package byte for byte, so old stores keep working."""
+    import hashlib
+
+    for name, sha in FIRST_ADAPTERS.items():
+        assert (OFFLINE / name).is_file(), f"{name} must stay shipped: stores made with it record its fingerprint"
+        assert hashlib.sha256((OFFLINE / name).read_bytes()).hexdigest() == sha, f"{name} changed"
+    store = str(tmp_path / "old")
+    old = ("--codec", "bmshj2018-hyperprior:3", "--codec-weights", "shipped:offline/codec-q3.safetensors")
+    old += ("--clip", "licsearch-world", "--clip-weights", "shipped:offline/clip-world.safetensors")
+    run_cli("init", "--store", store, *old, "--adapter-weights", "shipped:offline/adapter-q3.safetensors", check=True)
+    image = tmp_path / "scene.png"
+    Image.fromarray(render(sample_specs(1, seed=0, split="test")[0], (128, 128))).save(image)
+    run_cli("ingest", "--store", store, str(image), check=True)
+    stats = json.loads(run_cli("stats", "--store", store, "--json", check=True).stdout)
+    assert stats["images"] == 1 and not stats["random_weights"]
+    new = f"shipped:offline/{offline_adapter_file(3)}"  # and it moves to the new adapter from its bitstreams
+    run_cli("reindex", "--store", store, "--adapter-weights", new, "--activate", check=True)
+    moved = json.loads(run_cli("stats", "--store", store, "--json", check=True).stdout)
+    assert moved["space_id"] != stats["space_id"] and moved["images"] == 1

@@ -1,8 +1,9 @@
 """Shipping trained weights into the package (``licsearch/shipped/PRESET``) with their provenance and figures.
 
 :func:`ship_run` copies a training run's weights file next to its ``provenance.json`` (data, steps, seed, command,
-hardware); CLIP weights are stored as float16 (halving an 8.8 M-parameter model to stay under the 25 MB a file
-the repository allows; the tensors are cast back to float32 on load). Codec weights stay float32: the entropy
+hardware); CLIP and adapter weights are stored as float16 (halving an 8.8 M-parameter CLIP to stay under the 25 MB a
+file the repository allows, and each adapter to 5 MB; the tensors are cast back to float32 on load, and every
+recorded figure is measured on the shipped float16 files). Codec weights stay float32: the entropy
 tables written by ``update()`` were computed from the float32 quantiles, and rounding those would move the medians
 the tables are offset by.
 
@@ -136,7 +137,7 @@ def ship_offline(runs: Path, qualities: tuple[int, ...] = (1, 2, 3, 4)) -> list[
     The preset's own quality needs its adapter; other qualities ship theirs when they were trained (``licsearch
     eval`` measures the semantic task at every quality that has one).
     """
-    from ..presets import OFFLINE_QUALITY
+    from ..presets import OFFLINE_QUALITY, offline_adapter_file
 
     if not (runs / f"adapter-q{OFFLINE_QUALITY}").is_dir():
         raise InputError(f"{runs} has no adapter-q{OFFLINE_QUALITY} run", hint="run `make train-offline` first")
@@ -151,7 +152,7 @@ def ship_offline(runs: Path, qualities: tuple[int, ...] = (1, 2, 3, 4)) -> list[
     for q in qualities:
         if (runs / f"adapter-q{q}").is_dir():
             written.append(
-                ship_run(runs / f"adapter-q{q}", "adapter.safetensors", "offline", f"adapter-q{q}.safetensors")
+                ship_run(runs / f"adapter-q{q}", "adapter.safetensors", "offline", offline_adapter_file(q), half=True)
             )
     written.append(write_reference("offline"))
     written.append(write_summary("offline"))
@@ -159,16 +160,17 @@ def ship_offline(runs: Path, qualities: tuple[int, ...] = (1, 2, 3, 4)) -> list[
 
 
 def quality_models(preset: str, quality: int) -> ModelsConfig:
-    """The preset's models with the shipped codec and adapter of ``quality`` (``codec-qN``, ``adapter-qN``)."""
+    """The preset's models with the shipped codec and adapter of ``quality`` (``codec-qN``,
+    :func:`~licsearch.presets.offline_adapter_file`)."""
     import dataclasses
 
-    from ..presets import PRESETS
+    from ..presets import PRESETS, offline_adapter_file
 
     m = PRESETS.get(preset).models
     codec = dataclasses.replace(
         m.codec, quality=quality, weights=f"{SHIPPED_PREFIX}{preset}/codec-q{quality}.safetensors"
     )
-    adapter = dataclasses.replace(m.adapter, weights=f"{SHIPPED_PREFIX}{preset}/adapter-q{quality}.safetensors")
+    adapter = dataclasses.replace(m.adapter, weights=f"{SHIPPED_PREFIX}{preset}/{offline_adapter_file(quality)}")
     return dataclasses.replace(m, codec=codec, adapter=adapter)
 
 
