@@ -27,8 +27,8 @@ from .conftest import MakeDir, write_png
 from .test_cli import cli_inprocess
 
 SIDE = 64
-N_SCENES = 64
-SAMPLE = "40"
+N_SCENES = 96
+SAMPLE = "64"
 HOLDOUT = "0.4"
 CLIP_B = "shipped:offline/clip-world-b.safetensors"
 MIGRATE = (
@@ -133,7 +133,7 @@ def test_migrate_moves_the_store_to_the_new_clip_and_reports_its_cost(migrated: 
 
     r = migrated.report
     assert (r["state"], r["activated"], r["method"]) == ("active", True, "ridge_head")
-    assert r["sample"] == {"n": 40, "train": 24, "heldout": 16, "points": N_SCENES, "anchors": 0}
+    assert r["sample"] == {"n": 64, "train": 38, "heldout": 26, "points": N_SCENES, "anchors": 0}
     assert set(r["cost"]) == COST_KEYS
     assert set(r["seconds"]) == {"sample_decode", "sample_embed", "fit", "reembed"}
     assert all(v > 0 for v in r["seconds"].values()), r["seconds"]

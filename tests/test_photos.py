@@ -220,7 +220,7 @@ def test_dupes_groups_near_duplicates_with_the_offline_preset(tmp_path: Path) ->
         if i < 2:  # two scenes with their near-duplicates, two alone
             image.save(folder / f"{i}_q50.jpg", quality=50)
             image.crop((16, 12, 304, 228)).save(folder / f"{i}_crop.png")
-    # 50 % resizes are left out: the shipped adapter maps them too far (README, Duplicates)
+    # 50 % resizes are left out: the shipped adapter finds them less than half the time (README, Duplicates)
     store = str(tmp_path / "store")
     run_cli("init", "--store", store, "--preset", "offline", check=True)
     run_cli("ingest", "--store", store, "--no-progress", str(folder), check=True)
