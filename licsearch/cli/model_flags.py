@@ -6,7 +6,6 @@ eval, train).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .. import defaults
 from ..config import AdapterConfig, ClipConfig, CodecConfig, ModelsConfig
@@ -94,10 +93,6 @@ def models_with_defaults(args: argparse.Namespace) -> ModelsConfig:
 def resolve_weights(value: str | None, default: str) -> str:
     """A weights flag: ``pretrained``, ``random`` and ``shipped:NAME`` as they are, a path made absolute (it is
     recorded in the store config and in provenance), ``default`` when the flag was not given."""
-    from ..model.weights import PRETRAINED, RANDOM, SHIPPED_PREFIX
+    from ..model.weights import normalise_source
 
-    if value is None:
-        return default
-    if value in (PRETRAINED, RANDOM) or value.startswith(SHIPPED_PREFIX):
-        return value
-    return str(Path(value).expanduser().resolve())
+    return default if value is None else normalise_source(value)

@@ -46,6 +46,14 @@ def resolve_source(source: str | Path) -> Path:
     return path
 
 
+def normalise_source(source: str) -> str:
+    """A weights source as a store records it: ``pretrained``, ``random`` and ``shipped:NAME`` as they are (resolved
+    where they are loaded), a path made absolute."""
+    if source in (PRETRAINED, RANDOM) or source.startswith(SHIPPED_PREFIX):
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
 def is_path_source(source: str) -> bool:
     """True when a weights source names a file rather than ``pretrained`` or ``random``."""
     return source not in (PRETRAINED, RANDOM)

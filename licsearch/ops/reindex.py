@@ -29,7 +29,7 @@ from ..config import ModelsConfig, SpaceConfig
 from ..errors import ConfigMismatchError, InputError, LicsearchError
 from ..faults import crash_point
 from ..model.models import ModelPlane, ModelSet
-from ..model.weights import RANDOM, SHIPPED_PREFIX
+from ..model.weights import normalise_source
 from ..spaces import ACTIVE, BUILDING, COMPLETE, PIXELS_KIND, space_id_for
 from ..storage import space_vectors
 from ..storage.store import Store, model_plane_for
@@ -197,8 +197,7 @@ def _bundle_target(bundle: Path, space_id: str | None) -> Target:
 
 def _adapter_target(store: Store, weights: str, space_id: str | None) -> Target:
     base = store.config.models
-    kept = weights == RANDOM or weights.startswith(SHIPPED_PREFIX)  # resolved where they are loaded
-    source = weights if kept else str(Path(weights).expanduser().resolve())
+    source = normalise_source(weights)
     models = dataclasses.replace(base, adapter=dataclasses.replace(base.adapter, weights=source, sha256=""))
     plane = ModelSet(models)
     fingerprinted = dataclasses.replace(
