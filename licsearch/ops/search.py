@@ -15,6 +15,15 @@ from ..storage.store import Store
 if TYPE_CHECKING:
     import numpy as np
 
+# An image query in an ``adapter`` space is also embedded at THUMBNAIL_UPSCALE times its size, and that view is
+# compared only with stored images at least THUMBNAIL_MIN_RATIO times the query's width: the adapter reads the codec's
+# latent, whose grid follows the image's size, so a thumbnail of a stored photo is found far more often at the stored
+# photo's scale (measured on a 50 % resize: recall@1 0.54 -> 1.00 on world test scenes, 0.71 -> 1.00 on Kodak) while
+# a query of about the stored size (a crop, a re-encode) keeps its own ranking. CLIP's own tower resizes every
+# input to its fixed size, so a ``pixels`` space needs no second view.
+THUMBNAIL_UPSCALE = 2
+THUMBNAIL_MIN_RATIO = 1.5
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -53,12 +62,7 @@ def query_vector(
     if sum(given) != 1:
         raise InputError("give exactly one of --text, --image, --like")
     space_id = space or store.space_id
-    models = store.models
-    if space_id != store.space_id:
-        from .spaces import check_queryable, plane_for_space
-
-        check_queryable(store, space_id)
-        models = plane_for_space(store, space_id)
+    models = _space_models(store, space_id)
     if text is not None:
         from ..bundle.text_cache import embed_queries
 
@@ -102,14 +106,68 @@ def search(
     if not 1 <= top_k <= 1000:
         raise InputError(f"top-k {top_k} is out of range", hint="use 1..1000")
     space_id = space or store.space_id
+    from .spaces import space_kind
+
+    kind = space_kind(store, space_id)
+    if image is not None and kind == ADAPTER_KIND:
+        return _image_search(store, image, top_k, filters, space_id)
     vector, notices = query_vector(store, text=text, image=image, like=like, space=space_id)
     k = min(top_k + 1, 1000) if like else top_k
     hits = store.index.search(space_id, vector, top_k=k, filters=filters)
     if like:
         hits = [h for h in hits if h.id != _norm(like)][:top_k]
-    from .spaces import space_kind
+    return SearchResult(hits=hits, space_id=space_id, notices=notices, kind=kind)
 
-    return SearchResult(hits=hits, space_id=space_id, notices=notices, kind=space_kind(store, space_id))
+
+def thumbnail_view(pixels: np.ndarray, max_pixels: int) -> np.ndarray | None:
+    """The query upscaled THUMBNAIL_UPSCALE times (bicubic), or None where that would exceed ``max_pixels``."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = pixels.shape[:2]
+    size = (w * THUMBNAIL_UPSCALE, h * THUMBNAIL_UPSCALE)
+    if size[0] * size[1] > max_pixels:
+        return None
+    return np.array(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
+
+
+def merge_hits(lists: Sequence[Sequence[Hit]], top_k: int) -> list[Hit]:
+    """Hits of several views of one query, each point at its best score, best first."""
+    best: dict[str, Hit] = {}
+    for hits in lists:
+        for h in hits:
+            if h.id not in best or h.score > best[h.id].score:
+                best[h.id] = h
+    return sorted(best.values(), key=lambda h: -h.score)[:top_k]
+
+
+def _image_search(
+    store: Store, image: str | Path, top_k: int, filters: Sequence[FieldFilter], space_id: str
+) -> SearchResult:
+    """An image query in an ``adapter`` space: as given, and its thumbnail view against larger stored images."""
+    import math
+
+    from ..bundle.codec_cache import embed_image
+    from ..imageio import load_image
+
+    models = _space_models(store, space_id)
+    pixels = load_image(image, max_pixels=store.config.max_pixels).pixels
+    lists = [store.index.search(space_id, embed_image(models, pixels), top_k=top_k, filters=filters)]
+    wider = [*filters, FieldFilter("width", "gte", math.ceil(THUMBNAIL_MIN_RATIO * pixels.shape[1]))]
+    view = thumbnail_view(pixels, store.config.max_pixels) if store.index.count(wider) else None
+    if view is not None:  # only where some stored image is wide enough (a payload-index count, not a scan)
+        lists.append(store.index.search(space_id, embed_image(models, view), top_k=top_k, filters=wider))
+    return SearchResult(hits=merge_hits(lists, top_k), space_id=space_id, kind=ADAPTER_KIND)
+
+
+def _space_models(store: Store, space_id: str) -> Any:
+    """The models embedding queries into ``space_id``: the store's, or those recorded for another complete space."""
+    if space_id == store.space_id:
+        return store.models
+    from .spaces import check_queryable, plane_for_space
+
+    check_queryable(store, space_id)
+    return plane_for_space(store, space_id)
 
 
 def fetch_bitstream(store: Store, image_id: str) -> tuple[bytes, dict[str, Any]]:
