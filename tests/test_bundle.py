@@ -281,6 +281,34 @@ def test_int8_graphs_hold_their_bounds_on_inputs_the_export_never_saw(
     assert outside == {}, f"{name}: fresh figure outside its recorded bound: {outside}"
 
 
+def test_g_s_in_phases_is_the_transposed_convolutions(bundles: TinyBundles, tmp_path: Path) -> None:
+    """The int8 ``g_s`` is quantized from a graph whose transposed convolutions run as convolutions into their
+    output's phases: that graph gives the fp32 graph's pixels, and the int8 graph has no ConvTranspose left."""
+    import onnx
+
+    fp32 = bundles.fp32 / Manifest.load(bundles.fp32).graphs["g_s"].file
+    phased = tmp_path / "g_s.phased.onnx"
+    names = quantize.subpixel_graph(fp32, phased)
+    before = [n.op_type for n in onnx.load(str(fp32)).graph.node]
+    assert len(names) == before.count("ConvTranspose") > 0
+    assert "ConvTranspose" not in [n.op_type for n in onnx.load(str(phased)).graph.node]
+    outs = []
+    for path in (fp32, phased):
+        sess = make_session(path)
+        y = np.random.default_rng(1).normal(0, 2, (1, sess.get_inputs()[0].shape[1], 5, 7)).round()
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: y.astype(np.float32)})[0])
+    assert outs[0].shape == outs[1].shape == (1, 3, 5 * 16, 7 * 16)
+    assert float(np.abs(outs[0] - outs[1]).max()) < 1e-4
+    int8 = Manifest.load(bundles.int8).graphs["g_s"]
+    nodes = onnx.load(str(bundles.int8 / int8.file)).graph.node
+    assert "ConvTranspose" not in [n.op_type for n in nodes]
+    assert [n.op_type for n in nodes].count("DepthToSpace") == len(names)
+    made_by = {o: n.op_type for n in nodes for o in n.output}
+    weights = {n.name: made_by.get(n.input[1]) for n in nodes if n.name in names}
+    # every phase convolution reads int8 weights through a DequantizeLinear but the last, which writes the pixels
+    assert weights == {**{m: "DequantizeLinear" for m in names[:-1]}, names[-1]: None}, weights
+
+
 def test_an_int8_graph_outside_its_bound_is_kept_fp32(
     bundles: TinyBundles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

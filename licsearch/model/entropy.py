@@ -300,8 +300,19 @@ def _conv(padded: np.ndarray, kernel: np.ndarray, stride: int) -> np.ndarray:
 
 
 def _subpixel_kernel(layer: IntegerLayer) -> tuple[np.ndarray, int] | None:
-    """A transposed convolution as a convolution into its output's phases: (kernel, reach), or None where the output
-    is not ``stride`` times the input or the taps do not reach as far on both sides.
+    """:func:`subpixel_kernel` of an integer layer; None for a convolution."""
+    if layer.kind != "deconv":
+        return None
+    return subpixel_kernel(layer.weight, layer.stride, layer.padding, layer.output_padding)
+
+
+def subpixel_kernel(
+    weight: np.ndarray, stride: int, padding: int, output_padding: int
+) -> tuple[np.ndarray, int] | None:
+    """A transposed convolution (``weight`` of shape ``(in, out, k, k)``) as a convolution into its output's phases:
+    (kernel, reach), or None where the output is not ``stride`` times the input or the taps do not reach as far on
+    both sides. Followed by a depth-to-space of block ``stride`` (PixelShuffle's channel order), with padding
+    ``reach``, it gives the transposed convolution's output (the bundle's int8 ``g_s`` runs this way too).
 
     Output ``o = s*m + r`` of a transposed convolution sums input ``i = m + d`` times tap ``r + padding - s*d``; the
     kernel's channel ``(co, rh, rw)`` holds, at offset ``(dh, dw)`` in ``[-reach, reach]``, those taps (zero where a
@@ -309,23 +320,23 @@ def _subpixel_kernel(layer: IntegerLayer) -> tuple[np.ndarray, int] | None:
     """
     import numpy as np
 
-    s, p, k = layer.stride, layer.padding, layer.weight.shape[-1]
-    if layer.kind != "deconv" or k - 2 * p + layer.output_padding != s:
+    s, p, k = stride, padding, weight.shape[-1]
+    if k - 2 * p + output_padding != s:
         return None
     offsets = [d for d in range(-k, k + 1) if any(0 <= r + p - s * d < k for r in range(s))]
     reach = max(offsets)
     if -min(offsets) != reach:
         return None
-    ci, co = layer.weight.shape[:2]
+    ci, co = weight.shape[:2]
     n = 2 * reach + 1
-    kernel = np.zeros((co, s, s, ci, n, n))
+    kernel = np.zeros((co, s, s, ci, n, n), dtype=weight.dtype)
     for rh in range(s):
         for rw in range(s):
             for dh in range(-reach, reach + 1):
                 for dw in range(-reach, reach + 1):
                     th, tw = rh + p - s * dh, rw + p - s * dw
                     if 0 <= th < k and 0 <= tw < k:
-                        kernel[:, rh, rw, :, dh + reach, dw + reach] = layer.weight[:, :, th, tw].T
+                        kernel[:, rh, rw, :, dh + reach, dw + reach] = weight[:, :, th, tw].T
     return kernel.reshape(co * s * s, ci, n, n), reach
 
 
