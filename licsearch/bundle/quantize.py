@@ -60,9 +60,11 @@ def quantize_bundle(root: Path, graphs: dict[str, GraphInfo], mode: str, calibra
             _dynamic(src, dst)
         elif name == "g_s":
             phased = src.with_name(src.stem + ".phased.onnx")
-            kept_float = subpixel_graph(src, phased)
-            _static(phased, dst, samples[name], exclude=kept_float[-1:])
-            phased.unlink()
+            try:
+                phases = subpixel_graph(src, phased)
+                _static(phased, dst, samples[name], exclude=phases[-1:])  # the layer writing pixels stays float
+            finally:
+                phased.unlink(missing_ok=True)
         else:
             _static(src, dst, samples[name])
         t_fp32 = _latency(src, samples[name][0])
@@ -133,7 +135,11 @@ def subpixel_graph(src: Path, dst: Path) -> list[str]:
     nodes, rewritten = [], []
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        plain = attrs.get("group", 1) == 1 and set(attrs.get("dilations", [1, 1])) == {1}
+        plain = (
+            attrs.get("group", 1) == 1
+            and set(attrs.get("dilations", [1, 1])) == {1}
+            and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")  # explicit pads only
+        )
         strides, pads = list(attrs.get("strides", [1, 1])), list(attrs.get("pads", [0, 0, 0, 0]))
         out_pad = list(attrs.get("output_padding", [0, 0]))
         if (
@@ -148,8 +154,10 @@ def subpixel_graph(src: Path, dst: Path) -> list[str]:
             nodes.append(node)
             continue
         weight = numpy_helper.to_array(inits[node.input[1]])
-        found = subpixel_kernel(weight.astype(np.float64), strides[0], pads[0], out_pad[0])
-        if found is None or weight.shape[-1] != weight.shape[-2]:
+        found = None
+        if weight.shape[-1] == weight.shape[-2]:
+            found = subpixel_kernel(weight.astype(np.float64), strides[0], pads[0], out_pad[0])
+        if found is None:
             nodes.append(node)
             continue
         kernel, reach = found

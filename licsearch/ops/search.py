@@ -74,10 +74,8 @@ def query_vector(
         return list(emb.vectors[0].tolist()), notices
     if image is not None:
         from ..bundle.codec_cache import embed_image
-        from ..imageio import load_image  # Pillow: not for a text query
 
-        loaded = load_image(image, max_pixels=store.config.max_pixels)
-        return embed_image(models, loaded.pixels), []
+        return embed_image(models, _query_pixels(store, image)), []
     assert like is not None
     rec = store.index.retrieve([like], with_vectors=[space_id])
     if not rec:
@@ -106,17 +104,16 @@ def search(
     if not 1 <= top_k <= 1000:
         raise InputError(f"top-k {top_k} is out of range", hint="use 1..1000")
     space_id = space or store.space_id
-    from .spaces import space_kind
-
-    kind = space_kind(store, space_id)
-    if image is not None and kind == ADAPTER_KIND:
+    if image is not None and text is None and like is None:
         return _image_search(store, image, top_k, filters, space_id)
     vector, notices = query_vector(store, text=text, image=image, like=like, space=space_id)
     k = min(top_k + 1, 1000) if like else top_k
     hits = store.index.search(space_id, vector, top_k=k, filters=filters)
     if like:
         hits = [h for h in hits if h.id != _norm(like)][:top_k]
-    return SearchResult(hits=hits, space_id=space_id, notices=notices, kind=kind)
+    from .spaces import space_kind
+
+    return SearchResult(hits=hits, space_id=space_id, notices=notices, kind=space_kind(store, space_id))
 
 
 def thumbnail_view(pixels: np.ndarray, max_pixels: int) -> np.ndarray | None:
@@ -144,20 +141,29 @@ def merge_hits(lists: Sequence[Sequence[Hit]], top_k: int) -> list[Hit]:
 def _image_search(
     store: Store, image: str | Path, top_k: int, filters: Sequence[FieldFilter], space_id: str
 ) -> SearchResult:
-    """An image query in an ``adapter`` space: as given, and its thumbnail view against larger stored images."""
+    """An image query: as given, and in an ``adapter`` space also its thumbnail view against larger stored images."""
     import math
 
     from ..bundle.codec_cache import embed_image
-    from ..imageio import load_image
+    from .spaces import space_kind
 
     models = _space_models(store, space_id)
-    pixels = load_image(image, max_pixels=store.config.max_pixels).pixels
+    kind = space_kind(store, space_id)
+    pixels = _query_pixels(store, image)
     lists = [store.index.search(space_id, embed_image(models, pixels), top_k=top_k, filters=filters)]
-    wider = [*filters, FieldFilter("width", "gte", math.ceil(THUMBNAIL_MIN_RATIO * pixels.shape[1]))]
-    view = thumbnail_view(pixels, store.config.max_pixels) if store.index.count(wider) else None
-    if view is not None:  # only where some stored image is wide enough (a payload-index count, not a scan)
-        lists.append(store.index.search(space_id, embed_image(models, view), top_k=top_k, filters=wider))
-    return SearchResult(hits=merge_hits(lists, top_k), space_id=space_id, kind=ADAPTER_KIND)
+    if kind == ADAPTER_KIND:
+        wider = [*filters, FieldFilter("width", "gte", math.ceil(THUMBNAIL_MIN_RATIO * pixels.shape[1]))]
+        view = thumbnail_view(pixels, store.config.max_pixels) if store.index.count(wider) else None
+        if view is not None:  # only where some stored image is wide enough (a payload-index count, not a scan)
+            lists.append(store.index.search(space_id, embed_image(models, view), top_k=top_k, filters=wider))
+    return SearchResult(hits=merge_hits(lists, top_k), space_id=space_id, kind=kind)
+
+
+def _query_pixels(store: Store, image: str | Path) -> np.ndarray:
+    """An image query's pixels, held to the store's pixel limit (Pillow: imported for image queries only)."""
+    from ..imageio import load_image
+
+    return load_image(image, max_pixels=store.config.max_pixels).pixels
 
 
 def _space_models(store: Store, space_id: str) -> Any:
