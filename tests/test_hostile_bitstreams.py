@@ -230,14 +230,15 @@ KERNEL_PROBE = (
     "tables = rans.RansTables.from_arrays(np.array([[0, 1 << 15, 1 << 16]]), np.array([3]), np.array([0]))\n"
     "data = rans.STATE_LOW.to_bytes(8, 'little')\n"
     "assert rans.decode_with_indexes(data, np.zeros(0, np.int32), tables, stream='z').size == 0\n"
-    "print(time.perf_counter() - t, type(rans._kernel()._cache).__name__)\n"
+    "assert rans.decoder_name() == 'numba'\n"
+    "print(time.perf_counter() - t, type(rans._numba_kernel().kernel._cache).__name__)\n"
 )
 
 
 def test_the_rans_kernel_compiles_once_then_loads_from_numba_cache(tmp_path: Path) -> None:
     """First-call cost with an empty NUMBA_CACHE_DIR against a second process that finds the cache (figures only)."""
     cache = tmp_path / "numba-cache"
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), rans.DECODER_ENV: "numba"}
     times = []
     for _ in range(2):
         proc = subprocess.run(
@@ -254,8 +255,9 @@ def test_the_rans_kernel_compiles_once_then_loads_from_numba_cache(tmp_path: Pat
 def test_the_rans_kernel_runs_where_no_cache_directory_is_writable() -> None:
     """numba refuses ``cache=True`` when it finds no writable place (read-only site-packages and home)."""
     no_locator = "import numba.core.caching as c\nc.CacheImpl._locator_classes = []\n"
+    env = {**os.environ, rans.DECODER_ENV: "numba"}
     proc = subprocess.run(
-        [sys.executable, "-c", no_locator + KERNEL_PROBE], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", no_locator + KERNEL_PROBE], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[1] == "NullCache"

@@ -10,6 +10,10 @@ so a crafted ``.lics`` (an empty or short stream, for instance) makes it read ou
 with SIGSEGV. Bitstreams reach the decoder from files and HTTP requests, so they are untrusted input. CompressAI's
 encoder's output is what :func:`encode_with_indexes` writes byte for byte, and is decoded here symbol for symbol.
 
+The decoder is compiled twice from the same loop: in C (``_rans.c``, built by ``pip install`` where a compiler
+is found; a command that only decodes then never imports numba, whose start-up costs 0.5 s) and in numba
+(:func:`_decode`: the fallback, and the reference the C one is tested against).
+
 The coder is Fabian Giesen's rans64 (64-bit state in ``[2**31, 2**63)``, 32-bit words, 16-bit probability precision)
 with CompressAI's escape for values outside a CDF's range: the last symbol of each CDF is a sentinel followed by a
 4-bit "bypass" count and that many 4-bit nibbles of the raw value. Beyond the bounds checks, this decoder refuses
@@ -41,6 +45,7 @@ WORD_BYTES = 4
 FLUSH_BYTES = 8  # the encoder's final state, written as two words
 BYPASS_BITS = 4
 MAX_BYPASS_NIBBLES = 8  # CompressAI's encoder codes a uint32 raw value, at most eight nibbles
+DECODER_ENV = "LICSEARCH_RANS_DECODER"  # "numba": decode with the numba kernel where the C one is built too
 SYMBOL_SLACK_BITS = 1e-3  # per-symbol rounding of rANS against the ideal -log2(p), far above its ~2**-14 bound
 
 _FAILURES = {
@@ -143,10 +148,9 @@ def decode_with_indexes(
             f"{WORD_BYTES}-byte words, at least {FLUSH_BYTES}",
             hint="the file is damaged or was not written by licsearch",
         )
-    words = np.frombuffer(data, dtype="<u4").astype(np.int64)
     idx = np.ascontiguousarray(indexes, dtype=np.int32).reshape(-1)
     out = np.empty(idx.size * run, dtype=np.int32)
-    code, where = _kernel()(words, idx, run, tables.cdfs, tables.sizes, tables.offsets, out)
+    code, where = _kernel()(data, idx, run, tables.cdfs, tables.sizes, tables.offsets, out)
     if code:
         raise BitstreamError(
             f"bitstream's {stream!r} stream is corrupt: {_FAILURES[code]} (at symbol {where} of {out.size})",
@@ -275,12 +279,56 @@ def _encode(sym: Any, indexes: Any, cdfs: Any, sizes: Any, offsets: Any, out: An
 
 @cache
 def _kernel() -> Callable[..., tuple[int, int]]:
-    """The compiled decoder; numba is imported and the kernel compiled (or loaded from its cache) on first use
-    (:mod:`.jit`)."""
+    """The decoder: the C extension where it was built (no numba start-up), else the numba kernel.
+
+    ``LICSEARCH_RANS_DECODER=numba`` picks the numba kernel where both are there.
+    """
+    import os
+
+    if os.environ.get(DECODER_ENV, "").strip().lower() != "numba":
+        native = _native_kernel()
+        if native is not None:
+            return native
+    return _numba_kernel()
+
+
+def decoder_name() -> str:
+    """Which decoder :func:`decode_with_indexes` runs: ``"c"`` or ``"numba"``."""
+    return "c" if _kernel() is _native_kernel() else "numba"
+
+
+@cache
+def _native_kernel() -> Callable[..., tuple[int, int]] | None:
+    """``_rans.decode`` (``_rans.c``, built by ``pip install`` where a C compiler is found), or None.
+
+    Its constants are checked against this module's: a stale build of an older format is not used.
+    """
+    try:
+        from . import _rans  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    ours = (PRECISION, STATE_LOW, BYPASS_BITS, MAX_BYPASS_NIBBLES)
+    if ours != (_rans.PRECISION, _rans.STATE_LOW, _rans.BYPASS_BITS, _rans.MAX_BYPASS_NIBBLES):
+        return None
+    decode: Callable[..., tuple[int, int]] = _rans.decode
+    return decode
+
+
+@cache
+def _numba_kernel() -> Callable[..., tuple[int, int]]:
+    """The numba decoder, compiled (or loaded from numba's cache) on first use (:mod:`.jit`); it takes the data as
+    bytes, as the C one does."""
+    import numpy as np
     from numba.extending import register_jitable
 
     register_jitable(_renorm)  # the decoder's helper, compiled into it (LLVM inlines it)
-    return compile_kernel(_decode)
+    kernel = compile_kernel(_decode)
+
+    def decode(data: bytes, *args: Any) -> tuple[int, int]:
+        return kernel(np.frombuffer(data, dtype="<u4").astype(np.int64), *args)
+
+    decode.kernel = kernel  # type: ignore[attr-defined]
+    return decode
 
 
 def _decode(words: Any, indexes: Any, run: int, cdfs: Any, sizes: Any, offsets: Any, out: Any) -> tuple[int, int]:
