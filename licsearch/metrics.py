@@ -68,9 +68,14 @@ def hits_at_k(
     queries: np.ndarray, gallery: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int] = HIT_KS
 ) -> dict[int, float]:
     """Fraction of queries with a relevant gallery item among their top k, for each k (cosine of unit vectors)."""
+    return hits_from_scores(queries @ gallery.T, relevant, ks)
+
+
+def hits_from_scores(scores: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int] = HIT_KS) -> dict[int, float]:
+    """:func:`hits_at_k` from a (queries, gallery) score matrix, higher is nearer."""
     import numpy as np
 
-    order = np.argsort(-(queries @ gallery.T), axis=1, kind="stable")
+    order = np.argsort(-scores, axis=1, kind="stable")
     return {k: float(np.mean([bool(rel & set(order[i, :k].tolist())) for i, rel in enumerate(relevant)])) for k in ks}
 
 

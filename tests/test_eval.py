@@ -16,8 +16,9 @@ from licsearch.eval.baselines import PILLOW_CODECS
 from licsearch.eval.bdrate import METHODS, bd_psnr, bd_rate
 from licsearch.eval.planes import eager_planes, parse_qualities, weights_for_quality
 from licsearch.eval.rd import load_anchor, load_anchors, sweep_pillow
-from licsearch.eval.semantic import caption_queries, near_duplicate_recall
+from licsearch.eval.semantic import EDITS, SearchViews, caption_queries, near_duplicate_recall, search_view_images
 from licsearch.metrics import hits_at_k, ms_ssim, ms_ssim_reference
+from licsearch.query_views import THUMBNAIL_MIN_RATIO, thumbnail_min_width
 
 from .conftest import TINY_FLAGS, make_image, run_cli, tiny_models
 
@@ -225,6 +226,30 @@ def test_hits_at_k_and_near_duplicate_recall() -> None:
     assert near_duplicate_recall(gallery, edited, ks=(1,)) == {"recall_at_1": 0.75}
 
 
+def test_near_duplicates_ranked_as_search_ranks_them_with_the_thumbnail_view() -> None:
+    """The 2x view scores only against originals at least THUMBNAIL_MIN_RATIO times the query's width, each original
+    at its better score: query 1's view finds its wide original, query 2's view would find its original but that one
+    is too narrow for it, so query 2 keeps its single-view miss."""
+    gallery = np.eye(3, dtype=np.float32)
+    edited = np.array([[1, 0, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float32)  # queries 1 and 2 miss as given
+    views = SearchViews(
+        {1: np.array([0, 1, 0], dtype=np.float32), 2: np.array([0, 0, 1], dtype=np.float32)},
+        query_widths=[100, 100, 100],
+        stored_widths=np.array([200, 200, 149]),  # original 2 is below ceil(1.5 * 100) = 150
+    )
+    assert near_duplicate_recall(gallery, edited, ks=(1,)) == {"recall_at_1": pytest.approx(1 / 3)}
+    assert near_duplicate_recall(gallery, edited, ks=(1,), views=views) == {"recall_at_1": pytest.approx(2 / 3)}
+    assert thumbnail_min_width(100) == 150 == math.ceil(THUMBNAIL_MIN_RATIO * 100)
+
+
+def test_search_view_images_follow_the_width_rule() -> None:
+    originals = [np.zeros((64, 96, 3), np.uint8)]
+    edited = [np.zeros((32, 48, 3), np.uint8), np.zeros((58, 86, 3), np.uint8)]  # a 50 % resize, a 90 % crop
+    views = search_view_images(edited, originals)
+    assert list(views) == [0] and views[0].shape == (64, 96, 3)
+    assert search_view_images(edited, originals, max_pixels=64 * 96 - 1) == {}, "a view never passes the limit"
+
+
 def test_captions_match_images_by_relative_path(tmp_path: Path) -> None:
     paths = [tmp_path / "a.png", tmp_path / "sub" / "b.png", tmp_path / "c.png"]
     q = caption_queries(paths, {"a.png": "red", "sub/b.png": "blue", "x.png": "red"}, tmp_path)
@@ -302,6 +327,9 @@ def test_eval_json_on_generated_images(tmp_path: Path) -> None:
     assert q1["cos_mean"] == pytest.approx(here["cos_mean"], abs=1e-5)
     assert q1["recall_overlap"] == 1.0, "two images: each one's only neighbour is the other, under both towers"
     assert set(q1["near_duplicate"]) == {"jpeg_q50", "center_crop_90", "resize_50"}
+    assert set(q1["near_duplicate_search"]) == set(q1["near_duplicate"])
+    # A re-encode is never searched with a view, so it ranks the same either way.
+    assert q1["near_duplicate_search"]["jpeg_q50"] == q1["near_duplicate"]["jpeg_q50"]
     assert set(sem["clip_pixels"]) == {"hit1", "hit5", "near_duplicate"}
     # MS-SSIM plot only when some curve has MS-SSIM: here, the published anchors.
     expected = {"rd_psnr.png", "semantic.png"} | ({"rd_msssim.png"} if ANCHORS.is_dir() else set())
@@ -316,3 +344,25 @@ def test_eval_without_images_is_a_json_error(capsys: pytest.CaptureFixture[str])
 
     assert main(["eval", *TINY_FLAGS, "--json"]) == 2
     assert "--images" in json.loads(capsys.readouterr().out)["error"]["message"]
+
+
+def test_eval_retrieval_reports_near_duplicates_as_search_ranks_them(tmp_path: Path) -> None:
+    """``eval --retrieval`` end to end on tiny random models: world scenes and a folder, both near-duplicate figures."""
+    from licsearch.world import write_dataset
+
+    write_dataset(tmp_path / "ds", 4, seed=0, size=(96, 64))
+    args = ["eval", "--images", str(tmp_path / "ds"), "--max-images", "2", *TINY_FLAGS, "--baselines", "none"]
+    args += ["--retrieval", "--retrieval-world", "6", "--json"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    entries = doc["retrieval"]["entries"]
+    assert len(entries) == 1
+    sets = next(iter(entries.values()))["sets"]
+    assert set(sets) == {"world", "ds"}
+    for figures in sets.values():
+        assert set(figures["near_duplicate_search"]) == set(figures["near_duplicate"]) == set(EDITS.names())
+        # A re-encode keeps the query's size, so no view is searched and its ranking is the single view's.
+        assert figures["near_duplicate_search"]["jpeg_q50"] == figures["near_duplicate"]["jpeg_q50"]
+        for edit in EDITS.names():
+            assert 0.0 <= figures["near_duplicate_search"][edit]["recall_at_1"] <= 1.0

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from licsearch.ops.search import THUMBNAIL_MIN_RATIO, THUMBNAIL_UPSCALE, merge_hits, search, thumbnail_view
+from licsearch.ops.search import merge_hits, search
+from licsearch.query_views import THUMBNAIL_MIN_RATIO, THUMBNAIL_UPSCALE, thumbnail_view
 from licsearch.storage.index import Hit
 from licsearch.storage.store import Store
 from tests.conftest import make_image, run_cli

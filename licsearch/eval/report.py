@@ -18,13 +18,16 @@ JSON document, ``schema`` 1 (keys may be added; none renamed or removed without 
      "semantic": {CURVE: {"available", "note", "clip_pixels": {"hit1", "hit5", "near_duplicate"},
                           "per_quality": {Q: {"bpp", "cos_mean", "cos_min", "recall_overlap", "recall_overlap_k",
                                               "clip_decoded_cos_mean", "hit1_adapter", ..., "near_duplicate":
-                                              {EDIT: {"recall_at_1", "recall_at_5"}}} | {"available": false, "note"}}}},
+                                              {EDIT: {"recall_at_1", "recall_at_5"}}, "near_duplicate_search":
+                                              {EDIT: {...}}} | {"available": false, "note"}}}},
+                                              # near_duplicate_search: ranked as search --image ranks (2x view)
      "hit1_adapter", "hit5_adapter", "hit1_clip_pixels", "hit5_clip_pixels", "hit1_clip_decoded",
      "hit5_clip_decoded": {Q: fraction}     # first codec curve, when captions are given
      "random_weights": [component, ...], "plots": [PNG, ...], "notes": [text, ...],
      "retrieval"?: {"sets": {SET: {...}}, "entries": {NAME: {"adapter", "clip", "sets": {SET: {"map_at_r"?,
                     "recall_at_1"?, "recall_at_10"?, "text_hit_at_1"?, "text_hit_at_5"?, "instance_map_at_r",
-                    "near_duplicate": {EDIT: {"recall_at_1", "recall_at_5"}}, ...}}}}}   # with --retrieval
+                    "near_duplicate": {EDIT: {"recall_at_1", "recall_at_5"}}, "near_duplicate_search": {EDIT: {...}},
+                    ...}}}}}   # with --retrieval
 
 Quality keys are strings (JSON object keys). Non-finite numbers are written as ``null``.
 """
@@ -52,6 +55,7 @@ from .semantic import (
     caption_queries,
     load_captions,
     near_duplicate_recall,
+    search_views,
 )
 
 if TYPE_CHECKING:
@@ -183,10 +187,14 @@ def _semantic_quality(
         for side, emb in zip(SIDES, (adapter, on_decoded, pixels), strict=True):
             for k, v in hits_at_k(text, emb[q.gallery], q.relevant).items():
                 res[f"hit{k}_{side}"] = v
-    res["near_duplicate"] = {
-        name: near_duplicate_recall(adapter, _adapter_embed(ep, [ep.plane.codec.compress(e).y_hat for e in edited]))
-        for name, edited in ctx.edited.items()
-    }
+    res["near_duplicate"], res["near_duplicate_search"] = {}, {}
+    for name, edited in ctx.edited.items():
+        edited_emb = _adapter_embed(ep, [ep.plane.codec.compress(e).y_hat for e in edited])
+        views = search_views(
+            edited, ctx.images, lambda px: _adapter_embed(ep, [ep.plane.codec.compress(v).y_hat for v in px])
+        )
+        res["near_duplicate"][name] = near_duplicate_recall(adapter, edited_emb)
+        res["near_duplicate_search"][name] = near_duplicate_recall(adapter, edited_emb, views=views)
     return res
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..metrics import HIT_KS, hits_at_k, labelled_recall_at_k, map_at_r
-from .semantic import EDITS, near_duplicate_recall
+from .semantic import EDITS, SearchViews, near_duplicate_recall, search_view_images
 
 if TYPE_CHECKING:
     import numpy as np
@@ -93,11 +93,22 @@ class _ImageSet:
     classes: list[str] | None = None
     captions: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The thumbnail views search --image adds (edit -> row -> latent), each edited image's width and the originals'.
+    view_latents: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    edited_widths: dict[str, list[int]] = field(default_factory=dict)
+    widths: list[int] = field(default_factory=list)
 
 
 def _latent_set(codec: Codec, name: str, images: Sequence[np.ndarray], edits: Sequence[str] | None = None) -> _ImageSet:
-    edited = {e: [codec.compress(EDITS.get(e)(px)).y_hat for px in images] for e in (edits or EDITS.names())}
-    return _ImageSet(name, [codec.compress(px).y_hat for px in images], edited)
+    edited, views, widths = {}, {}, {}
+    for e in edits or EDITS.names():
+        pixels = [EDITS.get(e)(px) for px in images]
+        edited[e] = [codec.compress(px).y_hat for px in pixels]
+        views[e] = {i: codec.compress(v).y_hat for i, v in search_view_images(pixels, images).items()}
+        widths[e] = [int(px.shape[1]) for px in pixels]
+    out = _ImageSet(name, [codec.compress(px).y_hat for px in images], edited)
+    out.view_latents, out.edited_widths, out.widths = views, widths, [int(px.shape[1]) for px in images]
+    return out
 
 
 def scene_class(spec: SceneSpec) -> str:
@@ -160,13 +171,21 @@ def _set_figures(adapter: Any, text: Any, s: _ImageSet) -> dict[str, Any]:
         for k, v in hits_at_k(q, emb, relevant, HIT_KS).items():
             out[f"text_hit_at_{k}"] = v
     near: dict[str, Any] = {}
+    near_search: dict[str, Any] = {}
     stacked, labels = [emb], list(range(len(emb)))
     for name, latents in s.edited.items():
         e = _embed(adapter, latents)
         near[name] = near_duplicate_recall(emb, e)
+        rows = s.view_latents.get(name, {})
+        if name in s.edited_widths:
+            views = dict(zip(rows, _embed(adapter, list(rows.values())), strict=True)) if rows else {}
+            search = SearchViews(views, s.edited_widths[name], np.array(s.widths))
+            near_search[name] = near_duplicate_recall(emb, e, views=search)
         stacked.append(e)
         labels += list(range(len(e)))
     out["near_duplicate"] = near
+    if near_search:
+        out["near_duplicate_search"] = near_search  # ranked as search --image ranks, with the 2x view
     out["near_duplicate_min_recall_at_1"] = min((r["recall_at_1"] for r in near.values()), default=math.nan)
     out["instance_map_at_r"] = map_at_r(np.concatenate(stacked), labels)
     return out

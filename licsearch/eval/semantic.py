@@ -13,7 +13,8 @@ original pixels; it is what the adapter is trained to imitate. Measured per code
   quality, given per quality for side-by-side reading);
 - **near-duplicate recall** under common edits (:data:`EDITS`): the edited image is compressed and embedded by
   the adapter and searched among the adapter embeddings of the originals; a hit at k when its original is in the
-  top k. The teacher on edited versus original pixels gives the reference figure.
+  top k. The teacher on edited versus original pixels gives the reference figure. ``near_duplicate_search`` ranks
+  the edited image as ``search --image`` does, with its thumbnail view too (:mod:`licsearch.query_views`).
 
 Every figure is over a handful of images in a small run; with random weights they are only a smoke test.
 """
@@ -26,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..defaults import MAX_PIXELS
 from ..errors import InputError
-from ..metrics import HIT_KS, hits_at_k, recall_overlap
+from ..metrics import HIT_KS, hits_from_scores, recall_overlap
+from ..query_views import best_of_views, thumbnail_min_width, thumbnail_view
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -153,10 +156,58 @@ def caption_queries(image_paths: Sequence[Path], captions: dict[str, str], root:
     return CaptionQueries(distinct, relevant, gallery)
 
 
-def near_duplicate_recall(originals: np.ndarray, edited: np.ndarray, ks: Sequence[int] = HIT_KS) -> dict[str, float]:
-    """Edited image ``i`` searched among the originals: hit at k when original ``i`` is in the top k."""
-    res = hits_at_k(edited, originals, [{i} for i in range(len(edited))], ks)
+def near_duplicate_recall(
+    originals: np.ndarray, edited: np.ndarray, ks: Sequence[int] = HIT_KS, *, views: SearchViews | None = None
+) -> dict[str, float]:
+    """Edited image ``i`` searched among the originals: hit at k when original ``i`` is in the top k.
+
+    With ``views``, each edited image is ranked as ``search --image`` ranks it: also by its thumbnail view, among the
+    originals wide enough for it (:func:`licsearch.query_views.best_of_views`).
+    """
+    scores = edited @ originals.T
+    if views is not None and views.embeddings:
+        view_scores = {i: v @ originals.T for i, v in views.embeddings.items()}
+        scores = best_of_views(scores, view_scores, views.query_widths, views.stored_widths)
+    res = hits_from_scores(scores, [{i} for i in range(len(edited))], ks)
     return {f"recall_at_{k}": v for k, v in res.items()}
+
+
+@dataclass(frozen=True)
+class SearchViews:
+    """The thumbnail views ``search --image`` would search a set of edited images with (:func:`search_views`)."""
+
+    embeddings: dict[int, np.ndarray]
+    query_widths: list[int]
+    stored_widths: np.ndarray
+
+
+def search_view_images(
+    edited: Sequence[np.ndarray], originals: Sequence[np.ndarray], max_pixels: int = MAX_PIXELS
+) -> dict[int, np.ndarray]:
+    """The thumbnail view of each edited image that ``search --image`` would give one, by row: those with an original
+    at least :func:`~licsearch.query_views.thumbnail_min_width` wide, within ``max_pixels``."""
+    widest = max(px.shape[1] for px in originals)
+    views = {}
+    for i, px in enumerate(edited):
+        if widest >= thumbnail_min_width(px.shape[1]):
+            view = thumbnail_view(px, max_pixels)
+            if view is not None:
+                views[i] = view
+    return views
+
+
+def search_views(
+    edited: Sequence[np.ndarray],
+    originals: Sequence[np.ndarray],
+    embed: Callable[[list[np.ndarray]], np.ndarray],
+    max_pixels: int = MAX_PIXELS,
+) -> SearchViews:
+    """:func:`search_view_images` embedded by ``embed`` (images -> unit vectors, one row each)."""
+    import numpy as np
+
+    views = search_view_images(edited, originals, max_pixels)
+    embedded = dict(zip(views, embed(list(views.values())), strict=True)) if views else {}
+    return SearchViews(embedded, [int(px.shape[1]) for px in edited], np.array([px.shape[1] for px in originals]))
 
 
 def agreement(adapter: np.ndarray, teacher: np.ndarray) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def _codec_rows(doc: dict[str, Any]) -> list[str]:
     short = "/".join(e.split("_")[0] for e in edits)
     lines = [
         f"{'curve':<40} {'q':>2} {'bpp':>7} {'PSNR':>6} {'MS-SSIM':>7} {'cos':>6} {'r@10ov':>6} "
-        f"{'hit@1 ad/dec/pix':>17} {'hit@5 ad/dec/pix':>17}  near-dup r@1 {short}"
+        f"{'hit@1 ad/dec/pix':>17} {'hit@5 ad/dec/pix':>17}  near-dup r@1 {short} (as search ranks)"
     ]
     for c in doc["curves"]:
         if c["kind"] != "codec":
@@ -34,6 +34,9 @@ def _codec_rows(doc: dict[str, Any]) -> list[str]:
             s = sem.get("per_quality", {}).get(str(p["quality"]), {})
             hits = ["/".join(_f(s.get(f"hit{k}_{side}"), ".2f") for side in SIDES) for k in (1, 5)]
             nd = "/".join(_f(s.get("near_duplicate", {}).get(e, {}).get("recall_at_1"), ".2f") for e in edits)
+            if "near_duplicate_search" in s:
+                searched = s["near_duplicate_search"]
+                nd += " (" + "/".join(_f(searched.get(e, {}).get("recall_at_1"), ".2f") for e in edits) + ")"
             lines.append(
                 f"{label[:40]:<40} {p['quality']:>2} {_f(p['bpp'], '.4f'):>7} {_f(p['psnr'], '.2f'):>6} "
                 f"{_f(p['ms_ssim'], '.4f'):>7} {_f(s.get('cos_mean'), '.3f'):>6} "

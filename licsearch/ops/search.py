@@ -8,21 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+from ..query_views import thumbnail_min_width, thumbnail_view
 from ..spaces import ADAPTER_KIND
 from ..storage.index import FieldFilter, Hit
 from ..storage.store import Store
 
 if TYPE_CHECKING:
     import numpy as np
-
-# An image query in an ``adapter`` space is also embedded at THUMBNAIL_UPSCALE times its size, and that view is
-# compared only with stored images at least THUMBNAIL_MIN_RATIO times the query's width: the adapter reads the codec's
-# latent, whose grid follows the image's size, so a thumbnail of a stored photo is found far more often at the stored
-# photo's scale (measured on a 50 % resize: recall@1 0.54 -> 1.00 on world test scenes, 0.71 -> 1.00 on Kodak) while
-# a query of about the stored size (a crop, a re-encode) keeps its own ranking. CLIP's own tower resizes every
-# input to its fixed size, so a ``pixels`` space needs no second view.
-THUMBNAIL_UPSCALE = 2
-THUMBNAIL_MIN_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -116,18 +108,6 @@ def search(
     return SearchResult(hits=hits, space_id=space_id, notices=notices, kind=space_kind(store, space_id))
 
 
-def thumbnail_view(pixels: np.ndarray, max_pixels: int) -> np.ndarray | None:
-    """The query upscaled THUMBNAIL_UPSCALE times (bicubic), or None where that would exceed ``max_pixels``."""
-    import numpy as np
-    from PIL import Image
-
-    h, w = pixels.shape[:2]
-    size = (w * THUMBNAIL_UPSCALE, h * THUMBNAIL_UPSCALE)
-    if size[0] * size[1] > max_pixels:
-        return None
-    return np.array(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC))
-
-
 def merge_hits(lists: Sequence[Sequence[Hit]], top_k: int) -> list[Hit]:
     """Hits of several views of one query, each point at its best score, best first."""
     best: dict[str, Hit] = {}
@@ -141,9 +121,8 @@ def merge_hits(lists: Sequence[Sequence[Hit]], top_k: int) -> list[Hit]:
 def _image_search(
     store: Store, image: str | Path, top_k: int, filters: Sequence[FieldFilter], space_id: str
 ) -> SearchResult:
-    """An image query: as given, and in an ``adapter`` space also its thumbnail view against larger stored images."""
-    import math
-
+    """An image query: as given, and in an ``adapter`` space also its thumbnail view against larger stored images
+    (:mod:`licsearch.query_views`)."""
     from ..bundle.codec_cache import embed_image
     from .spaces import space_kind
 
@@ -152,7 +131,7 @@ def _image_search(
     pixels = _query_pixels(store, image)
     lists = [store.index.search(space_id, embed_image(models, pixels), top_k=top_k, filters=filters)]
     if kind == ADAPTER_KIND:
-        wider = [*filters, FieldFilter("width", "gte", math.ceil(THUMBNAIL_MIN_RATIO * pixels.shape[1]))]
+        wider = [*filters, FieldFilter("width", "gte", thumbnail_min_width(pixels.shape[1]))]
         view = thumbnail_view(pixels, store.config.max_pixels) if store.index.count(wider) else None
         if view is not None:  # only where some stored image is wide enough (a payload-index count, not a scan)
             lists.append(store.index.search(space_id, embed_image(models, view), top_k=top_k, filters=wider))
