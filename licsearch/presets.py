@@ -46,14 +46,26 @@ OFFLINE_QUALITY = 3
 """The codec quality of the offline preset (the other shipped qualities serve ``licsearch eval``)."""
 
 
+OFFLINE_LONG_QUALITIES = (1, 2)
+"""Qualities whose shipped adapter is the longer fine-tune ``adapter-views-long-qN`` (``make train-adapters-world``)."""
+
+
 def offline_adapter_file(quality: int) -> str:
     """The shipped adapter of codec quality ``quality`` that the offline preset and ``licsearch eval`` use.
 
     ``adapter-views-qN`` (trained on views as a collection holds them, ``make train-adapters-world``) replaced the
-    first ``adapter-qN``, which stay in the package unchanged: a store records its weights' fingerprint, so a store
-    made with a first adapter keeps opening with it (and can move to the new one with ``licsearch reindex``).
+    first ``adapter-qN``; at the qualities of :data:`OFFLINE_LONG_QUALITIES` ``adapter-views-long-qN`` (1,600 more
+    steps on new views) replaced it in turn. The replaced files stay in the package unchanged: a store records its
+    weights' fingerprint, so a store made with an older adapter keeps opening with it (and can move to the new one
+    with ``licsearch reindex``).
     """
-    return f"adapter-views-q{quality}.safetensors"
+    kind = "views-long" if quality in OFFLINE_LONG_QUALITIES else "views"
+    return f"adapter-{kind}-q{quality}.safetensors"
+
+
+def offline_adapter_run(quality: int) -> str:
+    """The folder of ``make train-offline``'s runs that :func:`offline_adapter_file` of ``quality`` is shipped from."""
+    return f"adapter-long-q{quality}" if quality in OFFLINE_LONG_QUALITIES else f"adapter-q{quality}"
 
 
 PRESETS.register(

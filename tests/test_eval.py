@@ -226,28 +226,31 @@ def test_hits_at_k_and_near_duplicate_recall() -> None:
     assert near_duplicate_recall(gallery, edited, ks=(1,)) == {"recall_at_1": 0.75}
 
 
-def test_near_duplicates_ranked_as_search_ranks_them_with_the_thumbnail_view() -> None:
-    """The 2x view scores only against originals at least THUMBNAIL_MIN_RATIO times the query's width, each original
-    at its better score: query 1's view finds its wide original, query 2's view would find its original but that one
-    is too narrow for it, so query 2 keeps its single-view miss."""
+def test_near_duplicates_ranked_as_search_ranks_them_with_their_views() -> None:
+    """A view scores only against originals at least its ``min_width`` wide, each original at its better score:
+    query 1's view finds its wide original, query 2's view would find its original but that one is too narrow for
+    it, so query 2 keeps its single-view miss."""
     gallery = np.eye(3, dtype=np.float32)
-    edited = np.array([[1, 0, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float32)  # queries 1 and 2 miss as given
+    edited = np.array([[1, 0, 0], [0, 0, 1], [0.9, 0, 0.1]], dtype=np.float32)  # queries 1 and 2 miss as given
     views = SearchViews(
-        {1: np.array([0, 1, 0], dtype=np.float32), 2: np.array([0, 0, 1], dtype=np.float32)},
-        query_widths=[100, 100, 100],
-        stored_widths=np.array([200, 200, 149]),  # original 2 is below ceil(1.5 * 100) = 150
+        [(1, 150, np.array([0, 1, 0], dtype=np.float32)), (2, 150, np.array([0, 0, 1], dtype=np.float32))],
+        stored_widths=np.array([200, 200, 149]),
     )
     assert near_duplicate_recall(gallery, edited, ks=(1,)) == {"recall_at_1": pytest.approx(1 / 3)}
     assert near_duplicate_recall(gallery, edited, ks=(1,), views=views) == {"recall_at_1": pytest.approx(2 / 3)}
+    everywhere = SearchViews([(2, 0, np.array([0, 0, 1], dtype=np.float32))], stored_widths=np.array([200, 200, 149]))
+    assert near_duplicate_recall(gallery, edited, ks=(1,), views=everywhere) == {"recall_at_1": pytest.approx(2 / 3)}
     assert thumbnail_min_width(100) == 150 == math.ceil(THUMBNAIL_MIN_RATIO * 100)
 
 
-def test_search_view_images_follow_the_width_rule() -> None:
+def test_search_view_images_are_the_query_views() -> None:
     originals = [np.zeros((64, 96, 3), np.uint8)]
     edited = [np.zeros((32, 48, 3), np.uint8), np.zeros((58, 86, 3), np.uint8)]  # a 50 % resize, a 90 % crop
     views = search_view_images(edited, originals)
-    assert list(views) == [0] and views[0].shape == (64, 96, 3)
-    assert search_view_images(edited, originals, max_pixels=64 * 96 - 1) == {}, "a view never passes the limit"
+    # Both get the three shift views; only the resize is narrow enough for the thumbnail view.
+    assert [(i, v.min_width) for i, v in views] == [(0, 0), (0, 0), (0, 0), (0, 72), (1, 0), (1, 0), (1, 0)]
+    assert views[3][1].pixels.shape == (64, 96, 3)
+    assert search_view_images(edited, originals, max_pixels=32 * 48) == [], "a view never passes the limit"
 
 
 def test_captions_match_images_by_relative_path(tmp_path: Path) -> None:
@@ -328,8 +331,6 @@ def test_eval_json_on_generated_images(tmp_path: Path) -> None:
     assert q1["recall_overlap"] == 1.0, "two images: each one's only neighbour is the other, under both towers"
     assert set(q1["near_duplicate"]) == {"jpeg_q50", "center_crop_90", "resize_50"}
     assert set(q1["near_duplicate_search"]) == set(q1["near_duplicate"])
-    # A re-encode is never searched with a view, so it ranks the same either way.
-    assert q1["near_duplicate_search"]["jpeg_q50"] == q1["near_duplicate"]["jpeg_q50"]
     assert set(sem["clip_pixels"]) == {"hit1", "hit5", "near_duplicate"}
     # MS-SSIM plot only when some curve has MS-SSIM: here, the published anchors.
     expected = {"rd_psnr.png", "semantic.png"} | ({"rd_msssim.png"} if ANCHORS.is_dir() else set())
@@ -362,7 +363,5 @@ def test_eval_retrieval_reports_near_duplicates_as_search_ranks_them(tmp_path: P
     assert set(sets) == {"world", "ds"}
     for figures in sets.values():
         assert set(figures["near_duplicate_search"]) == set(figures["near_duplicate"]) == set(EDITS.names())
-        # A re-encode keeps the query's size, so no view is searched and its ranking is the single view's.
-        assert figures["near_duplicate_search"]["jpeg_q50"] == figures["near_duplicate"]["jpeg_q50"]
         for edit in EDITS.names():
             assert 0.0 <= figures["near_duplicate_search"][edit]["recall_at_1"] <= 1.0

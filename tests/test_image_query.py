@@ -1,4 +1,5 @@
-"""Image queries in an ``adapter`` space: a thumbnail of a stored image is also searched at the stored scale."""
+"""Image queries in an ``adapter`` space: shifted views re-align a crop with the latent grid, and a thumbnail of a
+stored image is also searched at the stored scale (:mod:`licsearch.query_views`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from licsearch.model.codec import CODEC_ARCHS
 from licsearch.ops.search import merge_hits, search
-from licsearch.query_views import THUMBNAIL_MIN_RATIO, THUMBNAIL_UPSCALE, thumbnail_view
+from licsearch.query_views import (
+    LATENT_GRID,
+    SHIFT_MAX_PIXELS,
+    SHIFT_PX,
+    THUMBNAIL_MIN_RATIO,
+    THUMBNAIL_UPSCALE,
+    query_views,
+    shift_views,
+    thumbnail_view,
+)
 from licsearch.storage.index import Hit
 from licsearch.storage.store import Store
 from tests.conftest import make_image, run_cli
@@ -25,8 +36,27 @@ def test_thumbnail_view_and_merge() -> None:
     assert [(h.id, h.score) for h in merged] == [("y", 0.9), ("x", 0.5)]
 
 
+def test_the_latent_grid_is_every_codecs() -> None:
+    for name in CODEC_ARCHS.names():
+        assert CODEC_ARCHS.get(name).downsampling // 4 == LATENT_GRID, name  # y is four times z's resolution
+
+
+def test_shift_views_pad_the_top_and_left_edges() -> None:
+    px = make_image(4, 40, 60)
+    views = shift_views(px, max_pixels=10**6)
+    assert [v.shape[:2] for v in views] == [(40 + SHIFT_PX, 60), (40, 60 + SHIFT_PX), (40 + SHIFT_PX, 60 + SHIFT_PX)]
+    for v, (top, left) in zip(views, ((SHIFT_PX, 0), (0, SHIFT_PX), (SHIFT_PX, SHIFT_PX)), strict=True):
+        assert (v[top:, left:] == px).all() and (v[:top, left:] == px[:1]).all()  # the image moved, edges replicated
+    assert len(shift_views(px, max_pixels=(40 + SHIFT_PX) * 60)) == 2  # none past the store's limit
+    assert shift_views(px, max_pixels=40 * 60) == []
+    assert shift_views(make_image(4, 16, SHIFT_MAX_PIXELS // 16 + 1), max_pixels=10**9) == []  # large queries: none
+    # The thumbnail view joins them only where some stored image is wide enough for it.
+    assert [v.min_width for v in query_views(px, 10**6, lambda w: False)] == [0, 0, 0]
+    assert [v.min_width for v in query_views(px, 10**6, lambda w: w <= 90)] == [0, 0, 0, 90]
+
+
 @pytest.mark.slow
-def test_a_half_size_copy_finds_its_original(tmp_path: Path) -> None:
+def test_half_size_copies_and_crops_find_their_originals(tmp_path: Path) -> None:
     from licsearch.world import sample_images
 
     folder, queries = tmp_path / "photos", tmp_path / "queries"
@@ -64,5 +94,5 @@ def test_a_half_size_copy_finds_its_original(tmp_path: Path) -> None:
     assert [h.score for h in every] == sorted((h.score for h in every), reverse=True)
     print(f"half-size r@1 {half}/{n} (single view {half_before}), crop {crop}/{n} (single view {crop_before})")
     assert half >= max(half_before, 0.9 * n), (half, half_before)
-    # a 90 % crop is narrower than THUMBNAIL_MIN_RATIO times the stored width, so its ranking is the single view's
-    assert 230 * THUMBNAIL_MIN_RATIO > 256 and crop == crop_before, (crop, crop_before)
+    # a 90 % crop is too wide for the thumbnail view; its shift views re-align it with the stored image's grid
+    assert 230 * THUMBNAIL_MIN_RATIO > 256 and crop >= crop_before, (crop, crop_before)

@@ -93,21 +93,19 @@ class _ImageSet:
     classes: list[str] | None = None
     captions: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # The thumbnail views search --image adds (edit -> row -> latent), each edited image's width and the originals'.
-    view_latents: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
-    edited_widths: dict[str, list[int]] = field(default_factory=dict)
+    # The extra views search --image adds (edit -> [(query row, min_width, latent)]) and the originals' widths.
+    view_latents: dict[str, list[tuple[int, int, torch.Tensor]]] = field(default_factory=dict)
     widths: list[int] = field(default_factory=list)
 
 
 def _latent_set(codec: Codec, name: str, images: Sequence[np.ndarray], edits: Sequence[str] | None = None) -> _ImageSet:
-    edited, views, widths = {}, {}, {}
+    edited, views = {}, {}
     for e in edits or EDITS.names():
         pixels = [EDITS.get(e)(px) for px in images]
         edited[e] = [codec.compress(px).y_hat for px in pixels]
-        views[e] = {i: codec.compress(v).y_hat for i, v in search_view_images(pixels, images).items()}
-        widths[e] = [int(px.shape[1]) for px in pixels]
+        views[e] = [(i, v.min_width, codec.compress(v.pixels).y_hat) for i, v in search_view_images(pixels, images)]
     out = _ImageSet(name, [codec.compress(px).y_hat for px in images], edited)
-    out.view_latents, out.edited_widths, out.widths = views, widths, [int(px.shape[1]) for px in images]
+    out.view_latents, out.widths = views, [int(px.shape[1]) for px in images]
     return out
 
 
@@ -176,16 +174,16 @@ def _set_figures(adapter: Any, text: Any, s: _ImageSet) -> dict[str, Any]:
     for name, latents in s.edited.items():
         e = _embed(adapter, latents)
         near[name] = near_duplicate_recall(emb, e)
-        rows = s.view_latents.get(name, {})
-        if name in s.edited_widths:
-            views = dict(zip(rows, _embed(adapter, list(rows.values())), strict=True)) if rows else {}
-            search = SearchViews(views, s.edited_widths[name], np.array(s.widths))
-            near_search[name] = near_duplicate_recall(emb, e, views=search)
+        if name in s.view_latents:
+            rows = s.view_latents[name]
+            vectors: list[np.ndarray] = list(_embed(adapter, [y for _, _, y in rows])) if rows else []
+            views = [(i, w, v) for (i, w, _), v in zip(rows, vectors, strict=True)]
+            near_search[name] = near_duplicate_recall(emb, e, views=SearchViews(views, np.array(s.widths)))
         stacked.append(e)
         labels += list(range(len(e)))
     out["near_duplicate"] = near
     if near_search:
-        out["near_duplicate_search"] = near_search  # ranked as search --image ranks, with the 2x view
+        out["near_duplicate_search"] = near_search  # ranked as search --image ranks, with its extra views
     out["near_duplicate_min_recall_at_1"] = min((r["recall_at_1"] for r in near.values()), default=math.nan)
     out["instance_map_at_r"] = map_at_r(np.concatenate(stacked), labels)
     return out

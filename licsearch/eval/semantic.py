@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..defaults import MAX_PIXELS
 from ..errors import InputError
 from ..metrics import HIT_KS, hits_from_scores, recall_overlap
-from ..query_views import best_of_views, thumbnail_min_width, thumbnail_view
+from ..query_views import QueryView, best_of_views, query_views
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -161,39 +161,33 @@ def near_duplicate_recall(
 ) -> dict[str, float]:
     """Edited image ``i`` searched among the originals: hit at k when original ``i`` is in the top k.
 
-    With ``views``, each edited image is ranked as ``search --image`` ranks it: also by its thumbnail view, among the
-    originals wide enough for it (:func:`licsearch.query_views.best_of_views`).
+    With ``views``, each edited image is ranked as ``search --image`` ranks it: also by its extra views, each among
+    the originals it is compared with (:func:`licsearch.query_views.best_of_views`).
     """
     scores = edited @ originals.T
-    if views is not None and views.embeddings:
-        view_scores = {i: v @ originals.T for i, v in views.embeddings.items()}
-        scores = best_of_views(scores, view_scores, views.query_widths, views.stored_widths)
+    if views is not None and views.views:
+        rows = [(i, min_width, vec @ originals.T) for i, min_width, vec in views.views]
+        scores = best_of_views(scores, rows, views.stored_widths)
     res = hits_from_scores(scores, [{i} for i in range(len(edited))], ks)
     return {f"recall_at_{k}": v for k, v in res.items()}
 
 
 @dataclass(frozen=True)
 class SearchViews:
-    """The thumbnail views ``search --image`` would search a set of edited images with (:func:`search_views`)."""
+    """The extra views ``search --image`` searches a set of edited images with, embedded: (query row, the view's
+    ``min_width``, its vector) each, and the originals' widths (:func:`search_views`)."""
 
-    embeddings: dict[int, np.ndarray]
-    query_widths: list[int]
+    views: list[tuple[int, int, np.ndarray]]
     stored_widths: np.ndarray
 
 
 def search_view_images(
     edited: Sequence[np.ndarray], originals: Sequence[np.ndarray], max_pixels: int = MAX_PIXELS
-) -> dict[int, np.ndarray]:
-    """The thumbnail view of each edited image that ``search --image`` would give one, by row: those with an original
-    at least :func:`~licsearch.query_views.thumbnail_min_width` wide, within ``max_pixels``."""
+) -> list[tuple[int, QueryView]]:
+    """(query row, view) of every extra view :func:`licsearch.query_views.query_views` gives each edited image, with
+    the originals as the stored images."""
     widest = max(px.shape[1] for px in originals)
-    views = {}
-    for i, px in enumerate(edited):
-        if widest >= thumbnail_min_width(px.shape[1]):
-            view = thumbnail_view(px, max_pixels)
-            if view is not None:
-                views[i] = view
-    return views
+    return [(i, v) for i, px in enumerate(edited) for v in query_views(px, max_pixels, lambda w: widest >= w)]
 
 
 def search_views(
@@ -206,8 +200,9 @@ def search_views(
     import numpy as np
 
     views = search_view_images(edited, originals, max_pixels)
-    embedded = dict(zip(views, embed(list(views.values())), strict=True)) if views else {}
-    return SearchViews(embedded, [int(px.shape[1]) for px in edited], np.array([px.shape[1] for px in originals]))
+    vectors: list[np.ndarray] = list(embed([v.pixels for _, v in views])) if views else []
+    rows = [(i, v.min_width, vec) for (i, v), vec in zip(views, vectors, strict=True)]
+    return SearchViews(rows, np.array([px.shape[1] for px in originals]))
 
 
 def agreement(adapter: np.ndarray, teacher: np.ndarray) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from ..query_views import thumbnail_min_width, thumbnail_view
+from ..query_views import query_views
 from ..spaces import ADAPTER_KIND
 from ..storage.index import FieldFilter, Hit
 from ..storage.store import Store
@@ -121,8 +121,8 @@ def merge_hits(lists: Sequence[Sequence[Hit]], top_k: int) -> list[Hit]:
 def _image_search(
     store: Store, image: str | Path, top_k: int, filters: Sequence[FieldFilter], space_id: str
 ) -> SearchResult:
-    """An image query: as given, and in an ``adapter`` space also its thumbnail view against larger stored images
-    (:mod:`licsearch.query_views`)."""
+    """An image query: as given, and in an ``adapter`` space also its shift views and, against larger stored images,
+    its thumbnail view (:mod:`licsearch.query_views`), each stored image at its best score."""
     from ..bundle.codec_cache import embed_image
     from .spaces import space_kind
 
@@ -131,10 +131,14 @@ def _image_search(
     pixels = _query_pixels(store, image)
     lists = [store.index.search(space_id, embed_image(models, pixels), top_k=top_k, filters=filters)]
     if kind == ADAPTER_KIND:
-        wider = [*filters, FieldFilter("width", "gte", thumbnail_min_width(pixels.shape[1]))]
-        view = thumbnail_view(pixels, store.config.max_pixels) if store.index.count(wider) else None
-        if view is not None:  # only where some stored image is wide enough (a payload-index count, not a scan)
-            lists.append(store.index.search(space_id, embed_image(models, view), top_k=top_k, filters=wider))
+
+        def wider(width: int) -> list[FieldFilter]:
+            return [*filters, FieldFilter("width", "gte", width)] if width else list(filters)
+
+        # The thumbnail view only where some stored image is wide enough: a payload-index count, not a scan.
+        for view in query_views(pixels, store.config.max_pixels, lambda w: store.index.count(wider(w)) > 0):
+            vector = embed_image(models, view.pixels)
+            lists.append(store.index.search(space_id, vector, top_k=top_k, filters=wider(view.min_width)))
     return SearchResult(hits=merge_hits(lists, top_k), space_id=space_id, kind=kind)
 
 

@@ -132,12 +132,13 @@ def write_reference(preset: str = "offline") -> Path:
 
 
 def ship_offline(runs: Path, qualities: tuple[int, ...] = (1, 2, 3, 4)) -> list[Path]:
-    """Ships the runs of ``make train-offline``: ``RUNS/codec-qN``, ``RUNS/clip-world`` and ``RUNS/adapter-qN``.
+    """Ships the runs of ``make train-offline``: ``RUNS/codec-qN``, ``RUNS/clip-world`` and the adapters
+    (:func:`~licsearch.presets.offline_adapter_run`: ``RUNS/adapter-qN``, ``RUNS/adapter-long-qN``).
 
     The preset's own quality needs its adapter; other qualities ship theirs when they were trained (``licsearch
     eval`` measures the semantic task at every quality that has one).
     """
-    from ..presets import OFFLINE_QUALITY, offline_adapter_file
+    from ..presets import OFFLINE_QUALITY, offline_adapter_file, offline_adapter_run
 
     if not (runs / f"adapter-q{OFFLINE_QUALITY}").is_dir():
         raise InputError(f"{runs} has no adapter-q{OFFLINE_QUALITY} run", hint="run `make train-offline` first")
@@ -150,9 +151,11 @@ def ship_offline(runs: Path, qualities: tuple[int, ...] = (1, 2, 3, 4)) -> list[
             ship_run(runs / "clip-world-b", "clip.safetensors", "offline", "clip-world-b.safetensors", half=True)
         )
     for q in qualities:
-        if (runs / f"adapter-q{q}").is_dir():
+        if (runs / offline_adapter_run(q)).is_dir():
             written.append(
-                ship_run(runs / f"adapter-q{q}", "adapter.safetensors", "offline", offline_adapter_file(q), half=True)
+                ship_run(
+                    runs / offline_adapter_run(q), "adapter.safetensors", "offline", offline_adapter_file(q), half=True
+                )
             )
     written.append(write_reference("offline"))
     written.append(write_summary("offline"))
