@@ -137,6 +137,18 @@ def test_adapter_fidelity_and_near_duplicates_are_the_eval_json() -> None:
     assert all(same(s, m) for s, m in zip(figures, measured, strict=True)), (figures, measured)
 
 
+def test_near_duplicate_search_table_is_the_eval_json() -> None:
+    """Each cell of the query-views table is ``near_duplicate_search`` of its record and quality."""
+    rows = table("| near-duplicate recall@1 through the query views")
+    edits = ("jpeg_q50", "center_crop_90", "resize_50")
+    for label, name in (("world, 400 test scenes", "world.json"), ("Kodak, 24 images", "kodak.json")):
+        per = load(name)["semantic"][CODEC]["per_quality"]
+        for i, q in enumerate(("1", "2", "3", "4")):
+            cells = [x.strip() for x in rows[label][i].split("·")]
+            measured = [per[q]["near_duplicate_search"][e]["recall_at_1"] for e in edits]
+            assert all(same(c, m) for c, m in zip(cells, measured, strict=True)), (label, q, cells, measured)
+
+
 # -- the world's test scenes ----------------------------------------------------------------------------------
 
 
