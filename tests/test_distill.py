@@ -179,6 +179,31 @@ def test_distill_beats_a_random_adapter_and_builds_the_space(world_store: Path, 
     assert len(_vectors(world_store, doc["space_id"])) == N_SCENES
 
 
+def test_distill_from_a_related_adapter(world_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--init starts from another adapter (the shipped one of the same codec architecture): after the same few steps
+    its held-out cosine is above a fresh run's, the run is named by the weights; weights that do not fit are refused
+    before anything is written."""
+    import torch
+
+    from licsearch.model.weights import save_state_dict
+    from licsearch.presets import offline_adapter_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_state_dict({"w": torch.zeros(3)}, bad)
+    before = (world_store / "store.json").read_bytes()
+    code, doc = _distill(capsys, world_store, "--init", str(bad), "--activate", "--force")
+    assert code == 2 and "do not fit" in doc["error"]["message"], doc
+    assert (world_store / "store.json").read_bytes() == before
+    assert not (world_store / "distill").exists() and not (world_store / "adapters").exists()
+
+    code, fresh = _distill(capsys, world_store, "--steps", "10")
+    warm_src = f"shipped:offline/{offline_adapter_file(3)}"
+    code2, warm = _distill(capsys, world_store, "--steps", "10", "--init", warm_src)
+    assert code == code2 == 0 and warm["space_id"] != fresh["space_id"]
+    assert warm["heldout"]["cos_mean"] > fresh["heldout"]["cos_mean"] + 0.05
+    assert len(list((world_store / "distill").iterdir())) == 2
+
+
 def test_distill_activate_then_ingest_never_runs_the_image_tower(
     world_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,8 +2,8 @@
 
 ::
 
-    licsearch distill [--store DIR] [--holdout 0.1] [--steps N] [--texts FILE] [--recall-min 0.9] [--activate]
-        [--force] [--json]
+    licsearch distill [--store DIR] [--holdout 0.1] [--steps N] [--init random|PATH] [--texts FILE]
+        [--recall-min 0.9] [--activate] [--force] [--json]
 
 The library side is :mod:`licsearch.ops.distill`.
 """
@@ -38,12 +38,20 @@ def configure_distill(p: argparse.ArgumentParser) -> None:
         help=f"chance that a training pair's latent is mirrored left to right (default {defaults.DISTILL_FLIP})",
     )
     p.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the adapter's initialisation and batches")
+    p.add_argument(
+        "--init",
+        default="random",
+        metavar="random|PATH",
+        help="adapter weights to start from (default random): e.g. an adapter for another quality of the same codec "
+        "architecture (shipped:NAME or a file), or the store's earlier distilled adapter",
+    )
     add_heldout_flags(p)
 
 
 def cmd_distill(args: argparse.Namespace) -> Result:
     from ..ops.distill import DistillOptions, TrainOptions, distill
     from ..storage.store import Store
+    from .model_flags import resolve_weights
 
     thresholds = heldout_thresholds(args)
     if args.steps < 1 or args.batch_size < 1:
@@ -55,7 +63,13 @@ def cmd_distill(args: argparse.Namespace) -> Result:
     options = DistillOptions(
         holdout=args.holdout,
         train=TrainOptions(
-            steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=progress, flip=args.flip
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            init=resolve_weights(args.init, "random"),
+            progress=progress,
+            flip=args.flip,
         ),
         texts=texts,
         thresholds=thresholds,

@@ -127,8 +127,17 @@ class TrainOptions:
     weight_decay: float = 0.01
     flip: float = defaults.DISTILL_FLIP
     seed: int = defaults.SEED
+    init: str = RANDOM
     checkpoint_every: int | None = None
     progress: bool | None = None
+
+    def recipe(self) -> dict[str, Any]:
+        """The options that decide the weights, as a run's identity records them (``init`` only when given, so that
+        runs from before it resume)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("progress", "checkpoint_every")}
+        if self.init == RANDOM:
+            del out["init"]
+        return out
 
     @property
     def every(self) -> int:
@@ -305,7 +314,8 @@ class Trained:
 def train_from_pairs(
     pairs: Pairs, shape: AdapterShape, run_dir: Path, options: TrainOptions, *, identity: dict[str, Any]
 ) -> Trained:
-    """Trains a fresh seeded adapter on ``pairs`` for ``options.steps`` steps, checkpointing into ``run_dir``.
+    """Trains an adapter (fresh and seeded, or from ``options.init``) on ``pairs`` for ``options.steps`` steps,
+    checkpointing into ``run_dir``.
 
     A run folder holding a checkpoint of the same ``identity`` is resumed (and one at the last step is only read
     back), so a run killed at any moment and started again ends with the same weights.
@@ -327,11 +337,11 @@ def train_from_pairs(
         log_every=max(1, min(50, options.steps)),
         progress=options.progress,
     )
-    full = {**identity, "shape": shape.to_dict(), **asdict(options), "progress": None, "checkpoint_every": None}
+    full = {**identity, "shape": shape.to_dict(), **options.recipe(), "progress": None, "checkpoint_every": None}
     run = RunDir(run_dir)
     ck = run.prepare(resume=True, identity=full)
     torch.manual_seed(options.seed)
-    adapter = build_trainable_adapter(shape, RANDOM, seed=options.seed)
+    adapter = build_trainable_adapter(shape, options.init, seed=options.seed)
     trainer = _PairTrainer(adapter, pairs, options)
     resumed: int | None
     if ck is not None and ck.step >= options.steps:
@@ -439,7 +449,12 @@ def _distill(store: Store, options: DistillOptions, started: float) -> DistillRe
     a = models.adapter
     shape = AdapterShape(store.models.codec.latent_channels, pairs.teacher.shape[1], width=a.width, hidden=a.hidden)
     identity = {"teacher": teacher, "codec": models.codec.sha256, "train_ids": ids_digest(train_ids)}
-    recipe = {k: v for k, v in asdict(options.train).items() if k not in ("progress", "checkpoint_every")}
+    if options.train.init != RANDOM:  # refused before anything is written; the run is named by the weights, not path
+        from ..train.adapter import build_trainable_adapter
+
+        start = build_trainable_adapter(shape, options.train.init, seed=options.train.seed)
+        identity["init"] = state_dict_sha256(start.state_dict())
+    recipe = options.train.recipe()
     key = json.dumps({**identity, **recipe}, sort_keys=True)
     run_dir = store.root / DISTILL_DIR / f"{teacher}-{ids_digest([key])[:12]}"  # another recipe trains in another run
     trained = train_from_pairs(pairs.subset(train_ids), shape, run_dir, options.train, identity=identity)
