@@ -132,12 +132,9 @@ class TrainOptions:
     progress: bool | None = None
 
     def recipe(self) -> dict[str, Any]:
-        """The options that decide the weights, as a run's identity records them (``init`` only when given, so that
-        runs from before it resume)."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("progress", "checkpoint_every")}
-        if self.init == RANDOM:
-            del out["init"]
-        return out
+        """The options that decide the weights, as a run's identity records them. ``init`` is left out: a path is not
+        a recipe, so the caller puts the starting weights' fingerprint in the identity (runs from before it resume)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("progress", "checkpoint_every", "init")}
 
     @property
     def every(self) -> int:
@@ -317,8 +314,9 @@ def train_from_pairs(
     """Trains an adapter (fresh and seeded, or from ``options.init``) on ``pairs`` for ``options.steps`` steps,
     checkpointing into ``run_dir``.
 
-    A run folder holding a checkpoint of the same ``identity`` is resumed (and one at the last step is only read
-    back), so a run killed at any moment and started again ends with the same weights.
+    ``identity`` names the run (with ``options.recipe()``); a caller that starts from ``options.init`` puts those
+    weights' fingerprint in it. A run folder holding a checkpoint of the same ``identity`` is resumed (and one at the
+    last step is only read back), so a run killed at any moment and started again ends with the same weights.
 
     Raises:
         InputError: the folder's checkpoint was made with another identity (other pairs or options).
@@ -449,7 +447,7 @@ def _distill(store: Store, options: DistillOptions, started: float) -> DistillRe
     a = models.adapter
     shape = AdapterShape(store.models.codec.latent_channels, pairs.teacher.shape[1], width=a.width, hidden=a.hidden)
     identity = {"teacher": teacher, "codec": models.codec.sha256, "train_ids": ids_digest(train_ids)}
-    if options.train.init != RANDOM:  # refused before anything is written; the run is named by the weights, not path
+    if options.train.init != RANDOM:  # refused before anything is written; the run is named by the weights' digest
         from ..train.adapter import build_trainable_adapter
 
         start = build_trainable_adapter(shape, options.train.init, seed=options.train.seed)
