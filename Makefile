@@ -89,8 +89,8 @@ train-offline: setup
 # train scenes of each --world-seed and the photos, cropped, resized and JPEG re-encoded as a collection holds them; a
 # near-duplicate view is taught its original's embedding: --view-target original), then q1/q2/q4 from it.
 ADAPTER_FT_STEPS ?= 160
-# q1 and q2 (below 0.3 bpp) then get 1,600 more steps on new views: adapter-views-long-qN (licsearch/presets.py's
-# OFFLINE_LONG_QUALITIES)
+# q1, q2 and q3 (the preset's own) then get 1,600 more steps on new views: adapter-views-long-qN (licsearch/presets.py's
+# OFFLINE_LONG_QUALITIES; q3 at its own recipe's rate, from adapter-q3)
 ADAPTER_LONG_STEPS ?= 1600
 LONG_QUALITIES := 1 2
 ADAPTER_WORLD := $(TRAIN) adapter --images $(PHOTOS) --clip licsearch-world \
@@ -108,6 +108,8 @@ train-adapters-world: setup
 	for q in 2 1 4; do $(ADAPTER_WORLD) --codec bmshj2018-hyperprior:$$q --codec-weights \
 		$(RUNS)/codec-q$$q/codec.safetensors --init $(RUNS)/adapter-q3/adapter.safetensors --world-seed 1$$q \
 		--seed $$q --steps $(ADAPTER_FT_STEPS) --lr 2e-4 --out $(RUNS)/adapter-q$$q || exit 1; done
+	$(ADAPTER_WORLD_Q3) --init $(RUNS)/adapter-q3/adapter.safetensors --world-seed 10 --steps $(ADAPTER_LONG_STEPS) \
+		--out $(RUNS)/adapter-long-q3
 	for q in $(LONG_QUALITIES); do $(ADAPTER_WORLD) --codec bmshj2018-hyperprior:$$q --codec-weights \
 		$(RUNS)/codec-q$$q/codec.safetensors --init $(RUNS)/adapter-q$$q/adapter.safetensors --world-seed 2$$q \
 		--seed 2$$q --steps $(ADAPTER_LONG_STEPS) --lr 2e-4 --out $(RUNS)/adapter-long-q$$q || exit 1; done

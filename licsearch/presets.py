@@ -46,7 +46,7 @@ OFFLINE_QUALITY = 3
 """The codec quality of the offline preset (the other shipped qualities serve ``licsearch eval``)."""
 
 
-OFFLINE_LONG_QUALITIES = (1, 2)
+OFFLINE_LONG_QUALITIES = (1, 2, 3)
 """Qualities whose shipped adapter is the longer fine-tune ``adapter-views-long-qN`` (``make train-adapters-world``)."""
 
 

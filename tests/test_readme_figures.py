@@ -200,6 +200,7 @@ TRAINING_ROWS = {
     "`adapter-views-q3.safetensors` (float16)": ["adapter-views-q3"],
     "`adapter-views-q1/q2/q4.safetensors` (float16)": ["adapter-views-q1", "adapter-views-q2", "adapter-views-q4"],
     "`adapter-views-long-q1/q2.safetensors` (float16)": ["adapter-views-long-q1", "adapter-views-long-q2"],
+    "`adapter-views-long-q3.safetensors` (float16)": ["adapter-views-long-q3"],
 }
 
 

@@ -132,9 +132,10 @@ FIRST_ADAPTERS = {
     "adapter-q2.safetensors": "99dd883057d5188aa16e426382adff752aa8f6213aeeb14e37254bb7b7081553",
     "adapter-q3.safetensors": "c740b91e6abfe3ca3435f94ed7462af5d193254419ec2fdc76e775b97041d3bb",
     "adapter-q4.safetensors": "3f45fdabfef931da2406d2e75433ea8dc15714891ee6f722b6dca3ee063306a7",
-    # replaced at q1 and q2 by adapter-views-long-qN (presets.OFFLINE_LONG_QUALITIES)
+    # replaced at q1, q2 and q3 by adapter-views-long-qN (presets.OFFLINE_LONG_QUALITIES)
     "adapter-views-q1.safetensors": "5bc0d1a82cd926d79e6bb614f11e155c200fad2adf71c1bbb64f21830601cb8f",
     "adapter-views-q2.safetensors": "412cbc4ca2980849ac1510445fdd5161776e6a780d3d8f73323c82e86330fdd2",
+    "adapter-views-q3.safetensors": "1b545c39e63f3ee853227ac29a3cc2d8ce7c0f4fee4976a2d0ac2343bf938357",
 }
 
 
