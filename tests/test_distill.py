@@ -327,3 +327,18 @@ def test_pixels_space_refuses_reindex_and_bundle_export(world_template: Path, ca
     res = cli_inprocess(capsys, "export", "--store", str(world_template), "--out", "/nonexistent/b", "--json")
     msg = json.loads(res.stdout)["error"]["message"]
     assert res.returncode == 2 and "pixels space" in msg and "no adapter graph" in msg
+
+
+def test_a_threshold_that_a_random_ranking_meets_cannot_pass() -> None:
+    """On 10 held-out points every top-10 overlaps fully, so recall@10 overlap 1.0 says nothing: the gate refuses it
+    and names the split's size; on 100 points the same figure passes and a low one fails as before."""
+    from licsearch.ops.distill import Heldout, Thresholds, chance_levels, decide
+
+    assert chance_levels(10) == {"recall@10 overlap": 1.0, "text top-10 agreement": 1.0}
+    assert chance_levels(101)["recall@10 overlap"] == pytest.approx(0.1)
+    small = decide(Heldout(10, 0.9, 1.0, 1.0, 200), Thresholds(recall_min=0.9, text_min=0.5))
+    assert len(small) == 2 and all("cannot fail" in r and "10 held-out points" in r for r in small), small
+    assert decide(Heldout(100, 0.9, 0.95, 0.8, 200), Thresholds(recall_min=0.9, text_min=0.5)) == []
+    low = decide(Heldout(100, 0.9, 0.5, 0.8, 200), Thresholds(recall_min=0.9))
+    assert low == ["held-out recall@10 overlap 0.5000 is below --recall-min 0.9000"]
+    assert decide(Heldout(10, 0.9, 1.0, 1.0, 200), Thresholds(recall_min=0.0)) == []  # a bound of 0 checks nothing

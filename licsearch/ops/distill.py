@@ -14,7 +14,8 @@ The parts, for ``distill`` and for other commands that train an adapter from sto
 - :func:`load_pairs`: (y_hat, teacher vector) pairs of a list of point ids, as :class:`Pairs`.
 - :func:`train_from_pairs`: trains an adapter on pairs in a run folder, resuming from its checkpoint.
 - :func:`measure_heldout`: the held-out figures (:class:`Heldout`) of adapter vectors against teacher vectors.
-- :func:`decide`: the reasons a space fails :class:`Thresholds` (none: it may be activated).
+- :func:`decide`: the reasons a space fails :class:`Thresholds` (none: it may be activated), including a bound that
+  a random ranking meets on so few held-out points (:func:`chance_levels`).
 - :func:`distill`: all of it on a store, then the adapter space and, on request, its activation.
 
 Crash safety: nothing is written before every pair is loaded; training checkpoints into
@@ -384,18 +385,39 @@ def measure_heldout(pred: np.ndarray, teacher: np.ndarray, text_vectors: np.ndar
     return Heldout(n, cos, recall, agree, len(text_vectors))
 
 
+def chance_levels(points: int) -> dict[str, float]:
+    """What a random ranking scores on ``points`` held-out points: top-k overlaps of ``k`` of the ``n - 1`` others
+    (image to image) or of the ``n`` points (text), with ``k`` shrunk to fit as the measures shrink it."""
+    if points < 2:
+        return {"recall@10 overlap": 1.0, "text top-10 agreement": 1.0}
+    return {
+        "recall@10 overlap": min(TOP_K, points - 1) / (points - 1),
+        "text top-10 agreement": min(TOP_K, points) / points,
+    }
+
+
 def decide(heldout: Heldout, thresholds: Thresholds) -> list[str]:
-    """Why the held-out figures fail ``thresholds``, one sentence per failed figure (empty: they pass)."""
+    """Why the held-out figures fail ``thresholds``, one sentence per failed figure (empty: they pass).
+
+    A bound that a random ranking already meets on this many points (a held-out split of 10 points overlaps fully
+    in its top 10) cannot tell a good adapter from noise, so it fails too, with the split's size as the reason.
+    """
     checks = (
         ("recall@10 overlap", heldout.recall_at_10_overlap, thresholds.recall_min, "--recall-min"),
         ("mean cosine to the teacher", heldout.cos_mean, thresholds.cos_min, "--cos-min"),
         ("text top-10 agreement", heldout.text_top10_agreement, thresholds.text_min, "--text-min"),
     )
-    return [
-        f"held-out {name} {value:.4f} is below {flag} {bound:.4f}"
-        for name, value, bound, flag in checks
-        if value < bound
-    ]
+    chance = chance_levels(heldout.points)
+    reasons = []
+    for name, value, bound, flag in checks:
+        if value < bound:
+            reasons.append(f"held-out {name} {value:.4f} is below {flag} {bound:.4f}")
+        elif bound > 0 and chance.get(name, 0.0) >= bound:
+            reasons.append(
+                f"held-out {name} cannot fail {flag} {bound:.4f} on {heldout.points} held-out points (a random "
+                f"ranking scores {chance[name]:.4f}): hold out more points (a larger sample or --holdout)"
+            )
+    return reasons
 
 
 def distill(store: Store, options: DistillOptions) -> DistillReport:
