@@ -159,3 +159,16 @@ def test_a_store_made_with_the_first_shipped_adapter_still_opens_and_ingests(tmp
     run_cli("reindex", "--store", store, "--adapter-weights", new, "--activate", check=True)
     moved = json.loads(run_cli("stats", "--store", store, "--json", check=True).stdout)
     assert moved["space_id"] != stats["space_id"] and moved["images"] == 1
+
+
+def test_shipping_refuses_runs_without_the_presets_own_adapter(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The preset's adapter is the long run's (presets.offline_adapter_run): a runs folder that has only the base
+    adapter-q3 run is refused before anything is copied, where other qualities' missing runs are skipped."""
+    from licsearch.presets import OFFLINE_QUALITY, offline_adapter_run
+    from licsearch.train.ship import main
+
+    (tmp_path / f"adapter-q{OFFLINE_QUALITY}").mkdir()
+    before = sorted(p.name for p in OFFLINE.iterdir())
+    assert main(["--runs", str(tmp_path)]) == 2
+    assert f"has no {offline_adapter_run(OFFLINE_QUALITY)} run" in capsys.readouterr().err
+    assert sorted(p.name for p in OFFLINE.iterdir()) == before

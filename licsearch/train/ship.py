@@ -140,8 +140,9 @@ def ship_offline(runs: Path, qualities: tuple[int, ...] = (1, 2, 3, 4)) -> list[
     """
     from ..presets import OFFLINE_QUALITY, offline_adapter_file, offline_adapter_run
 
-    if not (runs / f"adapter-q{OFFLINE_QUALITY}").is_dir():
-        raise InputError(f"{runs} has no adapter-q{OFFLINE_QUALITY} run", hint="run `make train-offline` first")
+    own = offline_adapter_run(OFFLINE_QUALITY)
+    if not (runs / own).is_dir():  # the preset's own adapter: never skipped, unlike the other qualities' below
+        raise InputError(f"{runs} has no {own} run", hint="run `make train-offline` first")
     written = [
         ship_run(runs / f"codec-q{q}", "codec.safetensors", "offline", f"codec-q{q}.safetensors") for q in qualities
     ]
