@@ -402,20 +402,22 @@ def decide(heldout: Heldout, thresholds: Thresholds) -> list[str]:
     A bound that a random ranking already meets on this many points (a held-out split of 10 points overlaps fully
     in its top 10) cannot tell a good adapter from noise, so it fails too, with the split's size as the reason.
     """
-    checks = (
-        ("recall@10 overlap", heldout.recall_at_10_overlap, thresholds.recall_min, "--recall-min"),
-        ("mean cosine to the teacher", heldout.cos_mean, thresholds.cos_min, "--cos-min"),
-        ("text top-10 agreement", heldout.text_top10_agreement, thresholds.text_min, "--text-min"),
-    )
     chance = chance_levels(heldout.points)
+    checks = (  # name, value, bound, flag, what a random ranking scores (a cosine has no such floor)
+        ("recall@10 overlap", heldout.recall_at_10_overlap, thresholds.recall_min, "--recall-min",
+         chance["recall@10 overlap"]),
+        ("mean cosine to the teacher", heldout.cos_mean, thresholds.cos_min, "--cos-min", None),
+        ("text top-10 agreement", heldout.text_top10_agreement, thresholds.text_min, "--text-min",
+         chance["text top-10 agreement"]),
+    )  # fmt: skip
     reasons = []
-    for name, value, bound, flag in checks:
+    for name, value, bound, flag, floor in checks:
         if value < bound:
             reasons.append(f"held-out {name} {value:.4f} is below {flag} {bound:.4f}")
-        elif bound > 0 and chance.get(name, 0.0) >= bound:
+        elif floor is not None and bound > 0 and floor >= bound:
             reasons.append(
                 f"held-out {name} cannot fail {flag} {bound:.4f} on {heldout.points} held-out points (a random "
-                f"ranking scores {chance[name]:.4f}): hold out more points (a larger sample or --holdout)"
+                f"ranking scores {floor:.4f}): hold out more points (a larger sample or --holdout)"
             )
     return reasons
 
